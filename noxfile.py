@@ -1,0 +1,166 @@
+"""Every development task of the layerwise monorepo is a nox session.
+
+    nox -s tests                          all distributions editable in one venv, every test suite
+    nox -s "tests_pkg(package='meap')"    build one wheel, install it alone, run its tests
+    nox -s lint | build | quickstart | bench | slow | gpu
+
+Virtual environments are plain `venv` + pip (never uv: it ignores the local CPU torch wheel and
+downloads a CUDA build). torch is installed first, pinned by constraints.txt.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - nox itself may run on 3.10
+    import tomli as tomllib
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Pure-torch layers first, so that a distribution's workspace dependencies are built before it.
+DIST_ORDER = ("layerwise-core", "layerwise-kernels")
+
+
+def _discover() -> dict[str, Path]:
+    """Map distribution name -> folder, found by their pyproject files (ARCHITECTURE.md layout)."""
+    found: dict[str, Path] = {}
+    for pyproject in sorted(
+        [*ROOT.glob("packages/*/pyproject.toml"), ROOT / "kernels" / "pyproject.toml",
+         ROOT / "integration" / "pyproject.toml"]
+    ):
+        if pyproject.is_file():
+            name = tomllib.loads(pyproject.read_text())["project"]["name"]
+            found[name] = pyproject.parent
+    head = [n for n in DIST_ORDER if n in found]
+    return {n: found[n] for n in head + sorted(set(found) - set(head))}
+
+
+DISTS = _discover()
+
+
+def _workspace_deps(name: str) -> list[str]:
+    """Workspace distributions that `name` needs, transitively (declared + test extra)."""
+    project = tomllib.loads((DISTS[name] / "pyproject.toml").read_text())["project"]
+    reqs = list(project.get("dependencies", []))
+    reqs += project.get("optional-dependencies", {}).get("test", [])
+    out: list[str] = []
+    for req in reqs:
+        dep = req.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip()
+        if dep in DISTS and dep != name:
+            for sub in [*_workspace_deps(dep), dep]:
+                if sub not in out:
+                    out.append(sub)
+    return out
+
+
+def _install_torch(session: nox.Session, *extra: str) -> None:
+    session.install(*CONSTRAINTS, "pip>=23", "torch==2.13.0", *extra)
+
+
+def _interpreter_env() -> dict[str, str]:
+    # Triton kernels run on CPU tensors under the interpreter when there is no GPU.
+    return {**OFFLINE_ENV, "TRITON_INTERPRET": "1"}
+
+
+def _install_all_editable(session: nox.Session, extras: str = "test") -> None:
+    _install_torch(session)
+    args: list[str] = []
+    for path in DISTS.values():
+        args += ["-e", f"{path}[{extras}]"]
+    session.install(*CONSTRAINTS, *args)
+
+
+def _test_paths() -> list[str]:
+    return [str(p / "tests") for p in DISTS.values() if (p / "tests").is_dir()]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """All distributions installed editable in one venv; every test suite, cross-package tests too."""
+    _install_all_editable(session)
+    session.run(
+        "pytest", *_test_paths(), "-m", "not slow and not gpu", "-q", "--durations=15",
+        *session.posargs, env=_interpreter_env(),
+    )
+
+
+@nox.session
+@nox.parametrize("package", list(DISTS))
+def tests_pkg(session: nox.Session, package: str) -> None:
+    """Build one wheel, install it with only its declared dependencies + test tools, run its tests."""
+    wheels = Path(session.create_tmp()) / "wheels"
+    wheels.mkdir(exist_ok=True)
+    for old in wheels.glob("*"):
+        old.unlink()
+    _install_torch(session, "hatchling>=1.20")
+    local = [*_workspace_deps(package), package]
+    for name in local:
+        session.run("pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+                    str(DISTS[name]))
+    [wheel] = wheels.glob(package.replace("-", "_") + "-*.whl")
+    session.install(*CONSTRAINTS, "--find-links", str(wheels), f"{wheel}[test]")
+    session.run("pytest", str(DISTS[package] / "tests"), "-m", "not slow and not gpu", "-q",
+                *session.posargs, env=_interpreter_env())
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check + ruff format --check over the whole tree."""
+    session.install("ruff==0.17.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Wheels + sdists of every distribution, metadata checked with twine."""
+    session.install("build", "hatchling>=1.20", "twine")
+    out = ROOT / "dist"
+    for path in DISTS.values():
+        session.run("python", "-m", "build", "--no-isolation", "-o", str(out), str(path))
+    session.run("twine", "check", "--strict", *map(str, sorted(out.glob("*"))))
+
+
+@nox.session
+def quickstart(session: nox.Session) -> None:
+    """The main job: real corpus, tokenizer, a small Llama trained on CPU, a report."""
+    _install_all_editable(session, extras="quickstart")
+    session.run("layerwise", "quickstart", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks of every distribution; each appends its rows to docs/benchmarks.md."""
+    _install_all_editable(session, extras="test")
+    for script in sorted(ROOT.glob("*/benchmarks/bench_*.py")) + sorted(
+        ROOT.glob("packages/*/benchmarks/bench_*.py")
+    ):
+        session.run("python", str(script), *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """Tests marked slow (longer training runs, reproductions at toy scale)."""
+    _install_all_editable(session)
+    session.run("pytest", *_test_paths(), "-m", "slow and not gpu", *session.posargs,
+                env=_interpreter_env())
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """On a CUDA machine: kernel tests for real (no interpreter), GPU tests, then benchmarks."""
+    _install_all_editable(session)
+    os.environ.pop("TRITON_INTERPRET", None)
+    session.run("pytest", *_test_paths(), "-m", "not slow", *session.posargs, env=OFFLINE_ENV)
+    bench(session)
