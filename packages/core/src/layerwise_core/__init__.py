@@ -1,0 +1,86 @@
+"""layerwise-core: the small shared core of the layerwise packages.
+
+Model introspection (`find_decoder`), residual-stream capture (`capture_residual_stream`), the
+papers' LLaMA presets, parameter groups, a strict pydantic config base, atomic safetensors I/O,
+seeding and distributed helpers. Tiny test models live in `layerwise_core.tiny_models`
+(needs transformers) and dtype tolerances in `layerwise_core.testing`.
+"""
+
+from layerwise_core.__about__ import __version__
+from layerwise_core.atomic_io import atomic_write, load_safetensors, save_safetensors, torch_save_atomic
+from layerwise_core.config import ConfigError, LayerwiseConfig, apply_overrides, parse_override
+from layerwise_core.decoder_map import DecoderMap, DecoderSpec, LayerMap, find_decoder
+from layerwise_core.distributed import (
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    full_tensor,
+    get_rank,
+    get_world_size,
+    is_distributed,
+    is_dtensor,
+    is_main_process,
+    local_tensor,
+)
+from layerwise_core.param_groups import (
+    decay_param_groups,
+    layer_param_groups,
+    module_param_groups,
+    pattern_param_groups,
+)
+from layerwise_core.presets import LLAMA_PRESETS, LlamaPreset, init_normal_, llama_config, llama_param_count
+from layerwise_core.residual_stream import ResidualStream, capture_residual_stream
+from layerwise_core.seeding import get_rng_state, set_rng_state, set_seed
+
+
+def __getattr__(name: str):
+    # tiny test models need transformers (an extra): import them lazily
+    import importlib
+
+    tiny_models = importlib.import_module("layerwise_core.tiny_models")
+    if name in tiny_models.__all__:
+        return getattr(tiny_models, name)
+    raise AttributeError(f"module 'layerwise_core' has no attribute {name!r}")
+
+
+__all__ = [
+    "LLAMA_PRESETS",
+    "ConfigError",
+    "DecoderMap",
+    "DecoderSpec",
+    "LayerMap",
+    "LayerwiseConfig",
+    "LlamaPreset",
+    "ResidualStream",
+    "__version__",
+    "all_reduce_max",
+    "all_reduce_sum",
+    "apply_overrides",
+    "atomic_write",
+    "barrier",
+    "broadcast_object",
+    "capture_residual_stream",
+    "decay_param_groups",
+    "find_decoder",
+    "full_tensor",
+    "get_rank",
+    "get_rng_state",
+    "get_world_size",
+    "init_normal_",
+    "is_distributed",
+    "is_dtensor",
+    "is_main_process",
+    "layer_param_groups",
+    "llama_config",
+    "llama_param_count",
+    "load_safetensors",
+    "local_tensor",
+    "module_param_groups",
+    "parse_override",
+    "pattern_param_groups",
+    "save_safetensors",
+    "set_rng_state",
+    "set_seed",
+    "torch_save_atomic",
+]

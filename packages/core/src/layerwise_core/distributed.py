@@ -1,0 +1,103 @@
+"""Distributed helpers that are no-ops in a single process, and DTensor-aware reductions.
+
+Optimizers that need a statistic of the FULL gradient (max, Frobenius norm) while parameters are
+FSDP2 shards call `all_reduce_max` / `all_reduce_sum` over the shard's mesh.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "all_reduce_max",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "full_tensor",
+    "get_rank",
+    "get_world_size",
+    "is_distributed",
+    "is_dtensor",
+    "is_main_process",
+    "local_tensor",
+]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def is_dtensor(tensor: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor, or the tensor itself."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The full (gathered) value of a DTensor, or the tensor itself. Collective for DTensors."""
+    return tensor.full_tensor() if is_dtensor(tensor) else tensor
+
+
+def _reduce(tensor: torch.Tensor, like: Any, op) -> torch.Tensor:
+    if not is_distributed() or (like is not None and not is_dtensor(like)):
+        return tensor
+    if like is None:
+        dist.all_reduce(tensor, op=op)
+        return tensor
+    # a statistic of a DTensor shard is reduced over the mesh dimensions that shard it only
+    mesh = like.device_mesh
+    for dim, placement in enumerate(like.placements):
+        if placement.is_shard():
+            dist.all_reduce(tensor, op=op, group=mesh.get_group(dim))
+    return tensor
+
+
+def all_reduce_sum(tensor: torch.Tensor, like: Any = None) -> torch.Tensor:
+    """Sum over ranks, in place; returns `tensor`. No-op when not distributed.
+
+    With `like` a DTensor, reduce only over the mesh dimensions along which `like` is sharded (the
+    statistic of a shard becomes that of the full tensor). With `like` a plain tensor, do nothing: a
+    replicated parameter's statistic is already global.
+    """
+    return _reduce(tensor, like, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(tensor: torch.Tensor, like: Any = None) -> torch.Tensor:
+    """Max over ranks; same rules as `all_reduce_sum`."""
+    return _reduce(tensor, like, dist.ReduceOp.MAX)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Every rank returns rank `src`'s object. Identity when not distributed."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -1,0 +1,57 @@
+"""Seeding and RNG snapshots: the same seed gives the same run, and a resumed run continues exactly."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import torch
+
+__all__ = ["get_rng_state", "set_rng_state", "set_seed"]
+
+try:  # numpy is optional: record its state only when it is installed
+    import numpy as _np
+except ImportError:  # pragma: no cover
+    _np = None
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy (if installed) and torch (CPU and every CUDA device).
+
+    With `deterministic=True` also ask torch for deterministic kernels (slower on GPU).
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"set_seed: seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    if _np is not None:
+        _np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Snapshot of every global RNG, to be saved in a checkpoint and restored by `set_rng_state`."""
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if _np is not None:
+        state["numpy"] = _np.random.get_state()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore a snapshot from `get_rng_state` (missing entries are left alone)."""
+    if "python" in state:
+        py = state["python"]
+        # torch.load / JSON may turn the inner tuple into a list
+        random.setstate((py[0], tuple(py[1]), py[2]))
+    if "torch" in state:
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+    if "numpy" in state and _np is not None:
+        _np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
