@@ -36,8 +36,11 @@ def _discover() -> dict[str, Path]:
     """Map distribution name -> folder, found by their pyproject files (ARCHITECTURE.md layout)."""
     found: dict[str, Path] = {}
     for pyproject in sorted(
-        [*ROOT.glob("packages/*/pyproject.toml"), ROOT / "kernels" / "pyproject.toml",
-         ROOT / "integration" / "pyproject.toml"]
+        [
+            *ROOT.glob("packages/*/pyproject.toml"),
+            ROOT / "kernels" / "pyproject.toml",
+            ROOT / "integration" / "pyproject.toml",
+        ]
     ):
         if pyproject.is_file():
             name = tomllib.loads(pyproject.read_text())["project"]["name"]
@@ -90,8 +93,14 @@ def tests(session: nox.Session) -> None:
     """All distributions installed editable in one venv; every test suite, cross-package tests too."""
     _install_all_editable(session)
     session.run(
-        "pytest", *_test_paths(), "-m", "not slow and not gpu", "-q", "--durations=15",
-        *session.posargs, env=_interpreter_env(),
+        "pytest",
+        *_test_paths(),
+        "-m",
+        "not slow and not gpu",
+        "-q",
+        "--durations=15",
+        *session.posargs,
+        env=_interpreter_env(),
     )
 
 
@@ -106,12 +115,27 @@ def tests_pkg(session: nox.Session, package: str) -> None:
     _install_torch(session, "hatchling>=1.20")
     local = [*_workspace_deps(package), package]
     for name in local:
-        session.run("pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(DISTS[name]))
+        session.run(
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(DISTS[name]),
+        )
     [wheel] = wheels.glob(package.replace("-", "_") + "-*.whl")
     session.install(*CONSTRAINTS, "--find-links", str(wheels), f"{wheel}[test]")
-    session.run("pytest", str(DISTS[package] / "tests"), "-m", "not slow and not gpu", "-q",
-                *session.posargs, env=_interpreter_env())
+    session.run(
+        "pytest",
+        str(DISTS[package] / "tests"),
+        "-m",
+        "not slow and not gpu",
+        "-q",
+        *session.posargs,
+        env=_interpreter_env(),
+    )
 
 
 @nox.session
@@ -153,8 +177,9 @@ def bench(session: nox.Session) -> None:
 def slow(session: nox.Session) -> None:
     """Tests marked slow (longer training runs, reproductions at toy scale)."""
     _install_all_editable(session)
-    session.run("pytest", *_test_paths(), "-m", "slow and not gpu", *session.posargs,
-                env=_interpreter_env())
+    session.run(
+        "pytest", *_test_paths(), "-m", "slow and not gpu", *session.posargs, env=_interpreter_env()
+    )
 
 
 @nox.session

@@ -7,7 +7,12 @@ seeding and distributed helpers. Tiny test models live in `layerwise_core.tiny_m
 """
 
 from layerwise_core.__about__ import __version__
-from layerwise_core.atomic_io import atomic_write, load_safetensors, save_safetensors, torch_save_atomic
+from layerwise_core.atomic_io import (
+    atomic_write,
+    load_safetensors,
+    save_safetensors,
+    torch_save_atomic,
+)
 from layerwise_core.config import ConfigError, LayerwiseConfig, apply_overrides, parse_override
 from layerwise_core.decoder_map import DecoderMap, DecoderSpec, LayerMap, find_decoder
 from layerwise_core.distributed import (
@@ -29,7 +34,13 @@ from layerwise_core.param_groups import (
     module_param_groups,
     pattern_param_groups,
 )
-from layerwise_core.presets import LLAMA_PRESETS, LlamaPreset, init_normal_, llama_config, llama_param_count
+from layerwise_core.presets import (
+    LLAMA_PRESETS,
+    LlamaPreset,
+    init_normal_,
+    llama_config,
+    llama_param_count,
+)
 from layerwise_core.residual_stream import ResidualStream, capture_residual_stream
 from layerwise_core.seeding import get_rng_state, set_rng_state, set_seed
 

@@ -65,7 +65,9 @@ def save_safetensors(
     if metadata is not None:
         bad = {k: type(v).__name__ for k, v in metadata.items() if not isinstance(v, str)}
         if bad:
-            raise TypeError(f"save_safetensors: metadata values must be str, got {bad} (json.dumps them)")
+            raise TypeError(
+                f"save_safetensors: metadata values must be str, got {bad} (json.dumps them)"
+            )
     # safetensors refuses shared or non-contiguous storage: give it independent contiguous copies
     payload = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     seen: dict[int, str] = {}

@@ -78,7 +78,9 @@ def _model_at(cls: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | 
             return None
         current = field.annotation
         if get_origin(current) is not None:  # Optional[Section] and friends
-            inner = [a for a in get_args(current) if isinstance(a, type) and issubclass(a, BaseModel)]
+            inner = [
+                a for a in get_args(current) if isinstance(a, type) and issubclass(a, BaseModel)
+            ]
             current = inner[0] if inner else None
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
@@ -92,7 +94,9 @@ def _format_errors(cls: type[BaseModel], err: ValidationError) -> str:
             owner = _model_at(cls, loc[:-1])
             names = list(owner.model_fields) if owner else []
             close = difflib.get_close_matches(str(loc[-1]), names, n=1)
-            hint = f" (did you mean '{'.'.join(map(str, (*loc[:-1], close[0])))}'?)" if close else ""
+            hint = (
+                f" (did you mean '{'.'.join(map(str, (*loc[:-1], close[0])))}'?)" if close else ""
+            )
             lines.append(f"unknown field '{dotted}'{hint}; valid fields here: {names}")
         else:
             lines.append(f"field '{dotted}': {item['msg']} (got {item.get('input')!r})")

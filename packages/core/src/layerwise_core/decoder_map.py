@@ -108,7 +108,8 @@ KNOWN_SPECS: dict[str, DecoderSpec] = {
         attn_norm="input_layernorm",
         mlp_norm="post_attention_layernorm",
         final_norm="gpt_neox.final_layer_norm",
-        lm_head="embed_out",
+        lm_head="lm_head",  # `embed_out` before transformers 5: found through get_output_embeddings
+        parallel_residual=True,
         family="gpt_neox",
     ),
     # LLaDA (OLMo-derived) blocks: attention is a method of the block, so the attention
@@ -230,8 +231,14 @@ def _resolve(model: nn.Module, spec: DecoderSpec) -> DecoderMap | None:
     if embed is None or not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         return None
     first = layers[0]
-    for name in (spec.attn, spec.mlp, spec.attn_norm, spec.mlp_norm, spec.attn_contribution,
-                 spec.mlp_contribution):
+    for name in (
+        spec.attn,
+        spec.mlp,
+        spec.attn_norm,
+        spec.mlp_norm,
+        spec.attn_contribution,
+        spec.mlp_contribution,
+    ):
         if name is not None and get_submodule_or_none(first, name) is None:
             return None
     final_norm = get_submodule_or_none(model, spec.final_norm)
@@ -239,6 +246,11 @@ def _resolve(model: nn.Module, spec: DecoderSpec) -> DecoderMap | None:
         return None
     # May be None: LLaDA with tied embeddings has no `ff_out` (logits = h @ wte.weight^T).
     lm_head = get_submodule_or_none(model, spec.lm_head)
+    if lm_head is None and hasattr(model, "get_output_embeddings"):
+        lm_head = model.get_output_embeddings()
+    parallel = getattr(getattr(model, "config", None), "use_parallel_residual", None)
+    if parallel is not None:
+        spec = replace(spec, parallel_residual=bool(parallel))
     dmap = DecoderMap(model, spec, embed, layers, final_norm, lm_head)
     dmap.layer_maps = [LayerMap(i, block, spec) for i, block in enumerate(layers)]
     return dmap
@@ -253,7 +265,9 @@ def _describe(model: nn.Module) -> str:
     return f"ModuleLists found: {lists[:4]}{first}"
 
 
-def find_decoder(model: nn.Module, spec: DecoderSpec | None = None, **overrides: str | None) -> DecoderMap:
+def find_decoder(
+    model: nn.Module, spec: DecoderSpec | None = None, **overrides: str | None
+) -> DecoderMap:
     """Map the embeddings, decoder blocks, sublayers, norms and head of a decoder-only model.
 
     Supported families (tested on tiny models built from config): Llama, Mistral, Qwen2, Qwen3,

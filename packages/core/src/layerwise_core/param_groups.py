@@ -12,7 +12,12 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["decay_param_groups", "layer_param_groups", "module_param_groups", "pattern_param_groups"]
+__all__ = [
+    "decay_param_groups",
+    "layer_param_groups",
+    "module_param_groups",
+    "pattern_param_groups",
+]
 
 
 def _trainable(model: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
@@ -37,7 +42,9 @@ def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def pattern_param_groups(
-    model: nn.Module, patterns: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None
+    model: nn.Module,
+    patterns: Mapping[str, Mapping[str, Any]],
+    default: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One group per regex (first match wins, searched in the parameter name) + a default group.
 
@@ -69,8 +76,11 @@ def module_param_groups(
     groups, taken = [], set()
     for mname, module in model.named_modules():
         if isinstance(module, module_types):
-            named = [(f"{mname}.{n}", p) for n, p in module.named_parameters(recurse=False)
-                     if p.requires_grad and id(p) not in taken]
+            named = [
+                (f"{mname}.{n}", p)
+                for n, p in module.named_parameters(recurse=False)
+                if p.requires_grad and id(p) not in taken
+            ]
             if named:
                 taken.update(id(p) for _, p in named)
                 groups.append(_group(named, module_name=mname, **options))

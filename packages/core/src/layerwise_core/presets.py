@@ -46,7 +46,9 @@ def llama_config(name: str, vocab_size: int = 32000, **overrides: Any):
     try:
         preset = LLAMA_PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown LLaMA preset {name!r}; choose one of {list(LLAMA_PRESETS)}") from None
+        raise ValueError(
+            f"unknown LLaMA preset {name!r}; choose one of {list(LLAMA_PRESETS)}"
+        ) from None
     from transformers import LlamaConfig
 
     fields: dict[str, Any] = dict(

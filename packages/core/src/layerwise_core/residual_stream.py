@@ -72,11 +72,14 @@ def _first(output: Any) -> torch.Tensor:
     for name in ("last_hidden_state", "hidden_states"):
         if hasattr(output, name):
             return getattr(output, name)
-    raise TypeError(f"capture_residual_stream: cannot find a tensor in a {type(output).__name__} output")
+    raise TypeError(
+        f"capture_residual_stream: cannot find a tensor in a {type(output).__name__} output"
+    )
 
 
-def _last_positions(attention_mask: torch.Tensor | None, length: int, batch: int,
-                    device: torch.device) -> torch.Tensor:
+def _last_positions(
+    attention_mask: torch.Tensor | None, length: int, batch: int, device: torch.device
+) -> torch.Tensor:
     if attention_mask is None or attention_mask.dim() != 2:
         return torch.full((batch,), length - 1, device=device, dtype=torch.long)
     positions = torch.arange(length, device=device).expand(batch, length)
@@ -117,19 +120,29 @@ def capture_residual_stream(
         raise ValueError(f"capture_residual_stream: layers {wanted} out of range for {num} blocks")
     unknown = set(kinds) - set(ALL_KINDS)
     if unknown:
-        raise ValueError(f"capture_residual_stream: unknown kinds {sorted(unknown)}; use {ALL_KINDS}")
+        raise ValueError(
+            f"capture_residual_stream: unknown kinds {sorted(unknown)}; use {ALL_KINDS}"
+        )
 
     batch, length = input_ids.shape[0], input_ids.shape[1]
-    last = _last_positions(attention_mask, length, batch, input_ids.device) if positions == "last" else None
+    last = (
+        _last_positions(attention_mask, length, batch, input_ids.device)
+        if positions == "last"
+        else None
+    )
     if positions not in ("all", "last"):
-        raise ValueError(f"capture_residual_stream: positions must be 'all' or 'last', got {positions!r}")
+        raise ValueError(
+            f"capture_residual_stream: positions must be 'all' or 'last', got {positions!r}"
+        )
 
     store: dict[str, list[torch.Tensor | None]] = {k: [None] * num for k in ALL_KINDS}
     final: dict[str, torch.Tensor] = {}
 
     def keep(tensor: torch.Tensor) -> torch.Tensor:
         if last is not None:
-            tensor = tensor[torch.arange(tensor.shape[0], device=tensor.device), last.to(tensor.device)]
+            tensor = tensor[
+                torch.arange(tensor.shape[0], device=tensor.device), last.to(tensor.device)
+            ]
         if reduce is not None:
             tensor = reduce(tensor)
         return tensor if grad else tensor.detach()
@@ -141,6 +154,7 @@ def capture_residual_stream(
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
             store["inputs"][index] = keep(hidden)
+
         return hook
 
     def post_hook(kind, index):
@@ -148,6 +162,7 @@ def capture_residual_stream(
             store[kind][index] = keep(_first(output))
             if kind == "outputs" and index == stop_layer:
                 raise _StopForward
+
         return hook
 
     try:
@@ -156,14 +171,21 @@ def capture_residual_stream(
             if "inputs" in kinds:
                 handles.append(layer.block.register_forward_pre_hook(pre_hook(i), with_kwargs=True))
             if "attn_outputs" in kinds and layer.attn_contribution is not None:
-                handles.append(layer.attn_contribution.register_forward_hook(post_hook("attn_outputs", i)))
+                handles.append(
+                    layer.attn_contribution.register_forward_hook(post_hook("attn_outputs", i))
+                )
             if "mlp_outputs" in kinds:
-                handles.append(layer.mlp_contribution.register_forward_hook(post_hook("mlp_outputs", i)))
+                handles.append(
+                    layer.mlp_contribution.register_forward_hook(post_hook("mlp_outputs", i))
+                )
             if "outputs" in kinds or i == stop_layer:
                 handles.append(layer.block.register_forward_hook(post_hook("outputs", i)))
         if logits and dmap.final_norm is not None:
-            handles.append(dmap.final_norm.register_forward_hook(
-                lambda m, a, out: final.__setitem__("norm", keep(_first(out)))))
+            handles.append(
+                dmap.final_norm.register_forward_hook(
+                    lambda m, a, out: final.__setitem__("norm", keep(_first(out)))
+                )
+            )
         out_logits = None
         context = contextlib.nullcontext() if grad else torch.no_grad()
         with context:

@@ -21,6 +21,8 @@ def tolerance(dtype: torch.dtype) -> dict[str, float]:
     return {"atol": atol, "rtol": rtol}
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None
+) -> None:
     """`torch.testing.assert_close` with the tolerance of `dtype` (default: `expected.dtype`)."""
     torch.testing.assert_close(actual, expected, **tolerance(dtype or expected.dtype))

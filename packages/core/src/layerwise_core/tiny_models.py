@@ -22,8 +22,8 @@ from torch.nn import functional as F
 from layerwise_core.presets import init_normal_
 
 __all__ = [
-    "BidirectionalLlamaConfig",
-    "BidirectionalLlamaForMaskedDiffusion",
+    "BidirectionalLlamaConfig",  # noqa: F822 - built lazily by __getattr__
+    "BidirectionalLlamaForMaskedDiffusion",  # noqa: F822
     "tiny_bidirectional",
     "tiny_llada_style",
     "tiny_llama",
@@ -176,8 +176,10 @@ class _LLaDAStyleBlock(nn.Module):
 
     def attention(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = (p(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            p(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         mask = None if key_mask is None else key_mask[:, None, None, :].bool()
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
         return self.attn_out(out.transpose(1, 2).reshape(b, t, d))
@@ -191,8 +193,15 @@ class _LLaDAStyleBlock(nn.Module):
 class _LLaDAStyleConfig:
     model_type = "llada"
 
-    def __init__(self, vocab_size: int, hidden_size: int, num_hidden_layers: int,
-                 num_attention_heads: int, intermediate_size: int, mask_token_id: int):
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        num_hidden_layers: int,
+        num_attention_heads: int,
+        intermediate_size: int,
+        mask_token_id: int,
+    ):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -236,11 +245,22 @@ class _LLaDAStyleLM(nn.Module):
         return SimpleNamespace(logits=tr.ff_out(tr.ln_f(x)))
 
 
-def tiny_llada_style(seed: int = 0, vocab_size: int = 128, hidden_size: int = 32,
-                     num_hidden_layers: int = 2, num_attention_heads: int = 4,
-                     intermediate_size: int = 64) -> nn.Module:
+def tiny_llada_style(
+    seed: int = 0,
+    vocab_size: int = 128,
+    hidden_size: int = 32,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 64,
+) -> nn.Module:
     """A tiny bidirectional LM with LLaDA's module layout (`model.transformer.blocks`, `attn_norm`)."""
-    config = _LLaDAStyleConfig(vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
-                               intermediate_size, mask_token_id=vocab_size - 1)
+    config = _LLaDAStyleConfig(
+        vocab_size,
+        hidden_size,
+        num_hidden_layers,
+        num_attention_heads,
+        intermediate_size,
+        mask_token_id=vocab_size - 1,
+    )
     torch.manual_seed(seed)
     return init_normal_(_LLaDAStyleLM(config)).eval()

@@ -1,0 +1,78 @@
+"""Distributed helpers: no-ops in one process; over 2 gloo processes a DTensor shard's statistic
+reduces to the full tensor's."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from layerwise_core import (
+    all_reduce_max,
+    all_reduce_sum,
+    broadcast_object,
+    full_tensor,
+    get_rank,
+    get_world_size,
+    is_main_process,
+)
+
+SCRIPT = textwrap.dedent(
+    """
+    import torch, torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import distribute_tensor, Shard, Replicate
+    from layerwise_core import all_reduce_max, all_reduce_sum, full_tensor, broadcast_object, local_tensor
+
+    dist.init_process_group("gloo")
+    mesh = init_device_mesh("cpu", (2,))
+    torch.manual_seed(0)
+    full = torch.randn(6, 5)
+    sharded = distribute_tensor(full, mesh, [Shard(0)])
+    shard = local_tensor(sharded)
+    assert shard.shape == (3, 5)
+    sq = all_reduce_sum(shard.pow(2).sum(), like=sharded)
+    mx = all_reduce_max(shard.abs().max(), like=sharded)
+    torch.testing.assert_close(sq.sqrt(), full.norm())
+    torch.testing.assert_close(mx, full.abs().max())
+    replicated = distribute_tensor(full, mesh, [Replicate()])
+    same = all_reduce_sum(local_tensor(replicated).pow(2).sum(), like=replicated)
+    torch.testing.assert_close(same.sqrt(), full.norm())  # replicated: no double counting
+    torch.testing.assert_close(full_tensor(sharded), full)
+    assert broadcast_object({"rank": dist.get_rank()}) == {"rank": 0}
+    dist.barrier()
+    dist.destroy_process_group()
+    print("OK", flush=True)
+    """
+)
+
+
+def test_single_process_no_ops():
+    t = torch.tensor([2.0])
+    assert all_reduce_sum(t) is t and t.item() == 2.0
+    assert all_reduce_max(t).item() == 2.0
+    assert (get_rank(), get_world_size(), is_main_process()) == (0, 1, True)
+    assert full_tensor(t) is t and broadcast_object([1]) == [1]
+
+
+@pytest.mark.distributed
+def test_dtensor_shard_statistics_over_two_processes(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("OK") == 2

@@ -1,0 +1,45 @@
+"""The bidirectional test models really attend both ways; padding keys are ignored."""
+
+import torch
+
+from layerwise_core import find_decoder, tiny_bidirectional, tiny_llama, tiny_shifted_bidirectional
+
+
+def test_bidirectional_sees_the_future_causal_does_not():
+    ids = torch.randint(0, 100, (1, 6))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % 100
+    with torch.no_grad():
+        bi = tiny_bidirectional()
+        assert not torch.allclose(bi(ids).logits[0, 0], bi(changed).logits[0, 0])
+        causal = tiny_llama()
+        torch.testing.assert_close(causal(ids).logits[0, 0], causal(changed).logits[0, 0])
+
+
+def test_padding_keys_are_masked():
+    model = tiny_bidirectional()
+    ids = torch.randint(0, 100, (1, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    other = ids.clone()
+    other[0, 4:] = 7
+    with torch.no_grad():
+        a = model(ids, attention_mask=mask).logits[0, :4]
+        b = model(other, attention_mask=mask).logits[0, :4]
+        c = model(ids[:, :4]).logits[0]
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+
+
+def test_config_flags_and_save_load_round_trip(tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    llada, dream = tiny_bidirectional(), tiny_shifted_bidirectional()
+    assert (llada.config.logit_shift, dream.config.logit_shift) == (0, 1)
+    assert llada.config.mask_token_id == 127
+    assert find_decoder(dream).family == "layerwise_bidirectional_llama"
+    dream.save_pretrained(tmp_path)
+    again = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 100, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, dream(ids).logits)
+    assert again.config.logit_shift == 1
