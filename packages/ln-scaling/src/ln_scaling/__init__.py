@@ -1,0 +1,34 @@
+"""ln-scaling: LayerNorm Scaling ("The Curse of Depth in LLMs", arXiv 2502.05795) and Mix-LN
+(arXiv 2412.13795) for any Hugging Face decoder, without forking its modeling file.
+
+    model = ln_scaling.apply_layernorm_scaling(model)     # h = x + Attn(Norm(x) / sqrt(l)) ...
+    model.save_pretrained(path); again = ln_scaling.from_pretrained(path)
+"""
+
+from ln_scaling.__about__ import __version__
+from ln_scaling.initialisation import REFERENCE_EMBEDDING_STD, init_weights
+from ln_scaling.layernorm_scaling import (
+    apply_layernorm_scaling,
+    is_layernorm_scaled,
+    layernorm_scale,
+    remove_layernorm_scaling,
+)
+from ln_scaling.mix_ln import apply_mix_ln, post_ln_layer_count
+from ln_scaling.pretrained import apply_norm_scheme, from_pretrained, norm_scheme
+from ln_scaling.residual_variance import residual_variance
+
+__all__ = [
+    "REFERENCE_EMBEDDING_STD",
+    "__version__",
+    "apply_layernorm_scaling",
+    "apply_mix_ln",
+    "apply_norm_scheme",
+    "from_pretrained",
+    "init_weights",
+    "is_layernorm_scaled",
+    "layernorm_scale",
+    "norm_scheme",
+    "post_ln_layer_count",
+    "remove_layernorm_scaling",
+    "residual_variance",
+]
