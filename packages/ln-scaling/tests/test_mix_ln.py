@@ -13,17 +13,16 @@ def manual_mix_ln_logits(model, ids, post):
     h = inner.embed_tokens(ids)
     rope = inner.rotary_emb(h, torch.arange(ids.shape[1])[None])
     for index, layer in enumerate(inner.layers):
-
-        def attn(x):
-            return layer.self_attn(hidden_states=x, attention_mask=None, position_embeddings=rope)[
-                0
-            ]
-
         if index < post:  # h = N_a(x + Attn(x)); out = N_f(h + MLP(h))
-            h = layer.post_attention_layernorm(h + attn(h))
+            a = layer.self_attn(hidden_states=h, attention_mask=None, position_embeddings=rope)[0]
+            h = layer.post_attention_layernorm(h + a)
             h = layer.post_feedforward_layernorm(h + layer.mlp(h))
         else:
-            h = h + attn(layer.input_layernorm(h))
+            x = layer.input_layernorm(h)
+            h = (
+                h
+                + layer.self_attn(hidden_states=x, attention_mask=None, position_embeddings=rope)[0]
+            )
             h = h + layer.mlp(layer.post_attention_layernorm(h))
     return model.lm_head(inner.norm(h))
 
