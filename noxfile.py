@@ -11,6 +11,7 @@ downloads a CUDA build). torch is installed first, pinned by constraints.txt.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -151,6 +152,7 @@ def build(session: nox.Session) -> None:
     """Wheels + sdists of every distribution, metadata checked with twine."""
     session.install("build", "hatchling>=1.20", "twine")
     out = ROOT / "dist"
+    shutil.rmtree(out, ignore_errors=True)  # no stale artifacts of older versions in the check
     for path in DISTS.values():
         session.run("python", "-m", "build", "--no-isolation", "-o", str(out), str(path))
     session.run("twine", "check", "--strict", *map(str, sorted(out.glob("*"))))
