@@ -1,0 +1,93 @@
+"""The `layerwise` command.
+
+    layerwise quickstart [--out runs/quickstart] [--minutes 6] [a.b=c ...]
+    layerwise pretrain --config FILE.yaml [a.b=c ...]
+
+Overrides are dotted `key=value` pairs applied on top of the YAML file (values parse as YAML
+scalars: `train.steps=300`, `optim.betas=[0.9,0.95]`, `train.resume=true`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+_LATER = {
+    "finetune": "fine-tuning (full / LoRA / LIFT / SEFT)",
+    "eval": "evaluation beyond perplexity (lm-eval, retrieval, math)",
+    "probe": "depth probing",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    from layerwise.__about__ import __version__
+
+    parser = argparse.ArgumentParser(prog="layerwise", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"layerwise {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    quick = sub.add_parser(
+        "quickstart", help="real corpus -> tokenizer -> small Llama trained on CPU -> report"
+    )
+    quick.add_argument(
+        "--out", default="runs/quickstart", help="output folder (default: %(default)s)"
+    )
+    quick.add_argument(
+        "--config", default=None, help="a QuickstartConfig YAML (default: the built-in recipe)"
+    )
+    quick.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="QuickstartConfig overrides"
+    )
+
+    pre = sub.add_parser("pretrain", help="pre-train a Llama from a YAML config")
+    pre.add_argument("--config", required=True, help="PretrainConfig YAML file")
+    pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    for name, what in _LATER.items():
+        sub.add_parser(name, help=f"{what} (not yet available)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from layerwise_core import ConfigError
+
+    try:
+        if args.command == "pretrain":
+            from layerwise.train import PretrainConfig, pretrain
+
+            cfg = PretrainConfig.from_yaml(args.config, overrides=args.overrides)
+            from layerwise_core import is_main_process
+
+            result = pretrain(cfg)
+            if result.final_eval is not None and is_main_process():
+                print(
+                    f"step {result.step}: validation loss {result.final_eval.loss:.4f}, "
+                    f"perplexity {result.final_eval.perplexity:.2f} ({result.out_dir})"
+                )
+            return 0
+        if args.command == "quickstart":
+            from layerwise.quickstart import QuickstartConfig, run_quickstart
+
+            if args.config:
+                cfg = QuickstartConfig.from_yaml(args.config, overrides=args.overrides)
+            else:
+                cfg = QuickstartConfig.from_dict({}, overrides=args.overrides)
+            run_quickstart(cfg, args.out)
+            return 0
+    except ConfigError as err:
+        print(f"layerwise {args.command}: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"layerwise {args.command}: {_LATER[args.command]} is not yet available in layerwise "
+        "0.1; available now: quickstart, pretrain",
+        file=sys.stderr,
+    )
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

