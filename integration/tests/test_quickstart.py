@@ -22,7 +22,7 @@ def test_default_recipe_and_overrides_merge_into_it():
     cfg = QuickstartConfig.from_dict({}, ["base.train.steps=20", "base.optim.warmup_steps=5"])
     assert cfg.base.train.steps == 20
     assert cfg.base.model.overrides["hidden_size"] == 256  # from the packaged recipe
-    assert [run.name for run in cfg.runs] == ["pre_ln"]
+    assert [run.name for run in cfg.runs] == ["pre_ln", "lns"]
 
 
 def test_runs_share_data_and_seed(small_data, tmp_path, capsys):

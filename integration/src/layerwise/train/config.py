@@ -21,7 +21,9 @@ __all__ = ["DataConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "TrainC
 class ModelConfig(LayerwiseConfig):
     preset: str = "llama-tiny"  # a layerwise_core.LLAMA_PRESETS name
     overrides: dict[str, Any] = Field(default_factory=dict)  # LlamaConfig fields to replace
-    norm: Literal["pre_ln"] = "pre_ln"  # normalisation placement of the decoder blocks
+    # normalisation of the decoder blocks: Pre-LN, LayerNorm Scaling (1/sqrt(l)), Mix-LN (ln-scaling)
+    norm: Literal["pre_ln", "lns", "mix_ln"] = "pre_ln"
+    post_ln_fraction: float = Field(0.25, ge=0.0, le=1.0)  # Mix-LN: leading share of Post-LN blocks
     init_std: float = Field(0.02, gt=0.0)  # std of the N(0, std) init of Linear/Embedding weights
 
     @field_validator("preset")

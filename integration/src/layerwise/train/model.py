@@ -11,7 +11,9 @@ __all__ = ["build_model"]
 def build_model(
     cfg: ModelConfig, vocab_size: int, block_size: int, eos_token_id: int | None = None
 ):
-    """`LlamaForCausalLM(llama_config(preset, vocab_size, **overrides))` with N(0, init_std) weights.
+    """`LlamaForCausalLM(llama_config(preset, vocab_size, **overrides))` with N(0, init_std) weights,
+    then the norm scheme of `cfg.norm` (`ln_scaling.apply_norm_scheme`; recorded in the config, so
+    `ln_scaling.from_pretrained` reloads the saved model exactly).
 
     Draws from the global torch RNG: seed it first (`layerwise_core.set_seed`).
     """
@@ -29,4 +31,9 @@ def build_model(
         )
     model = LlamaForCausalLM(config)
     init_normal_(model, cfg.init_std)
+    if cfg.norm != "pre_ln":
+        # after the init: Mix-LN's new Post-LN norms start at ones, LNS adds no parameters
+        from ln_scaling import apply_norm_scheme
+
+        apply_norm_scheme(model, cfg.norm, post_ln_fraction=cfg.post_ln_fraction)
     return model
