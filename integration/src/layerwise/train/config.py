@@ -65,7 +65,13 @@ class PretrainConfig(LayerwiseConfig):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    objective: Literal["ntp"] = "ntp"  # training objective: next-token prediction
+    # training objective: ntp = next-token prediction; meap = MEAP (arXiv 2502.07490): a share of
+    # the input positions replaced by [MASK], next-token targets clean, validation unmasked
+    objective: Literal["ntp", "meap"] = "ntp"
+    mask_ratio: float = Field(0.15, gt=0.0, lt=1.0)  # meap: share of inputs replaced by [MASK]
+    # meap: "reference" = the official masks (same columns for the whole batch, 51 cycling by
+    # step); "per_sequence" = independent positions per row
+    mask_mode: Literal["reference", "per_sequence"] = "reference"
     optimizer: Literal["adamw"] = "adamw"  # AdamW with decay on matrices only
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn import functional as F
 
 from layerwise.data.packing import BlockSampler
 from layerwise.data.prepare import PreparedData, prepare_data
@@ -91,6 +92,12 @@ def pretrain(
 
     set_seed(tc.seed)
     model = build_model(cfg.model, len(data.tokenizer), tc.block_size, data.tokenizer.eos_token_id)
+    mask_id = None
+    if cfg.objective == "meap":
+        import meap
+
+        # the layerwise BPE already holds [MASK]; a hub tokenizer gets it (and the model its row)
+        mask_id = meap.add_mask_token(data.tokenizer, model)
     optimizer = torch.optim.AdamW(
         decay_param_groups(model, oc.weight_decay), lr=oc.lr, betas=oc.betas, eps=oc.eps
     )
@@ -159,7 +166,10 @@ def pretrain(
             batch = data.train.gather(indices[lo : lo + B]).to(device)
             sync = contextlib.nullcontext() if m == A - 1 else accelerator.no_sync(model)
             with sync:
-                loss = next_token_loss(model, batch)
+                if cfg.objective == "meap":
+                    loss = _meap_loss(cfg, model, batch, step, lo, global_batch, mask_id)
+                else:
+                    loss = next_token_loss(model, batch)
                 accelerator.backward(loss / A)
             step_loss += loss.detach().double()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
@@ -216,6 +226,26 @@ def _validation_record(step: int, result: PerplexityResult) -> dict:
         "perplexity": result.perplexity,
         "tokens": result.tokens,
     }
+
+
+def _meap_loss(cfg, model, blocks, step, row_offset, global_batch, mask_id) -> torch.Tensor:
+    """MEAP: next-token cross-entropy on inputs `blocks[:, :-1]` with a share replaced by [MASK],
+    targets `blocks[:, 1:]` clean. The mask is a function of the optimizer step (and, per
+    sequence, of the row's index in the global batch), so every micro-batch, process count and
+    resume sees the same masks as a single-process run."""
+    import meap
+
+    inputs = blocks[:, :-1]
+    if cfg.mask_mode == "reference":
+        inputs = meap.mask_inputs(inputs, cfg.mask_ratio, mask_id, step)
+    else:
+        shape = torch.empty(global_batch, inputs.shape[1], dtype=torch.long)
+        mask = meap.masked_positions(
+            shape, cfg.mask_ratio, step, "per_sequence", seed=cfg.train.seed
+        )[row_offset : row_offset + inputs.shape[0]]
+        inputs = inputs.masked_fill(mask.to(inputs.device), mask_id)
+    logits = model(input_ids=inputs).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), blocks[:, 1:].reshape(-1))
 
 
 def _save_final(accelerator, model, tokenizer, folder: Path) -> None:
