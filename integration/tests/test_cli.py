@@ -44,7 +44,7 @@ def test_unknown_field_is_named(tmp_path, capsys, tiny_run):
     assert "did you mean 'train.steps'" in err
     assert not (tmp_path / "out").exists()  # nothing ran
 
-    assert main(["pretrain", "--config", str(path), "model.norm=lns"]) == 2
+    assert main(["pretrain", "--config", str(path), "model.norm=post_ln"]) == 2
     assert "model.norm" in capsys.readouterr().err
 
 
