@@ -6,6 +6,33 @@ is installed and the torch reference everywhere else. Triton is imported only wh
 
 from layerwise_kernels.__about__ import __version__
 from layerwise_kernels._backend import triton_available
+from layerwise_kernels.fake_quant import (
+    FAKE_QUANT_MODES,
+    FakeQuantLinear,
+    apply_fake_quant,
+    fake_quant,
+    fake_quant_naive,
+)
 from layerwise_kernels.rms_norm import rms_norm, rms_norm_naive
+from layerwise_kernels.spam_step import (
+    per_tensor_abs_max,
+    per_tensor_clipped_sq_norm,
+    spam_step_,
+    stable_spam_step_,
+)
 
-__all__ = ["__version__", "rms_norm", "rms_norm_naive", "triton_available"]
+__all__ = [
+    "FAKE_QUANT_MODES",
+    "FakeQuantLinear",
+    "__version__",
+    "apply_fake_quant",
+    "fake_quant",
+    "fake_quant_naive",
+    "per_tensor_abs_max",
+    "per_tensor_clipped_sq_norm",
+    "rms_norm",
+    "rms_norm_naive",
+    "spam_step_",
+    "stable_spam_step_",
+    "triton_available",
+]
