@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from layerwise.quickstart import QuickstartConfig, run_quickstart, unigram_perplexity
+from layerwise.train import read_metrics
 
 
 def test_unigram_perplexity_by_hand():
@@ -45,6 +46,7 @@ def test_runs_share_data_and_seed(small_data, tmp_path, capsys):
                 {"name": "a"},
                 {"name": "a_again"},
                 {"name": "higher_lr", "overrides": ["optim.lr=1e-2"]},
+                {"name": "lns", "overrides": ["model.norm=lns"]},
             ],
             "eval_all_validation": False,
         }
@@ -59,5 +61,10 @@ def test_runs_share_data_and_seed(small_data, tmp_path, capsys):
         assert f"| {r.name} | " in report and f"{r.val_perplexity:.2f}" in report
     assert (tmp_path / "qs" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "qs" / "results.json").read_text())
-    assert [r["name"] for r in saved["runs"]] == ["a", "a_again", "higher_lr"]
+    assert [r["name"] for r in saved["runs"]] == ["a", "a_again", "higher_lr", "lns"]
+    # the reported score is that of the model as trained (LNS re-applied on reload): it equals
+    # the last validation the training loop logged on the same blocks
+    for name, result in results.items():
+        last = [r for r in read_metrics(tmp_path / "qs" / name) if r["split"] == "validation"][-1]
+        assert result.val_loss == pytest.approx(last["loss"], abs=1e-5), name
     assert "unigram baseline" in capsys.readouterr().out

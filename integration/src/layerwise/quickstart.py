@@ -31,6 +31,7 @@ from layerwise.data.prepare import PreparedData, prepare_data
 from layerwise.eval.perplexity import perplexity
 from layerwise.train.config import PretrainConfig
 from layerwise.train.metrics import read_metrics
+from layerwise.train.model import load_trained_model
 from layerwise.train.pretrain import pretrain
 from layerwise_core import LayerwiseConfig
 
@@ -251,8 +252,6 @@ def run_quickstart(
         f"[quickstart] {len(data.train.stream):,} training / {len(data.validation.stream):,} "
         f"validation tokens, vocabulary {len(data.tokenizer):,} ({time.perf_counter() - t0:.0f} s)"
     )
-    from transformers import AutoModelForCausalLM
-
     results = []
     for run in cfg.runs:
         folder = out / run.name
@@ -265,7 +264,7 @@ def run_quickstart(
         _clear_previous(folder)
         print(f"[quickstart] run '{run.name}': {run.overrides or 'base recipe'}")
         trained = pretrain(run_cfg, data=data)
-        model = AutoModelForCausalLM.from_pretrained(folder / "final")
+        model = load_trained_model(folder / "final", run_cfg.model)  # LNS / Mix-LN / quant kept
         max_blocks = None
         if not cfg.eval_all_validation and run_cfg.train.eval_batches is not None:
             max_blocks = run_cfg.train.eval_batches * run_cfg.train.batch_size

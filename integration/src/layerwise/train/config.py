@@ -15,7 +15,15 @@ from pydantic import Field, field_validator, model_validator
 from layerwise.data.config import DataConfig
 from layerwise_core import LLAMA_PRESETS, LayerwiseConfig
 
-__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "TrainConfig"]
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PretrainConfig",
+    "SpamConfig",
+    "StableSpamConfig",
+    "TrainConfig",
+]
 
 
 class ModelConfig(LayerwiseConfig):
@@ -24,6 +32,11 @@ class ModelConfig(LayerwiseConfig):
     # normalisation of the decoder blocks: Pre-LN, LayerNorm Scaling (1/sqrt(l)), Mix-LN (ln-scaling)
     norm: Literal["pre_ln", "lns", "mix_ln"] = "pre_ln"
     post_ln_fraction: float = Field(0.25, ge=0.0, le=1.0)  # Mix-LN: leading share of Post-LN blocks
+    # simulated low-bit training (Stable-SPAM's 4-bit runs): fake-quantised weights and inputs of
+    # every Linear but the LM head, straight-through gradients (layerwise_kernels.apply_fake_quant)
+    quant: Literal["none", "int8", "int4", "fp4"] = "none"
+    quant_weight_group_size: int | None = Field(None, ge=1)  # None: per output channel
+    quant_act_group_size: int | None = Field(None, ge=1)  # None: per token
     init_std: float = Field(0.02, gt=0.0)  # std of the N(0, std) init of Linear/Embedding weights
 
     @field_validator("preset")
@@ -42,6 +55,31 @@ class OptimConfig(LayerwiseConfig):
     warmup_steps: int = Field(100, ge=0)  # linear warm-up from lr/warmup_steps to lr
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine floor, as a fraction of lr
     grad_clip: float | None = Field(1.0, gt=0.0)  # max global gradient norm; null: no clipping
+
+
+class SpamConfig(LayerwiseConfig):
+    """SPAM (spam_opt.SPAM): spike-aware Adam with momentum reset; defaults of the paper."""
+
+    warmup_steps: int = Field(150, ge=0)  # cosine warm-up steps after each momentum reset
+    threshold: float = Field(5000.0, ge=0.0)  # spike if g^2 > threshold * v; 0 disables clipping
+    reset_interval: int = Field(500, ge=0)  # steps between momentum resets (0: never)
+    clip_delay: int = Field(20, ge=0)  # no spike clipping for this many steps after a reset
+    density: float = Field(1.0, gt=0.0, le=1.0)  # < 1: sparse momentum on attention/MLP matrices
+    reference_quirks: bool = False  # reproduce the official code bit for bit
+
+
+class StableSpamConfig(LayerwiseConfig):
+    """Stable-SPAM (spam_opt.StableSPAM): AdaClip + AdaGN + momentum reset; paper defaults."""
+
+    gamma1: float = 0.7  # AdaGN norm momentum (-1: use beta1)
+    gamma2: float = Field(0.9, ge=0.0, lt=1.0)  # AdaGN second moment of the norm
+    gamma3: float = Field(0.999, ge=0.0, lt=1.0)  # AdaClip momentum of max|g|
+    total_steps: int | None = Field(
+        None, ge=1
+    )  # cosine length of the momentum scale; None: train.steps
+    eta_min: float = Field(0.5, ge=0.0, le=1.0)  # floor of that cosine
+    reset_interval: int = Field(1000, ge=0)  # steps between momentum resets (0: never)
+    reference_quirks: bool = False  # reproduce the official code bit for bit
 
 
 class TrainConfig(LayerwiseConfig):
@@ -72,7 +110,11 @@ class PretrainConfig(LayerwiseConfig):
     # meap: "reference" = the official masks (same columns for the whole batch, 51 cycling by
     # step); "per_sequence" = independent positions per row
     mask_mode: Literal["reference", "per_sequence"] = "reference"
-    optimizer: Literal["adamw"] = "adamw"  # AdamW with decay on matrices only
+    # adamw: torch AdamW; spam / stable_spam: spam_opt (arXiv 2501.06842 / 2502.17055). All decay
+    # only matrices (decoupled weight decay = optim.weight_decay)
+    optimizer: Literal["adamw", "spam", "stable_spam"] = "adamw"
+    spam: SpamConfig = Field(default_factory=SpamConfig)
+    stable_spam: StableSpamConfig = Field(default_factory=StableSpamConfig)
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> PretrainConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from layerwise.train.config import ModelConfig
 from layerwise_core import init_normal_, llama_config
 
-__all__ = ["build_model"]
+__all__ = ["build_model", "load_trained_model"]
 
 
 def build_model(
@@ -36,4 +36,31 @@ def build_model(
         from ln_scaling import apply_norm_scheme
 
         apply_norm_scheme(model, cfg.norm, post_ln_fraction=cfg.post_ln_fraction)
+    if cfg.quant != "none":
+        from layerwise_kernels import apply_fake_quant
+
+        apply_fake_quant(
+            model,
+            cfg.quant,
+            weight_group_size=cfg.quant_weight_group_size,
+            act_group_size=cfg.quant_act_group_size,
+        )
+    return model
+
+
+def load_trained_model(folder, cfg: ModelConfig):
+    """Reload a run's saved `final/` model as it was trained: the norm scheme recorded in its config
+    (`ln_scaling.from_pretrained`) and the fake quantisation of `cfg.quant`."""
+    from ln_scaling import from_pretrained
+
+    model = from_pretrained(folder)
+    if cfg.quant != "none":
+        from layerwise_kernels import apply_fake_quant
+
+        apply_fake_quant(
+            model,
+            cfg.quant,
+            weight_group_size=cfg.quant_weight_group_size,
+            act_group_size=cfg.quant_act_group_size,
+        )
     return model

@@ -29,8 +29,9 @@ from layerwise.train.checkpoint import latest_checkpoint, load_checkpoint, save_
 from layerwise.train.config import PretrainConfig
 from layerwise.train.metrics import MetricsLog
 from layerwise.train.model import build_model
+from layerwise.train.optimizers import build_optimizer
 from layerwise.train.schedule import warmup_cosine_scheduler
-from layerwise_core import all_reduce_sum, decay_param_groups, set_seed
+from layerwise_core import all_reduce_sum, set_seed
 
 __all__ = ["PretrainResult", "pretrain"]
 
@@ -98,9 +99,7 @@ def pretrain(
 
         # the layerwise BPE already holds [MASK]; a hub tokenizer gets it (and the model its row)
         mask_id = meap.add_mask_token(data.tokenizer, model)
-    optimizer = torch.optim.AdamW(
-        decay_param_groups(model, oc.weight_decay), lr=oc.lr, betas=oc.betas, eps=oc.eps
-    )
+    optimizer = build_optimizer(cfg, model)
     scheduler = warmup_cosine_scheduler(optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio)
     sampler = BlockSampler(len(data.train), tc.seed)
     log = MetricsLog(out, enabled=main)
