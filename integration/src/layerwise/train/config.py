@@ -21,6 +21,7 @@ __all__ = [
     "OptimConfig",
     "PretrainConfig",
     "SpamConfig",
+    "SpectralConfig",
     "StableSpamConfig",
     "TrainConfig",
 ]
@@ -82,6 +83,17 @@ class StableSpamConfig(LayerwiseConfig):
     reference_quirks: bool = False  # reproduce the official code bit for bit
 
 
+class SpectralConfig(LayerwiseConfig):
+    """Options of `spectral: alphadecay | llr` (spectral-opt); null fields take the papers' values."""
+
+    interval: int | None = Field(None, ge=1)  # recompute period in steps; null: 500 / 100 (llr)
+    ratio: tuple[float, float] | None = None  # (r_min, r_max); null: (0.6666, 3) / (1, 5) (llr)
+    active_fraction: float = Field(0.2, gt=0.0, le=1.0)  # llr: adapt LRs during this share of steps
+    ramp_steps: int = Field(50, ge=0)  # llr: steps of the linear ramp to each new peak LR
+    exclude_first_last: bool = True  # alphadecay: first and last Linear keep optim.weight_decay
+    min_eigs: int = Field(50, ge=2)  # modules with fewer ESD eigenvalues stay untuned
+
+
 class TrainConfig(LayerwiseConfig):
     steps: int = Field(1000, ge=1)  # optimizer steps (the LR schedule spans them)
     batch_size: int = Field(8, ge=1)  # blocks per micro-batch per process
@@ -115,6 +127,9 @@ class PretrainConfig(LayerwiseConfig):
     optimizer: Literal["adamw", "spam", "stable_spam"] = "adamw"
     spam: SpamConfig = Field(default_factory=SpamConfig)
     stable_spam: StableSpamConfig = Field(default_factory=StableSpamConfig)
+    # heavy-tail guided hyper-parameters: AlphaDecay (per-module weight decay) or LLR (per-module LR)
+    spectral: Literal["none", "alphadecay", "llr"] = "none"
+    spectral_options: SpectralConfig = Field(default_factory=SpectralConfig)
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> PretrainConfig:

@@ -29,7 +29,7 @@ from layerwise.train.checkpoint import latest_checkpoint, load_checkpoint, save_
 from layerwise.train.config import PretrainConfig
 from layerwise.train.metrics import MetricsLog
 from layerwise.train.model import build_model
-from layerwise.train.optimizers import build_optimizer
+from layerwise.train.optimizers import build_optimizer, build_spectral_controller
 from layerwise.train.schedule import warmup_cosine_scheduler
 from layerwise_core import all_reduce_sum, set_seed
 
@@ -101,6 +101,7 @@ def pretrain(
         mask_id = meap.add_mask_token(data.tokenizer, model)
     optimizer = build_optimizer(cfg, model)
     scheduler = warmup_cosine_scheduler(optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio)
+    spectral = build_spectral_controller(cfg, optimizer, model, scheduler)
     sampler = BlockSampler(len(data.train), tc.seed)
     log = MetricsLog(out, enabled=main)
     step, pending_loss, pending_steps = 0, 0.0, 0
@@ -113,6 +114,8 @@ def pretrain(
         step = ckpt.step
         pending_loss = ckpt.trainer_state["pending_loss"]
         pending_steps = ckpt.trainer_state["pending_steps"]
+        if spectral is not None:
+            spectral.load_state_dict(ckpt.trainer_state["spectral"])
     if tc.resume:  # records after the checkpoint (or all, if there is none) are redone
         log.truncate_after(step)
     already_finished = step == tc.steps
@@ -151,6 +154,7 @@ def pretrain(
                 "pending_loss": pending_loss,
                 "pending_steps": pending_steps,
                 "world_size": world,
+                "spectral": None if spectral is None else spectral.state_dict(),
             },
             config_yaml=cfg.to_yaml(),
         )
@@ -172,7 +176,10 @@ def pretrain(
                 accelerator.backward(loss / A)
             step_loss += loss.detach().double()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
-        lr = scheduler.get_last_lr()[0]
+        if spectral is not None and spectral.step(step):  # alphas recomputed: log them
+            alphas = {f"alpha/{name}": alpha for name, alpha in spectral.alphas.items()}
+            log.log({"step": step + 1, "split": "spectral", **alphas})
+        lr = scheduler.get_last_lr()[-1]  # the last group carries the base LR (LLR: group 0 is 5x)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

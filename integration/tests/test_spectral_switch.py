@@ -1,0 +1,42 @@
+"""`spectral: alphadecay | llr` in the pre-training loop: alphas recomputed on schedule and logged,
+and a run stopped and resumed continues exactly (controller state in the checkpoint)."""
+
+import pytest
+import torch
+
+from layerwise.train import pretrain, read_metrics
+from layerwise_core import load_safetensors
+
+
+@pytest.mark.parametrize("method", ["alphadecay", "llr"])
+def test_spectral_run_logs_alphas_and_resumes_exactly(small_data, tmp_path, tiny_run, method):
+    common = (
+        f"spectral={method}",
+        "spectral_options.interval=4",
+        "spectral_options.ramp_steps=2",
+        "spectral_options.active_fraction=0.5",
+        "spectral_options.min_eigs=8",
+        "train.steps=12",
+        "train.save_every=6",
+        "optim.weight_decay=0.1",
+        "model.overrides.hidden_size=32",
+        "model.overrides.intermediate_size=64",
+    )
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    pretrain(tiny_run(straight, *common), data=small_data)
+    pretrain(tiny_run(resumed, *common), stop_at=6, data=small_data)
+    torch.manual_seed(7)
+    pretrain(tiny_run(resumed, *common, "train.resume=true"), data=small_data)
+
+    records = [r for r in read_metrics(straight) if r["split"] == "spectral"]
+    expected_steps = [1, 4, 8, 12] if method == "alphadecay" else [1, 4]  # llr freezes at 50%
+    assert [r["step"] for r in records] == expected_steps
+    assert any(key.startswith("alpha/model.layers.0.") for key in records[0])
+
+    def timeless(folder):
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(folder)]
+
+    assert timeless(straight) == timeless(resumed)  # losses, LRs and logged alphas
+    a, _ = load_safetensors(straight / "checkpoints" / "step_12" / "model.safetensors")
+    b, _ = load_safetensors(resumed / "checkpoints" / "step_12" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

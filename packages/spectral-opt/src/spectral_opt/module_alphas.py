@@ -1,0 +1,191 @@
+"""alpha of every weight matrix of a model, batched by shape, FSDP2-aware.
+
+The fast recipe: group matrices by shape (a wide matrix is transposed, so gate/up (I x d) and down
+(d x I) projections share a group), stack a group in chunks, form the Gram matrices on the smaller
+side, run one batched `eigvalsh`, fit all spectra at once with the vectorised Hill estimator.
+
+With FSDP2 (DTensor parameters) every process gathers each full matrix (`DTensor.full_tensor`, a
+collective, so all processes walk the modules in the same order), keeps only the matrices it owns
+(the work is split across processes by cost), and the alphas are all-gathered: every process
+returns the same dictionary, so all apply identical hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from layerwise_core import full_tensor, get_rank, get_world_size
+from spectral_opt.esd import batched_esd
+from spectral_opt.hill_alpha import fit_power_law
+
+__all__ = ["alphas_of_modules", "module_alphas", "spectral_modules", "weight_alphas"]
+
+Patterns = str | Sequence[str] | None
+_CHUNK_BYTES = 256 << 20  # stacked weights per batched eigvalsh call
+
+
+def _compile(patterns: Patterns) -> list[re.Pattern[str]] | None:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return [re.compile(p) for p in patterns]
+
+
+def spectral_modules(
+    model: nn.Module,
+    module_types: tuple[type[nn.Module], ...] = (nn.Linear,),
+    include: Patterns = None,
+    exclude: Patterns = None,
+) -> list[tuple[str, nn.Module]]:
+    """Modules of `module_types` with a 2-D `weight`, in `named_modules` order.
+
+    `include` / `exclude`: regular expressions searched in the module name (`re.search`); a module
+    is kept if it matches some `include` pattern (all do when None) and no `exclude` pattern.
+    """
+    inc, exc = _compile(include), _compile(exclude)
+    found = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, module_types) or weight is None or weight.dim() != 2:
+            continue
+        if inc is not None and not any(p.search(name) for p in inc):
+            continue
+        if exc is not None and any(p.search(name) for p in exc):
+            continue
+        found.append((name, module))
+    return found
+
+
+def _tall_shape(shape: Iterable[int]) -> tuple[int, int]:
+    m, n = shape
+    return (m, n) if m >= n else (n, m)
+
+
+@torch.no_grad()
+def weight_alphas(
+    weights: Mapping[str, torch.Tensor],
+    fit: str = "median",
+    dtype: torch.dtype = torch.float32,
+    min_eigs: int = 50,
+    xmin_pos: float = 2.0,
+    bins: int = 100,
+    reference_quirks: bool = False,
+    chunk_bytes: int = _CHUNK_BYTES,
+) -> dict[str, float]:
+    """alpha of each named 2-D matrix (plain tensors), computed in batches of equal shape.
+
+    Matrices with N = min(m, n) < `min_eigs` are left out of the result (their alpha is unstable).
+    Gram + `eigvalsh` in `dtype` (float32 default, float64 on request) on the matrices' device.
+    """
+    groups: dict[tuple[torch.device, tuple[int, int]], list[str]] = {}
+    for name, w in weights.items():
+        if w.dim() != 2:
+            raise ValueError(f"{name}: expected a 2-D matrix, got shape {tuple(w.shape)}")
+        if w.is_meta:
+            raise ValueError(f"{name} lives on the meta device; materialise the model first")
+        if min(w.shape) >= min_eigs:
+            groups.setdefault((w.device, _tall_shape(w.shape)), []).append(name)
+    alphas: dict[str, float] = {}
+    for (_, (m, n)), names in groups.items():
+        per_chunk = max(1, chunk_bytes // (m * n * torch.finfo(dtype).bits // 8))
+        for start in range(0, len(names), per_chunk):
+            chunk = names[start : start + per_chunk]
+            stack = torch.stack(
+                [
+                    weights[k].detach().to(dtype)
+                    if weights[k].shape[0] >= weights[k].shape[1]
+                    else weights[k].detach().to(dtype).mT
+                    for k in chunk
+                ]
+            )
+            result = fit_power_law(batched_esd(stack, dtype), fit, xmin_pos, bins, reference_quirks)
+            alphas.update(zip(chunk, result.alpha.tolist()))
+            del stack
+    return {name: alphas[name] for name in weights if name in alphas}
+
+
+def _owners(shapes: list[tuple[int, int]], world: int) -> list[int]:
+    """Greedy longest-processing-time split of the matrices over `world` processes (deterministic)."""
+    cost = [m * n * min(m, n) for m, n in shapes]
+    load = [0] * world
+    owner = [0] * len(shapes)
+    for i in sorted(range(len(shapes)), key=lambda i: (-cost[i], i)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        owner[i] = rank
+        load[rank] += cost[i]
+    return owner
+
+
+@torch.no_grad()
+def alphas_of_modules(
+    modules: Sequence[tuple[str, nn.Module]],
+    min_eigs: int = 50,
+    fit: str = "median",
+    dtype: torch.dtype = torch.float32,
+    xmin_pos: float = 2.0,
+    bins: int = 100,
+    reference_quirks: bool = False,
+) -> dict[str, float]:
+    """{name: alpha} of the `weight` of each (name, module) with min(m, n) >= `min_eigs`.
+
+    Collective under torch.distributed: every process must call it with the same modules.
+    """
+    selected = [(name, m.weight) for name, m in modules if min(m.weight.shape) >= min_eigs]
+    kwargs = dict(
+        fit=fit,
+        dtype=dtype,
+        min_eigs=min_eigs,
+        xmin_pos=xmin_pos,
+        bins=bins,
+        reference_quirks=reference_quirks,
+    )
+    world = get_world_size()
+    if world == 1:
+        return weight_alphas({name: full_tensor(w.detach()) for name, w in selected}, **kwargs)
+    rank = get_rank()
+    owner = _owners([tuple(w.shape) for _, w in selected], world)
+    mine: dict[str, float] = {}
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, (_, w) in enumerate(selected):
+        by_shape.setdefault(_tall_shape(w.shape), []).append(i)
+    for indices in by_shape.values():  # one shape at a time bounds the gathered memory
+        owned = {}
+        for i in indices:
+            name, w = selected[i]
+            full = full_tensor(w.detach())  # collective for DTensors: every process calls it
+            if owner[i] == rank:
+                owned[name] = full
+        mine.update(weight_alphas(owned, **kwargs))
+    everyone: list[dict[str, float] | None] = [None] * world
+    dist.all_gather_object(everyone, mine)
+    merged = {k: v for part in everyone for k, v in (part or {}).items()}
+    return {name: merged[name] for name, _ in selected}
+
+
+def module_alphas(
+    model: nn.Module,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    min_eigs: int = 50,
+    fit: str = "median",
+    dtype: torch.dtype = torch.float32,
+    module_types: tuple[type[nn.Module], ...] = (nn.Linear,),
+    xmin_pos: float = 2.0,
+    bins: int = 100,
+    reference_quirks: bool = False,
+) -> dict[str, float]:
+    """{module name: alpha} for every selected module with min(m, n) >= `min_eigs`.
+
+    alpha is the Hill exponent of the ESD tail of the module's weight (see `hill_alpha`); modules
+    are chosen by `spectral_modules(model, module_types, include, exclude)`. Under torch.distributed
+    (FSDP2 DTensor shards or replicated weights) call it on every process: the work is split across
+    processes on gathered full matrices and every process returns the same dictionary.
+    """
+    modules = spectral_modules(model, module_types, include, exclude)
+    return alphas_of_modules(modules, min_eigs, fit, dtype, xmin_pos, bins, reference_quirks)
