@@ -20,10 +20,12 @@ from layerwise_kernels.spam_step import (
     spam_step_,
     stable_spam_step_,
 )
+from layerwise_kernels.top2_confidence import Top2Confidence, top2_confidence, top2_confidence_naive
 
 __all__ = [
     "FAKE_QUANT_MODES",
     "FakeQuantLinear",
+    "Top2Confidence",
     "__version__",
     "apply_fake_quant",
     "fake_quant",
@@ -34,5 +36,7 @@ __all__ = [
     "rms_norm_naive",
     "spam_step_",
     "stable_spam_step_",
+    "top2_confidence",
+    "top2_confidence_naive",
     "triton_available",
 ]

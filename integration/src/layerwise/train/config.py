@@ -116,8 +116,10 @@ class PretrainConfig(LayerwiseConfig):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     # training objective: ntp = next-token prediction; meap = MEAP (arXiv 2502.07490): a share of
-    # the input positions replaced by [MASK], next-token targets clean, validation unmasked
-    objective: Literal["ntp", "meap"] = "ntp"
+    # the input positions replaced by [MASK], next-token targets clean, validation unmasked;
+    # mdm = masked diffusion (LLaDA): a bidirectional model, tokens masked with probability
+    # t ~ U(0, 1], cross-entropy on the masked positions weighted by 1/t (train/mdm.py)
+    objective: Literal["ntp", "meap", "mdm"] = "ntp"
     mask_ratio: float = Field(0.15, gt=0.0, lt=1.0)  # meap: share of inputs replaced by [MASK]
     # meap: "reference" = the official masks (same columns for the whole batch, 51 cycling by
     # step); "per_sequence" = independent positions per row

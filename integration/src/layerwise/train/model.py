@@ -9,7 +9,13 @@ __all__ = ["build_model", "load_trained_model"]
 
 
 def build_model(
-    cfg: ModelConfig, vocab_size: int, block_size: int, eos_token_id: int | None = None
+    cfg: ModelConfig,
+    vocab_size: int,
+    block_size: int,
+    eos_token_id: int | None = None,
+    *,
+    objective: str = "ntp",
+    mask_token_id: int | None = None,
 ):
     """`LlamaForCausalLM(llama_config(preset, vocab_size, **overrides))` with N(0, init_std) weights,
     then the norm scheme of `cfg.norm` (`ln_scaling.apply_norm_scheme`; recorded in the config, so
@@ -29,7 +35,27 @@ def build_model(
             f"train.block_size {block_size} exceeds model max_position_embeddings "
             f"{config.max_position_embeddings}; raise model.overrides.max_position_embeddings"
         )
-    model = LlamaForCausalLM(config)
+    if objective == "mdm":
+        # a masked-diffusion LM: the same Llama with bidirectional attention and a [MASK] id
+        # (the tokenizer's, or one extra id past its vocabulary)
+        from layerwise_core.tiny_models import (
+            BidirectionalLlamaConfig,
+            BidirectionalLlamaForMaskedDiffusion,
+        )
+
+        if mask_token_id is None:
+            mask_token_id = vocab_size
+            config = llama_config(cfg.preset, vocab_size=vocab_size + 1, **fields)
+        kept = {
+            k: v
+            for k, v in config.to_dict().items()
+            if k not in ("model_type", "architectures", "transformers_version")
+        }
+        model = BidirectionalLlamaForMaskedDiffusion(
+            BidirectionalLlamaConfig(mask_token_id=mask_token_id, logit_shift=0, **kept)
+        )
+    else:
+        model = LlamaForCausalLM(config)
     init_normal_(model, cfg.init_std)
     if cfg.norm != "pre_ln":
         # after the init: Mix-LN's new Post-LN norms start at ones, LNS adds no parameters

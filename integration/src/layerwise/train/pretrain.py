@@ -27,6 +27,7 @@ from layerwise.data.prepare import PreparedData, prepare_data
 from layerwise.eval.perplexity import PerplexityResult, next_token_loss, perplexity
 from layerwise.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from layerwise.train.config import PretrainConfig
+from layerwise.train.mdm import mdm_loss, mdm_validation
 from layerwise.train.metrics import MetricsLog
 from layerwise.train.model import build_model
 from layerwise.train.optimizers import build_optimizer, build_spectral_controller
@@ -92,7 +93,18 @@ def pretrain(
             data = prepare_data(cfg.data, tc.block_size)
 
     set_seed(tc.seed)
-    model = build_model(cfg.model, len(data.tokenizer), tc.block_size, data.tokenizer.eos_token_id)
+    mask_in_vocab = data.tokenizer.get_vocab().get("[MASK]")  # layerwise's BPE has one
+    model = build_model(
+        cfg.model,
+        len(data.tokenizer),
+        tc.block_size,
+        data.tokenizer.eos_token_id,
+        objective=cfg.objective,
+        mask_token_id=mask_in_vocab,
+    )
+    # the masked-diffusion objective trains and validates with its own loss (train/mdm.py)
+    loss_fn = mdm_loss if cfg.objective == "mdm" else next_token_loss
+    score = mdm_validation if cfg.objective == "mdm" else perplexity
     mask_id = None
     if cfg.objective == "meap":
         import meap
@@ -136,9 +148,7 @@ def pretrain(
 
     def evaluate() -> PerplexityResult:
         with accelerator.autocast():
-            return perplexity(
-                accelerator.unwrap_model(model), data.validation, B, eval_blocks, device
-            )
+            return score(accelerator.unwrap_model(model), data.validation, B, eval_blocks, device)
 
     def checkpoint() -> None:
         save_checkpoint(
@@ -172,7 +182,7 @@ def pretrain(
                 if cfg.objective == "meap":
                     loss = _meap_loss(cfg, model, batch, step, lo, global_batch, mask_id)
                 else:
-                    loss = next_token_loss(model, batch)
+                    loss = loss_fn(model, batch)
                 accelerator.backward(loss / A)
             step_loss += loss.detach().double()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)

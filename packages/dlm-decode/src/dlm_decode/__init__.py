@@ -1,0 +1,76 @@
+"""dlm-decode: decoding for masked diffusion language models.
+
+    from dlm_decode import generate, LLaDA, Prophet, FastDLLM, Dream, SOAR
+    out = generate(model, prompt_ids, Prophet(steps=256, block_length=32, answer_start=204),
+                   gen_length=256, constraints=anchor)
+    out.sequences, out.stats.nfe, out.exit_step
+
+LLaDA (arXiv:2502.09992) and Dream (arXiv:2508.15487) samplers, Prophet early commit
+(arXiv:2508.19982), Fast-dLLM parallel decoding and KV caches (arXiv:2505.22618), SOAR
+(arXiv:2602.10953), over one adapter for LLaDA-style and Dream-style (shifted) models.
+"""
+
+from dlm_decode.__about__ import __version__
+from dlm_decode.adapters import (
+    DREAM_SPECIAL_IDS,
+    LLADA_SPECIAL_IDS,
+    MaskedDiffusionLM,
+    align_logits,
+    as_masked_diffusion_lm,
+    load_masked_diffusion_lm,
+)
+from dlm_decode.canvas import StepEvent
+from dlm_decode.counters import DecodeStats
+from dlm_decode.dream import dream_sample_tokens, dream_transfer_count
+from dlm_decode.early_commit import ProphetRule, StagedThresholds, answer_anchor, top2_logit_gap
+from dlm_decode.generate import GenerationOutput, generate
+from dlm_decode.guidance import guided_logits, unconditional_input
+from dlm_decode.kv_cache import BlockKVCache
+from dlm_decode.parallel_decoding import factor_rule, threshold_rule
+from dlm_decode.remasking import gumbel_argmax, select_top_k, transfer_schedule
+from dlm_decode.strategies import (
+    SOAR,
+    STRATEGIES,
+    Dream,
+    FastDLLM,
+    LLaDA,
+    Prophet,
+    Strategy,
+    make_strategy,
+)
+
+__all__ = [
+    "DREAM_SPECIAL_IDS",
+    "LLADA_SPECIAL_IDS",
+    "SOAR",
+    "STRATEGIES",
+    "BlockKVCache",
+    "DecodeStats",
+    "Dream",
+    "FastDLLM",
+    "GenerationOutput",
+    "LLaDA",
+    "MaskedDiffusionLM",
+    "Prophet",
+    "ProphetRule",
+    "StagedThresholds",
+    "StepEvent",
+    "Strategy",
+    "__version__",
+    "align_logits",
+    "answer_anchor",
+    "as_masked_diffusion_lm",
+    "dream_sample_tokens",
+    "dream_transfer_count",
+    "factor_rule",
+    "generate",
+    "guided_logits",
+    "gumbel_argmax",
+    "load_masked_diffusion_lm",
+    "make_strategy",
+    "select_top_k",
+    "threshold_rule",
+    "top2_logit_gap",
+    "transfer_schedule",
+    "unconditional_input",
+]

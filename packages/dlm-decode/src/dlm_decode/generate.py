@@ -1,0 +1,97 @@
+"""`generate(model, prompt_ids, strategy)`: the one entry point of every sampler.
+
+out = generate(model, prompt_ids, Prophet(steps=256, block_length=32), gen_length=256)
+out.sequences          (B, P + G) prompt and decoded tokens
+out.stats.nfe          forward evaluations per row (CFG counted twice)
+out.exit_step          Prophet's exit step per row (-1: ran the whole schedule)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlm_decode.adapters import MaskedDiffusionLM, as_masked_diffusion_lm
+from dlm_decode.canvas import Canvas, StepEvent
+from dlm_decode.counters import DecodeStats
+from dlm_decode.strategies import LLaDA, Strategy
+
+__all__ = ["GenerationOutput", "generate"]
+
+
+@dataclass
+class GenerationOutput:
+    sequences: torch.Tensor  # (B, P + G)
+    prompt_length: int
+    stats: DecodeStats
+    exit_step: torch.Tensor  # (B,) Prophet's early-commit step, -1 where none happened
+
+    @property
+    def generated(self) -> torch.Tensor:
+        """(B, G): the generation region only."""
+        return self.sequences[:, self.prompt_length :]
+
+    def decode(self, tokenizer: Any, skip_special_tokens: bool = True) -> list[str]:
+        """Texts of the generation region, cut at the first EOS/EoT (the tokens/s definition)."""
+        out = []
+        for row, length in zip(self.generated.tolist(), self.stats.generated_tokens.tolist()):
+            out.append(tokenizer.decode(row[:length], skip_special_tokens=skip_special_tokens))
+        return out
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module | MaskedDiffusionLM,
+    prompt_ids: torch.Tensor,
+    strategy: Strategy | None = None,
+    *,
+    gen_length: int = 128,
+    attention_mask: torch.Tensor | None = None,
+    constraints: Mapping[int, int] | None = None,
+    stop_at_eos: bool = False,
+    callback: Callable[[StepEvent], None] | None = None,
+    generator: torch.Generator | None = None,
+    mask_token_id: int | None = None,
+    logit_shift: int | None = None,
+) -> GenerationOutput:
+    """Decode `gen_length` tokens after each prompt with a masked diffusion LM.
+
+    Args:
+        model: a transformers model (LLaDA / Dream remote code, or a bidirectional model whose
+            config has `mask_token_id` and `logit_shift`) or a `MaskedDiffusionLM`.
+        prompt_ids: (B, P) token ids, left-padded when lengths differ.
+        strategy: `LLaDA()` (default), `Prophet(...)`, `FastDLLM(...)`, `Dream(...)`, `SOAR(...)`.
+        gen_length: tokens to generate (G).
+        attention_mask: (B, P), 1 for real prompt tokens, 0 for left padding.
+        constraints: {generation offset: token id} forced into the canvas before decoding and
+            never masked (Prophet's answer anchor); they count as prompt for guidance.
+        stop_at_eos: ours: a row stops as soon as its first EOS/EoT is decoded and everything
+            before it is; its remaining masks become EOS (the references decode to the end).
+        callback: called with a `StepEvent` after every commit (streaming).
+        generator: torch.Generator for Gumbel / random-remasking draws (global RNG when None).
+        mask_token_id, logit_shift: override what the model's config says.
+    """
+    lm = as_masked_diffusion_lm(model, mask_token_id=mask_token_id, logit_shift=logit_shift)
+    strategy = LLaDA() if strategy is None else strategy
+    cfg_scale = getattr(strategy, "cfg_scale", 0.0)
+    canvas = Canvas(
+        lm,
+        prompt_ids,
+        gen_length,
+        attention_mask=attention_mask,
+        constraints=constraints,
+        cfg_scale=cfg_scale,
+        stop_at_eos=stop_at_eos,
+        callback=callback,
+    )
+    strategy.run(canvas, generator)
+    return GenerationOutput(
+        sequences=canvas.x,
+        prompt_length=canvas.prompt_length,
+        stats=canvas.stats(strategy.step_budget),
+        exit_step=canvas.exit_step.cpu(),
+    )

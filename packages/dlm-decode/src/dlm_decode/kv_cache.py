@@ -1,0 +1,124 @@
+"""Fast-dLLM's approximate KV caches for block-wise decoding: prefix cache and dual cache.
+
+Wu et al., "Fast-dLLM: Training-free Acceleration of Diffusion LLM by Enabling KV Cache and
+Parallel Decoding", arXiv:2505.22618; reference code NVlabs/Fast-dLLM `llada/generate.py`.
+
+Attention is bidirectional, so no key/value is exact once any token changes; Fast-dLLM observes
+that K/V barely move within a block and reuses them:
+
+- At the start of every block a full forward *refreshes* every layer's K/V (and its logits
+  already commit the block's first step).
+- Prefix cache: the next steps feed x[start:] (current block and everything after it) and attend
+  to the cached K/V of x[:start].
+- Dual cache: the next steps feed only x[start:end] and attend to the cached K/V of the prefix
+  *and* of the suffix x[end:], which stay frozen until the next block.
+
+`BlockKVCache` implements both with the transformers cache protocol (`update(k, v, layer)`), so any
+transformers decoder that takes a 4-D attention mask and `past_key_values` works (Llama, Qwen2,
+the bidirectional test models of layerwise_core). Keys are cached after RoPE with their absolute
+positions, which is the same as Fast-dLLM's pre-RoPE cache re-rotated each step, since a window
+keeps its positions.
+
+For a Dream-style model (`logit_shift = 1`) the logits of the block's first position come from
+the hidden state one to its left; the window therefore starts one position earlier (ours: the
+Fast-dLLM Dream code instead commits that position from the refresh pass unconditionally).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dlm_decode.adapters import MaskedDiffusionLM, align_logits, position_ids_from_mask
+
+__all__ = ["BlockKVCache", "cached_logits"]
+
+
+class BlockKVCache:
+    """Per-layer K/V of a refresh pass, spliced around the K/V of a window at each later step."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.recording = True
+        self.window_start = 0
+        self.rows: torch.Tensor | None = None  # rows of the refresh batch the window pass feeds
+
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+        if self.recording:
+            self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
+            return key_states, value_states
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self.rows is not None:
+            keys, values = keys[self.rows], values[self.rows]
+        lo, hi = self.window_start, self.window_start + key_states.shape[-2]
+        keys = torch.cat([keys[..., :lo, :], key_states, keys[..., hi:, :]], dim=-2)
+        values = torch.cat([values[..., :lo, :], value_states, values[..., hi:, :]], dim=-2)
+        return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        # Positions are always passed explicitly; transformers asks only when they are not.
+        return 0
+
+
+def _check(lm: MaskedDiffusionLM) -> None:
+    if not lm.supports_kv_cache:
+        raise ValueError(
+            f"KV caches need a transformers decoder (get_decoder/get_output_embeddings) that takes "
+            f"past_key_values and a 4-D mask; this model ({type(lm.model).__name__}, call style "
+            f"{lm.call_style!r}) does not: pass cache=None (Fast-dLLM's caches for LLaDA/Dream "
+            "need their patched modeling files)"
+        )
+
+
+def cached_logits(
+    lm: MaskedDiffusionLM,
+    x: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    cache: BlockKVCache,
+    *,
+    window: tuple[int, int] | None = None,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Aligned logits through the backbone with `cache`.
+
+    window=None: the refresh pass over all of x (B, L); records K/V; returns (B, L, V).
+    window=(start, end): only positions [start, end) are fed (x is the full canvas of the rows
+    `rows` of the refresh batch); returns aligned logits of positions [start, end), (R, end-start, V).
+    """
+    _check(lm)
+    batch, length = x.shape
+    positions = (
+        position_ids_from_mask(key_mask)
+        if key_mask is not None
+        else torch.arange(length, device=x.device).expand(batch, -1)
+    )
+    keys = (
+        key_mask.bool()
+        if key_mask is not None
+        else torch.ones(batch, length, dtype=torch.bool, device=x.device)
+    )
+    shift = lm.logit_shift
+    if window is None:
+        cache.recording, cache.rows, cache.window_start = True, None, 0
+        lo, hi = 0, length
+    else:
+        start, end = window
+        cache.recording, cache.rows = False, rows
+        lo, hi = start - shift, end
+        if lo < 0:
+            raise ValueError("a cached window cannot start at position 0 of a shifted model")
+        cache.window_start = lo
+    query = hi - lo
+    mask4d = keys[:, None, None, :].expand(batch, 1, query, length)
+    backbone = lm.model.get_decoder()
+    hidden = backbone(
+        input_ids=x[:, lo:hi],
+        attention_mask=mask4d,
+        position_ids=positions[:, lo:hi],
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state
+    raw = lm.model.get_output_embeddings()(hidden)
+    if window is None:
+        return align_logits(raw, shift)
+    return raw[:, : end - start] if shift else raw
