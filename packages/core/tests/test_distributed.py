@@ -1,8 +1,6 @@
 """Distributed helpers: no-ops in one process; over 2 gloo processes a DTensor shard's statistic
 reduces to the full tensor's."""
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -17,6 +15,7 @@ from layerwise_core import (
     get_world_size,
     is_main_process,
 )
+from layerwise_core.testing import run_torchrun
 
 SCRIPT = textwrap.dedent(
     """
@@ -60,19 +59,5 @@ def test_single_process_no_ops():
 def test_dtensor_shard_statistics_over_two_processes(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_torchrun(script, nproc=2)
     assert result.stdout.count("OK") == 2

@@ -2,9 +2,6 @@
 hyper-parameters of a single process, on every rank."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -12,6 +9,7 @@ import torch
 from torch import nn
 
 from layerwise_core import module_param_groups, tiny_llama
+from layerwise_core.testing import run_torchrun
 from spectral_opt import AlphaDecay, LayerwiseLR, module_alphas
 
 SIZE = dict(hidden_size=64, intermediate_size=128, vocab_size=96, num_hidden_layers=3)
@@ -63,24 +61,7 @@ def test_fsdp2_two_processes_equal_single_process(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     prefix = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            str(prefix),
-            json.dumps(SIZE),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_torchrun(script, prefix, json.dumps(SIZE), nproc=2)  # torchrun: 1 OpenMP thread each
     ranks = [json.loads((tmp_path / f"out.{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]  # every rank applies identical hyper-parameters
 

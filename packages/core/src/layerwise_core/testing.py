@@ -1,10 +1,14 @@
-"""Shared test helpers: per-dtype tolerances (Liger-Kernel's convention) and a seeded input maker."""
+"""Shared test helpers: per-dtype tolerances (Liger-Kernel's convention) and multi-process runs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
 
-__all__ = ["TOLERANCES", "assert_close", "tolerance"]
+__all__ = ["TOLERANCES", "assert_close", "run_torchrun", "tolerance"]
 
 # (atol, rtol) per dtype for comparing two implementations of the same maths
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
@@ -26,3 +30,29 @@ def assert_close(
 ) -> None:
     """`torch.testing.assert_close` with the tolerance of `dtype` (default: `expected.dtype`)."""
     torch.testing.assert_close(actual, expected, **tolerance(dtype or expected.dtype))
+
+
+def run_torchrun(
+    script: str | os.PathLike, *args: str, nproc: int = 2, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run `python -m torch.distributed.run --standalone --nproc_per_node N script args...` (gloo on
+    CPU) and return the finished process; raise AssertionError with the tail of stderr if it failed.
+
+    `--standalone` picks a free rendezvous port, so parallel test runs do not collide.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        str(script),
+        *map(str, args),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} exited with {result.returncode}:\n{result.stderr[-4000:]}"
+        )
+    return result
