@@ -77,12 +77,29 @@ def _interpreter_env() -> dict[str, str]:
     return {**OFFLINE_ENV, "TRITON_INTERPRET": "1"}
 
 
+def _extra_requirements(extra: str) -> list[str]:
+    """Requirements of one optional extra across all distributions, minus workspace ones."""
+    reqs: list[str] = []
+    for path in DISTS.values():
+        project = tomllib.loads((path / "pyproject.toml").read_text())["project"]
+        for req in project.get("optional-dependencies", {}).get(extra, []):
+            name = req.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip()
+            if name not in DISTS and req not in reqs:
+                reqs.append(req)
+    return reqs
+
+
 def _install_all_editable(session: nox.Session, extras: str = "test") -> None:
     _install_torch(session)
+    # Editables without extras in one resolve (pip does not let `-e dir[extra]` satisfy a plain
+    # dependency on that distribution), then the extras' own requirements.
     args: list[str] = []
     for path in DISTS.values():
-        args += ["-e", f"{path}[{extras}]"]
+        args += ["-e", str(path)]
     session.install(*CONSTRAINTS, *args)
+    extra = _extra_requirements(extras)
+    if extra:
+        session.install(*CONSTRAINTS, *extra)
 
 
 def _test_paths() -> list[str]:
