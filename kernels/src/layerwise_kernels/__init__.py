@@ -13,6 +13,7 @@ from layerwise_kernels.fake_quant import (
     fake_quant,
     fake_quant_naive,
 )
+from layerwise_kernels.grouped_mm import grouped_mm, grouped_mm_naive
 from layerwise_kernels.rms_norm import rms_norm, rms_norm_naive
 from layerwise_kernels.spam_step import (
     per_tensor_abs_max,
@@ -30,6 +31,8 @@ __all__ = [
     "apply_fake_quant",
     "fake_quant",
     "fake_quant_naive",
+    "grouped_mm",
+    "grouped_mm_naive",
     "per_tensor_abs_max",
     "per_tensor_clipped_sq_norm",
     "rms_norm",

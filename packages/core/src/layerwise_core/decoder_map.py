@@ -69,6 +69,7 @@ KNOWN_SPECS: dict[str, DecoderSpec] = {
             "qwen2_moe",
             "qwen3_moe",
             "layerwise_bidirectional_llama",
+            "coe",  # coe-moe's Chain-of-Experts models (Llama layout, CoE MLP)
         )
     },
     **{

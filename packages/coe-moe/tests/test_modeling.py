@@ -1,0 +1,209 @@
+"""CoEConfig / CoEModel / CoEForCausalLM: config validation, Auto classes, the decoder block's
+residual wiring, C=1 vs transformers' Qwen2-MoE, the auxiliary loss, save/load and generation."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from coe_moe import CoEConfig, CoEForCausalLM, CoELayer, CoEModel, load_balancing_loss
+from layerwise_core import find_decoder, set_seed
+
+VOCAB = 64
+
+
+def _config(**overrides):
+    fields = dict(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, moe_intermediate_size=8, num_experts=6, top_k=2,
+        num_iterations=2, max_position_embeddings=64,
+    )  # fmt: skip
+    return CoEConfig(**{**fields, **overrides})
+
+
+def _model(dtype=torch.float64, seed=0, **overrides):
+    set_seed(seed)
+    return CoEForCausalLM(_config(**overrides)).to(dtype).eval()
+
+
+def _ids(batch=2, seq=9, seed=1):
+    return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"top_k": 7}, r"top_k must be between 1 and num_experts \(6\), got 7: lower top_k"),
+        ({"num_iterations": 0}, r"num_iterations \(C\) must be >= 1, got 0"),
+        ({"num_shared_experts": -1}, "num_shared_experts must be >= 0"),
+        ({"num_key_value_heads": 3}, "not a multiple of num_key_value_heads 3"),
+        ({"hidden_size": 18}, "not a multiple of num_attention_heads 4"),
+        ({"expert_backend": "cuda"}, "expert_backend must be one of"),
+        ({"aux_loss_coef": -1.0}, "aux_loss_coef must be >= 0"),
+    ],
+)
+def test_invalid_configs_name_the_fix(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**overrides)
+
+
+def test_defaults_are_the_papers_iso_compute_coe():
+    c = CoEConfig()
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads) == (1024, 4, 8)
+    assert (c.num_experts, c.num_shared_experts, c.moe_intermediate_size) == (63, 1, 704)
+    assert (c.top_k, c.num_iterations, c.aux_loss_coef) == (4, 2, 0.001)
+    assert c.inner_residual and not c.outer_residual and c.independent_routers
+
+
+def test_auto_classes_and_decoder_map(tmp_path):
+    config = _config()
+    config.save_pretrained(tmp_path)
+    again = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(again, CoEConfig)
+    unnamed = {"_name_or_path": ""}
+    assert again.to_diff_dict() | unnamed == config.to_diff_dict() | unnamed
+    assert isinstance(AutoModelForCausalLM.from_config(config), CoEForCausalLM)
+    assert isinstance(AutoModel.from_config(config), CoEModel)
+    dmap = find_decoder(_model())
+    assert dmap.num_layers == 2 and isinstance(dmap[0].mlp, CoELayer) and dmap[0].is_moe
+
+
+def test_expert_top_k_is_not_a_sampling_top_k():
+    model = _model(top_k=3)
+    assert model.generation_config.top_k is None
+
+
+@pytest.mark.parametrize("outer_residual", [False, True])
+def test_decoder_block_wiring(outer_residual):
+    """out = CoE(RMSNorm_post(h)) (+ h), h = x + Attn(RMSNorm_in(x)), from the block's parts."""
+    model = _model(outer_residual=outer_residual)
+    block = model.model.layers[0]
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    pos = torch.arange(5)[None]
+    cos_sin = model.model.rotary_emb(x, pos)
+    attn, _ = block.self_attn(
+        block.input_layernorm(x), position_embeddings=cos_sin, attention_mask=None
+    )
+    h = x + attn
+    want = block.mlp(block.post_attention_layernorm(h)) + (h if outer_residual else 0)
+    got = block(x, position_embeddings=cos_sin, position_ids=pos, attention_mask=None)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_one_iteration_with_outer_residual_is_qwen2_moe():
+    """C = 1, outer residual, no inner residual, no shared expert: a standard MoE transformer.
+
+    transformers' Qwen2-MoE with the same weights (its shared expert zeroed) must give the same
+    logits. Qwen2-MoE takes the router softmax in fp32 even in fp64: fp32-level tolerance.
+    """
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    ours = _model(num_iterations=1, inner_residual=False, outer_residual=True, num_shared_experts=0)
+    qwen_config = Qwen2MoeConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=8, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, moe_intermediate_size=8, num_experts=6,
+        num_experts_per_tok=2, shared_expert_intermediate_size=8, norm_topk_prob=False,
+        qkv_bias=False, max_position_embeddings=64, tie_word_embeddings=False,
+        experts_implementation="eager",  # its grouped_mm path has no fp64
+    )  # fmt: skip
+    qwen = Qwen2MoeForCausalLM(qwen_config).to(torch.float64).eval()
+    state = {k.replace("mlp.routers.0.", "mlp.gate."): v for k, v in ours.state_dict().items()}
+    for key, value in qwen.state_dict().items():
+        if "shared_expert" in key:
+            state[key] = torch.zeros_like(value)
+    qwen.load_state_dict(state, strict=True)
+    ids = _ids()
+    torch.testing.assert_close(ours(ids).logits, qwen(ids).logits, rtol=1e-6, atol=1e-6)
+
+
+def test_aux_loss_is_added_in_training_only():
+    model = _model(aux_loss_coef=0.01)
+    ids = _ids()
+    model.train()
+    out = model(ids, labels=ids)
+    assert len(out.router_logits) == 2 * 2  # layers x iterations
+    want_aux = 0.01 * sum(load_balancing_loss(t, 2, batch_size=2) for t in out.router_logits)
+    torch.testing.assert_close(out.aux_loss, want_aux)
+    # transformers' LM loss runs in fp32 whatever the model dtype
+    lm_only = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].reshape(-1, VOCAB).float(), ids[:, 1:].reshape(-1)
+    )
+    close = {"rtol": 1e-6, "atol": 1e-6, "check_dtype": False}
+    torch.testing.assert_close(out.loss, lm_only.double() + want_aux, **close)
+    model.eval()
+    evaluated = model(ids, labels=ids)
+    assert evaluated.aux_loss is None and evaluated.router_logits is None
+    torch.testing.assert_close(evaluated.loss, lm_only, **close)
+    # asked for explicitly in eval mode: reported, but the loss stays the LM loss
+    asked = model(ids, labels=ids, output_router_logits=True)
+    torch.testing.assert_close(asked.aux_loss, want_aux)
+    torch.testing.assert_close(asked.loss, lm_only, **close)
+
+
+def test_every_parameter_gets_a_gradient():
+    model = _model(dtype=torch.float32, num_iterations=2, top_k=3)
+    model.train()
+    model(_ids(batch=4, seq=16), labels=_ids(batch=4, seq=16)).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert missing == []
+
+
+def test_save_load_round_trip(tmp_path):
+    model = _model(dtype=torch.float32)
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(again, CoEForCausalLM)
+    ids = _ids()
+    assert torch.equal(again(ids).logits, model(ids).logits)
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert torch.equal(base(ids).last_hidden_state, model.model(ids).last_hidden_state)
+
+
+def test_generate_with_cache_equals_without():
+    model = _model(dtype=torch.float32)
+    prompt = _ids(batch=2, seq=5)
+    cached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
+    uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert cached.shape == (2, 13)
+    assert torch.equal(cached, uncached)
+
+
+def test_incremental_decoding_equals_full_forward_fp64():
+    model = _model()
+    ids = _ids(batch=2, seq=10)
+    full = model(ids).logits
+    out = model(ids[:, :6], use_cache=True)
+    steps = [out.logits]
+    cache = out.past_key_values
+    for t in range(6, 10):
+        out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_output_hidden_states():
+    model = _model()
+    out = model(_ids(), output_hidden_states=True)
+    assert len(out.hidden_states) == 3
+    torch.testing.assert_close(out.hidden_states[0], model.model.embed_tokens(_ids()))
+    logits = model.lm_head(out.hidden_states[-1])
+    torch.testing.assert_close(logits, out.logits)
+
+
+def test_shared_router_ablation_has_one_router():
+    model = _model(independent_routers=False)
+    keys = [k for k in model.state_dict() if "routers" in k]
+    assert keys == ["model.layers.0.mlp.routers.0.weight", "model.layers.1.mlp.routers.0.weight"]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = _model(dtype=torch.float32).train()
+    ids = _ids()
+    model(ids, labels=ids).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    model(ids, labels=ids).loss.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, plain[name], rtol=1e-6, atol=1e-7, msg=name)
