@@ -38,7 +38,27 @@ class ModelConfig(LayerwiseConfig):
     quant: Literal["none", "int8", "int4", "fp4"] = "none"
     quant_weight_group_size: int | None = Field(None, ge=1)  # None: per output channel
     quant_act_group_size: int | None = Field(None, ge=1)  # None: per token
+    # MLP of every block: Llama's dense SwiGLU, a top-k MoE, or Chain-of-Experts (coe-moe)
+    mlp: Literal["dense", "moe", "coe"] = "dense"
+    num_experts: int = Field(63, ge=1)  # moe/coe: routed experts per layer
+    num_shared_experts: int = Field(1, ge=0)  # moe/coe: always-on experts
+    moe_intermediate_size: int | None = Field(None, ge=1)  # moe/coe: expert width; None: ffn // 4
+    top_k: int = Field(8, ge=1)  # moe/coe: experts per token (per iteration for coe)
+    num_iterations: int = Field(2, ge=1)  # coe: iterations C (moe always runs C = 1)
+    aux_loss_coef: float = Field(0.001, ge=0.0)  # moe/coe: alpha of the sequence-level balance loss
     init_std: float = Field(0.02, gt=0.0)  # std of the N(0, std) init of Linear/Embedding weights
+
+    @model_validator(mode="after")
+    def _moe_fits(self) -> ModelConfig:
+        if self.mlp != "dense" and self.top_k > self.num_experts:
+            raise ValueError(
+                f"model.top_k {self.top_k} > model.num_experts {self.num_experts}; lower it"
+            )
+        if self.mlp != "dense" and self.norm == "mix_ln":
+            raise ValueError(
+                "model.norm=mix_ln needs model.mlp=dense (Mix-LN rewires the residual)"
+            )
+        return self
 
     @field_validator("preset")
     @classmethod

@@ -54,6 +54,8 @@ def build_model(
         model = BidirectionalLlamaForMaskedDiffusion(
             BidirectionalLlamaConfig(mask_token_id=mask_token_id, logit_shift=0, **kept)
         )
+    elif cfg.mlp != "dense":
+        model = _build_moe_model(cfg, config)
     else:
         model = LlamaForCausalLM(config)
     init_normal_(model, cfg.init_std)
@@ -74,11 +76,40 @@ def build_model(
     return model
 
 
+def _build_moe_model(cfg: ModelConfig, llama):
+    """A `CoEForCausalLM` with the preset's attention, norms and embeddings and an MoE MLP:
+    `mlp: moe` is C = 1 (a standard top-k MoE), `mlp: coe` Chain-of-Experts (coe-moe)."""
+    from coe_moe import CoEConfig, CoEForCausalLM
+
+    config = CoEConfig(
+        vocab_size=llama.vocab_size,
+        hidden_size=llama.hidden_size,
+        num_hidden_layers=llama.num_hidden_layers,
+        num_attention_heads=llama.num_attention_heads,
+        num_key_value_heads=llama.num_key_value_heads,
+        max_position_embeddings=llama.max_position_embeddings,
+        rms_norm_eps=llama.rms_norm_eps,
+        rope_parameters=llama.rope_parameters,
+        tie_word_embeddings=llama.tie_word_embeddings,
+        initializer_range=cfg.init_std,
+        eos_token_id=llama.eos_token_id,
+        moe_intermediate_size=cfg.moe_intermediate_size or llama.intermediate_size // 4,
+        num_experts=cfg.num_experts,
+        num_shared_experts=cfg.num_shared_experts,
+        top_k=cfg.top_k,
+        num_iterations=1 if cfg.mlp == "moe" else cfg.num_iterations,
+        aux_loss_coef=cfg.aux_loss_coef,
+    )
+    return CoEForCausalLM(config)
+
+
 def load_trained_model(folder, cfg: ModelConfig):
     """Reload a run's saved `final/` model as it was trained: the norm scheme recorded in its config
     (`ln_scaling.from_pretrained`) and the fake quantisation of `cfg.quant`."""
     from ln_scaling import from_pretrained
 
+    if cfg.mlp != "dense":
+        import coe_moe  # noqa: F401 - registers model_type "coe" with the Auto classes
     model = from_pretrained(folder)
     if cfg.quant != "none":
         from layerwise_kernels import apply_fake_quant

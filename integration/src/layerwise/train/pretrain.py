@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from layerwise.data.packing import BlockSampler
 from layerwise.data.prepare import PreparedData, prepare_data
-from layerwise.eval.perplexity import PerplexityResult, next_token_loss, perplexity
+from layerwise.eval.perplexity import PerplexityResult, perplexity
 from layerwise.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from layerwise.train.config import PretrainConfig
 from layerwise.train.mdm import mdm_loss, mdm_validation
@@ -103,7 +103,7 @@ def pretrain(
         mask_token_id=mask_in_vocab,
     )
     # the masked-diffusion objective trains and validates with its own loss (train/mdm.py)
-    loss_fn = mdm_loss if cfg.objective == "mdm" else next_token_loss
+    loss_fn = mdm_loss if cfg.objective == "mdm" else _train_loss
     score = mdm_validation if cfg.objective == "mdm" else perplexity
     mask_id = None
     if cfg.objective == "meap":
@@ -242,6 +242,15 @@ def _validation_record(step: int, result: PerplexityResult) -> dict:
         "perplexity": result.perplexity,
         "tokens": result.tokens,
     }
+
+
+def _train_loss(model, blocks: torch.Tensor) -> torch.Tensor:
+    """Next-token loss of `blocks`, plus the MoE/CoE load-balancing loss in training mode."""
+    out = model(input_ids=blocks[:, :-1])
+    logits = out.logits
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), blocks[:, 1:].reshape(-1))
+    aux = getattr(out, "aux_loss", None)  # alpha * sum of balance losses; None for dense / eval
+    return loss if aux is None else loss + aux
 
 
 def _meap_loss(cfg, model, blocks, step, row_offset, global_batch, mask_id) -> torch.Tensor:
