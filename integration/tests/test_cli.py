@@ -49,5 +49,5 @@ def test_unknown_field_is_named(tmp_path, capsys, tiny_run):
 
 
 def test_later_commands_say_not_yet_available(capsys):
-    assert main(["finetune"]) == 2
+    assert main(["probe"]) == 2
     assert "not yet available" in capsys.readouterr().err

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 _LATER = {
-    "finetune": "fine-tuning (full / LoRA / LIFT / SEFT)",
     "probe": "depth probing",
 }
 
@@ -46,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", required=True, help="PretrainConfig YAML file")
     pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
+    fin = sub.add_parser(
+        "finetune", help="fine-tune a HF causal LM on instruction jsonl: full | lora | lift | seft"
+    )
+    fin.add_argument("--config", required=True, help="FinetuneConfig YAML file")
+    fin.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     ev = sub.add_parser("eval", help="evaluate a saved model")
     tasks = ev.add_subparsers(dest="task", required=True, metavar="TASK")
     ret = tasks.add_parser(
@@ -90,6 +94,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"perplexity {result.final_eval.perplexity:.2f} ({result.out_dir})"
                 )
             return 0
+        if args.command == "finetune":
+            from layerwise.finetune import FinetuneConfig, finetune
+
+            cfg = FinetuneConfig.from_yaml(args.config, overrides=args.overrides)
+            result = finetune(cfg)
+            line = (
+                f"{result.method}: {result.steps} steps, {result.trainable_parameters:,} trainable "
+                f"parameters, final loss {result.train_losses[-1]:.4f}"
+            )
+            if result.eval is not None:
+                line += (
+                    f", math accuracy {result.eval.accuracy:.1%} "
+                    f"({result.eval.correct}/{result.eval.total})"
+                )
+            print(f"{line} ({result.out_dir})")
+            return 0
         if args.command == "eval" and args.task == "retrieval":
             import json
             from pathlib import Path
@@ -130,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(
         f"layerwise {args.command}: {_LATER[args.command]} is not yet available in layerwise "
-        "0.1; available now: quickstart, pretrain, eval retrieval",
+        "0.1; available now: quickstart, pretrain, finetune, eval retrieval",
         file=sys.stderr,
     )
     return 2

@@ -15,6 +15,7 @@ from layerwise_kernels.fake_quant import (
 )
 from layerwise_kernels.grouped_mm import grouped_mm, grouped_mm_naive
 from layerwise_kernels.rms_norm import rms_norm, rms_norm_naive
+from layerwise_kernels.sddmm import sddmm, sddmm_naive
 from layerwise_kernels.spam_step import (
     per_tensor_abs_max,
     per_tensor_clipped_sq_norm,
@@ -37,6 +38,8 @@ __all__ = [
     "per_tensor_clipped_sq_norm",
     "rms_norm",
     "rms_norm_naive",
+    "sddmm",
+    "sddmm_naive",
     "spam_step_",
     "stable_spam_step_",
     "top2_confidence",

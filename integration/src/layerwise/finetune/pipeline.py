@@ -1,0 +1,260 @@
+"""`finetune(cfg)`: full fine-tuning, LoRA (peft), LIFT or SEFT (sparse-ft) of a Hugging Face causal
+LM on instruction / answer jsonl, then the generation-based math evaluation.
+
+One optimizer step consumes `batch_size * grad_accum` examples (shuffled each epoch with the run's
+seed); each micro-batch's mean answer-token loss is scaled by 1/grad_accum before backward. AdamW
+with a linear warm-up over `warmup_ratio` of the steps and a linear decay to zero (LIFT's setup);
+after every optimizer step, LIFT refreshes its masks and SEFT updates its topology when due.
+Optionally the model is pruned first (`finetune.prune`), e.g. Wanda 50% then SEFT or LoRA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from layerwise.eval.math_generation import MathEvalResult, evaluate_math_generation
+from layerwise.finetune.config import FinetuneConfig, FinetuneMethodConfig
+from layerwise.finetune.instruction_data import (
+    collate,
+    encode_examples,
+    format_prompt,
+    read_jsonl,
+)
+from layerwise.train.metrics import MetricsLog
+from layerwise_core import set_seed
+
+__all__ = ["FinetuneResult", "build_method", "finetune", "linear_warmup_decay"]
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: Path
+    method: str
+    steps: int  # optimizer steps done
+    trainable_parameters: int
+    train_losses: list[float]  # mean answer-token loss of each optimizer step
+    wall_s: float
+    model: nn.Module  # the trained model (PeftModel / SparseFTModel / plain)
+    eval: MathEvalResult | None
+
+
+def linear_warmup_decay(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: (s + 1) / W for s < W, then linearly down to 0 at s = total."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _calibration(examples: list[tuple[list[int], list[int]]], sequences: int, length: int):
+    """Concatenated training examples cut into `sequences` blocks of `length` tokens."""
+    stream = [t for ids, _ in examples for t in ids]
+    length = min(length, max(8, len(stream) // sequences))
+    count = min(sequences, len(stream) // length)
+    if count == 0:
+        raise ValueError("not enough training tokens for calibration: lower calibration_sequences")
+    return torch.tensor(stream[: count * length]).view(count, length)
+
+
+def build_method(
+    model: nn.Module, cfg: FinetuneMethodConfig, seed: int
+) -> tuple[nn.Module, list[nn.Parameter], Callable | None]:
+    """(model to train, parameters for the optimizer, hook to call after each optimizer step)."""
+    if cfg.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, [p for p in model.parameters()], None
+    try:
+        import sparse_ft
+    except ImportError:
+        raise ImportError(
+            f"finetune.method={cfg.method} needs sparse-ft: pip install sparse-ft"
+        ) from None
+    if cfg.method == "lora":
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise ImportError("finetune.method=lora needs peft: pip install peft") from None
+        section = cfg.lora
+        targets = section.target_modules or sparse_ft.target_linear_names(model)
+        torch.manual_seed(seed)  # LoRA's A init
+        wrapped = get_peft_model(
+            model,
+            LoraConfig(
+                r=section.r,
+                lora_alpha=section.alpha,
+                lora_dropout=section.dropout,
+                target_modules=targets,
+                bias="none",
+            ),
+        )
+        return wrapped, [p for p in wrapped.parameters() if p.requires_grad], None
+    if cfg.method == "lift":
+        s = cfg.lift
+        config = sparse_ft.LiftConfig(
+            lora_rank=s.lora_rank,
+            filter_rank=s.filter_rank,
+            update_interval=s.update_interval,
+            svd=s.svd,
+            reference_quirks=s.reference_quirks,
+            target_modules=s.target_modules,
+        )
+    else:
+        s = cfg.seft
+        config = sparse_ft.SeftConfig(
+            budget_rank=s.budget_rank,
+            update_interval=s.update_interval,
+            drop_fraction=s.drop_fraction,
+            reprune=s.reprune,
+            pattern=s.pattern,
+            target_modules=s.target_modules,
+            seed=seed,
+        )
+    wrapped = sparse_ft.get_sparse_model(model, config)
+    return wrapped, list(wrapped.trainable_parameters()), wrapped.after_optimizer_step
+
+
+def _load(cfg: FinetuneConfig):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not cfg.model.path:
+        raise ValueError("model.path is empty: point it at a Hugging Face model folder")
+    dtype = getattr(torch, cfg.model.dtype)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(cfg.model.path)
+
+
+def finetune(
+    cfg: FinetuneConfig, *, model: nn.Module | None = None, tokenizer=None
+) -> FinetuneResult:
+    """Run `cfg`; `model` / `tokenizer` replace loading `cfg.model.path` (already-loaded models)."""
+    t0 = time.perf_counter()
+    tc, oc = cfg.train, cfg.optim
+    if (model is None) != (tokenizer is None):
+        raise ValueError("pass both model and tokenizer, or neither (then model.path is loaded)")
+    if model is None:
+        model, tokenizer = _load(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    records = read_jsonl(cfg.data.train)
+    examples = encode_examples(
+        records, tokenizer, cfg.data.instruction_field, cfg.data.answer_field, cfg.data.max_length
+    )
+    set_seed(tc.seed)
+    prune_cfg = cfg.finetune.prune
+    if prune_cfg.method != "none":
+        import sparse_ft
+
+        sparse_ft.prune(
+            model,
+            prune_cfg.method,
+            None if prune_cfg.pattern else prune_cfg.sparsity,
+            pattern=prune_cfg.pattern,
+            allocation=prune_cfg.allocation,
+            calibration=_calibration(examples, prune_cfg.calibration_sequences, 128).to(device),
+        )
+    wrapped, params, after_step = build_method(model, cfg.finetune, tc.seed)
+    trainable = sum(p.numel() for p in params)
+    optimizer = torch.optim.AdamW(
+        params, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay
+    )
+    per_step = tc.batch_size * tc.grad_accum
+    total = tc.steps or tc.epochs * math.ceil(len(examples) / per_step)
+    warmup = int(oc.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: linear_warmup_decay(s, warmup, total)
+    )
+    out = Path(tc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(out / "config.yaml")
+    log = MetricsLog(out, tensorboard=False)
+    generator = torch.Generator().manual_seed(tc.seed)
+    order: list[int] = []
+    losses: list[float] = []
+    clip = oc.grad_clip if oc.grad_clip is not None else math.inf
+    wrapped.train()
+    for step in range(total):
+        step_loss = 0.0
+        for _ in range(tc.grad_accum):
+            if len(order) < tc.batch_size:
+                order += torch.randperm(len(examples), generator=generator).tolist()
+            chosen, order = order[: tc.batch_size], order[tc.batch_size :]
+            batch = {
+                k: v.to(device) for k, v in collate([examples[i] for i in chosen], pad_id).items()
+            }
+            loss = wrapped(**batch).loss
+            (loss / tc.grad_accum).backward()
+            step_loss += loss.item() / tc.grad_accum
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step(optimizer)
+        losses.append(step_loss)
+        if (step + 1) % tc.log_every == 0 or step + 1 == total:
+            recent = losses[-tc.log_every :]
+            log.log(
+                {
+                    "step": step + 1,
+                    "split": "train",
+                    "loss": sum(recent) / len(recent),
+                    "lr": lr,
+                    "elapsed_s": round(time.perf_counter() - t0, 3),
+                }
+            )
+    if tc.save:
+        _save(wrapped, tokenizer, cfg.finetune.method, out)
+    result_eval = None
+    if cfg.data.eval:
+        problems = read_jsonl(cfg.data.eval)[: cfg.data.max_eval]
+        result_eval = evaluate_math_generation(
+            wrapped,
+            tokenizer,
+            problems,
+            format_prompt,
+            question_field=cfg.data.instruction_field,
+            answer_field=cfg.data.answer_field,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
+        )
+        log.log({"step": total, "split": "eval", "accuracy": result_eval.accuracy})
+        (out / "eval.json").write_text(
+            json.dumps(
+                {
+                    "accuracy": result_eval.accuracy,
+                    "correct": result_eval.correct,
+                    "total": result_eval.total,
+                    "records": result_eval.records,
+                },
+                indent=1,
+            )
+        )
+    log.close()
+    return FinetuneResult(
+        out_dir=out,
+        method=cfg.finetune.method,
+        steps=total,
+        trainable_parameters=trainable,
+        train_losses=losses,
+        wall_s=time.perf_counter() - t0,
+        model=wrapped,
+        eval=result_eval,
+    )
+
+
+def _save(model: nn.Module, tokenizer, method: str, out: Path) -> None:
+    folder = out / ("final" if method == "full" else "adapter")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

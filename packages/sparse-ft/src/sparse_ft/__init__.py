@@ -1,0 +1,82 @@
+"""sparse-ft: sparse fine-tuning with LoRA-level memory (LIFT, SEFT) and the pruning it builds on.
+
+    model = sparse_ft.get_sparse_model(model, sparse_ft.LiftConfig(lora_rank=16, filter_rank=8))
+    ...train model.trainable_parameters(); call model.after_optimizer_step(opt) after each step...
+    model.save_pretrained("adapter"); merged = model.merge_and_unload()
+
+    sparse_ft.prune(model, "wanda", 0.5, allocation="owl", calibration=token_ids)
+
+LIFT (arXiv 2506.00772): W' = U_r S_r V_r^T, train the top-k |W'| entries. SEFT (arXiv 2505.24037):
+drop / grow / sensitivity re-prune on a pruned model. Wanda (2306.11695): |W| * ||X||. SparseGPT
+(2301.00774): OBS reconstruction. OWL (2310.05175): outlier-weighted layer-wise sparsity.
+"""
+
+from sparse_ft.__about__ import __version__
+from sparse_ft.calibration import BlockInputs, capture_block_inputs, run_block
+from sparse_ft.lift import LiftConfig, lift_initial_indices, lift_refresh, lift_refresh_due
+from sparse_ft.magnitude import lowest_fraction_mask, magnitude_prune_mask
+from sparse_ft.nm_sparsity import is_nm_sparse, nm_prune_mask, parse_nm
+from sparse_ft.owl import owl_outlier_ratio, owl_sparsities
+from sparse_ft.principal_weight_mask import (
+    lift_budget,
+    low_rank_approximation,
+    principal_weight_indices,
+    principal_weight_mask,
+)
+from sparse_ft.pruning import METHODS, PruneResult, prune
+from sparse_ft.seft import SeftConfig, drop_and_grow, seft_budget, sensitivity
+from sparse_ft.shira import to_shira
+from sparse_ft.sparse_delta import SparseDeltaLinear, effective_weight, remap_optimizer_state
+from sparse_ft.sparse_model import (
+    SparseFTCallback,
+    SparseFTModel,
+    get_sparse_model,
+    target_linear_names,
+)
+from sparse_ft.sparsegpt import HessianStatistics, sparsegpt_prune
+from sparse_ft.sparsity_allocation import ALLOCATIONS, layer_sparsities
+from sparse_ft.wanda import InputNormStatistics, wanda_prune_mask, wanda_scores
+
+__all__ = [
+    "ALLOCATIONS",
+    "METHODS",
+    "BlockInputs",
+    "HessianStatistics",
+    "InputNormStatistics",
+    "LiftConfig",
+    "PruneResult",
+    "SeftConfig",
+    "SparseDeltaLinear",
+    "SparseFTCallback",
+    "SparseFTModel",
+    "__version__",
+    "capture_block_inputs",
+    "drop_and_grow",
+    "effective_weight",
+    "get_sparse_model",
+    "is_nm_sparse",
+    "layer_sparsities",
+    "lift_budget",
+    "lift_initial_indices",
+    "lift_refresh",
+    "lift_refresh_due",
+    "low_rank_approximation",
+    "lowest_fraction_mask",
+    "magnitude_prune_mask",
+    "nm_prune_mask",
+    "owl_outlier_ratio",
+    "owl_sparsities",
+    "parse_nm",
+    "principal_weight_indices",
+    "principal_weight_mask",
+    "prune",
+    "remap_optimizer_state",
+    "run_block",
+    "seft_budget",
+    "sensitivity",
+    "sparsegpt_prune",
+    "target_linear_names",
+    "to_shira",
+    "wanda_prune_mask",
+    "wanda_scores",
+]
