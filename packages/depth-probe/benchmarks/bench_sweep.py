@@ -2,7 +2,7 @@
 
     python packages/depth-probe/benchmarks/bench_sweep.py [--threads 1] [--no-docs]
 
-Model: a 12-layer Llama (hidden 512, ffn 1376, vocab 8192, 46.6M parameters, fp32), built from
+Model: a 12-layer Llama (hidden 512, ffn 1376, vocab 8192, 46.3M parameters, fp32), built from
 config. Scorer: perplexity of 2 x 128 random tokens. Both arms score the same 12 candidates and
 must return the same numbers.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import depth_probe as dp
-from layerwise_core import append_section, interleaved_medians, markdown_table
+from layerwise_core.benchmarking import append_section, interleaved_medians, markdown_table
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIG = dict(

@@ -143,12 +143,13 @@ def plot_probe(
         ax.plot(layers, massive.max_abs.numpy(), "r:", label="max |x| (any token)")
         ax.set_yscale("log")
         ax.set_xlabel("layer")
-        ax.set_title(f"Mean |x| per channel, {massive.site} (block input for residual)", fontsize=9)
+        where = "attention (QKV) input" if massive.site == "attn_input" else "residual stream h_l"
+        ax.set_title(f"Mean |x| per channel at the {where}", fontsize=9)
         ax.legend(fontsize=7)
         _heatmap(
             axes[row, 1],
             massive.channel_magnitude.clamp_min(1e-6).log10(),
-            f"log10 mean |x| (layer x channel), {massive.site}",
+            f"log10 mean |x| (layer x channel), {where}",
             "channel",
             "layer",
         )
@@ -163,6 +164,7 @@ def plot_probe(
             "effect at layer l",
             "skipped layer s",
             vmin=0,
+            vmax=1,  # as in Csordas et al.'s plots; larger changes saturate
         )
         axes[1].bar(layers, skip_effect.output_change.numpy())
         axes[1].set_xlabel("skipped layer s")
