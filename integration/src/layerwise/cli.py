@@ -3,6 +3,7 @@
     layerwise quickstart [--out runs/quickstart] [--minutes 6] [a.b=c ...]
     layerwise pretrain --config FILE.yaml [a.b=c ...]
     layerwise eval retrieval --model DIR [--contexts 128 256] [--depths 0 0.5 1] [--json OUT]
+    layerwise probe --model DIR --out DIR [--source shakespeare] [--max-length 128] [--rows 8]
 
 Overrides are dotted `key=value` pairs applied on top of the YAML file (values parse as YAML
 scalars: `train.steps=300`, `optim.betas=[0.9,0.95]`, `train.resume=true`).
@@ -15,10 +16,6 @@ import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
-
-_LATER = {
-    "probe": "depth probing",
-}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,8 +68,25 @@ def _parser() -> argparse.ArgumentParser:
     ret.add_argument("--batch-size", type=int, default=16)
     ret.add_argument("--json", default=None, help="also write the report as JSON to this file")
 
-    for name, what in _LATER.items():
-        sub.add_parser(name, help=f"{what} (not yet available)")
+    probe = sub.add_parser(
+        "probe", help="depth-probe report of a saved model on a corpus's validation text"
+    )
+    probe.add_argument("--model", required=True, help="Hugging Face model folder, e.g. RUN/final")
+    probe.add_argument("--out", required=True, help="report folder (JSON, markdown, PNG figures)")
+    probe.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+    probe.add_argument(
+        "--source", default="shakespeare", help="corpus whose validation text is analysed"
+    )
+    probe.add_argument("--max-length", type=int, default=128, help="tokens per window")
+    probe.add_argument(
+        "--rows", type=int, default=8, help="windows analysed (and as many held out for sweeps)"
+    )
+    probe.add_argument(
+        "--no-sweep", action="store_true", help="skip the perplexity-scored removal sweeps"
+    )
+    probe.add_argument(
+        "--skip-effect", action="store_true", help="add Csordas et al.'s skip effect (L+1 passes)"
+    )
     return parser
 
 
@@ -136,6 +150,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 Path(args.json).write_text(json.dumps(report.as_dict(), indent=1))
             return 0
+        if args.command == "probe":
+            import shlex
+
+            from layerwise.eval.depth import probe_saved_model
+
+            try:
+                result = probe_saved_model(
+                    args.model,
+                    args.out,
+                    tokenizer_path=args.tokenizer,
+                    source=args.source,
+                    max_length=args.max_length,
+                    rows=args.rows,
+                    sweep=not args.no_sweep,
+                    skip_effect=args.skip_effect,
+                    command="layerwise " + shlex.join(sys.argv[1:] if argv is None else argv),
+                )
+            except (FileNotFoundError, ValueError) as err:  # no model there; text too short
+                print(f"layerwise probe: {err}", file=sys.stderr)
+                return 2
+            influence = ", ".join(f"{v:.3f}" for v in result.probe.block_influence.tolist())
+            print(f"block influence per layer: {influence}")
+            print(f"report: {result.out_dir / 'depth_probe.md'}")
+            return 0
         if args.command == "quickstart":
             from layerwise.quickstart import QuickstartConfig, run_quickstart
 
@@ -148,12 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"layerwise {args.command}: {err}", file=sys.stderr)
         return 2
-    print(
-        f"layerwise {args.command}: {_LATER[args.command]} is not yet available in layerwise "
-        "0.1; available now: quickstart, pretrain, finetune, eval retrieval",
-        file=sys.stderr,
-    )
-    return 2
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse admits no other
 
 
 if __name__ == "__main__":

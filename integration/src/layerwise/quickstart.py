@@ -4,7 +4,9 @@
 2. train a 4,096-token byte-level BPE on the train split;
 3. pre-train every *run* of the recipe on the same blocks, seed and data order;
 4. score each final model on the whole validation split, next to a unigram baseline;
-5. print a table and write `report.md`, `loss_curve.png` and `results.json` into the output folder.
+5. write a depth-probe report of each final model (`<run>/depth/`: block influence, angular
+   distance, logit lens, ... and the perplexity after removing each single layer);
+6. print a table and write `report.md`, `loss_curve.png` and `results.json` into the output folder.
 
 A recipe (`recipes/quickstart.yaml`) is a shared `base` PretrainConfig plus a list of named runs,
 each a list of overrides of that base, so a comparison changes one thing: later methods add runs
@@ -74,6 +76,8 @@ class QuickstartConfig(LayerwiseConfig):
         default_factory=lambda: [QuickstartRun(**run) for run in _recipe()["runs"]]
     )
     eval_all_validation: bool = True  # final perplexity over every validation block
+    depth_report: bool = True  # a depth-probe report of every final model (<run>/depth/)
+    depth_rows: int = 8  # validation windows of train.block_size tokens probed (as many held out)
 
     @model_validator(mode="before")
     @classmethod
@@ -94,6 +98,8 @@ class RunResult:
     val_perplexity: float
     val_tokens: int
     train_seconds: float
+    block_influence: list[float] | None = None  # per layer, from the depth report
+    removal_perplexity: list[float] | None = None  # held-out perplexity without layer l
 
 
 def unigram_perplexity(
@@ -182,6 +188,28 @@ def _table(results: list[RunResult], unigram: float) -> str:
     return "\n".join(lines)
 
 
+def _depth_table(results: list[RunResult]) -> str:
+    """Per layer: block influence and held-out perplexity with that layer removed, per run."""
+    probed = [r for r in results if r.block_influence is not None]
+    if not probed:
+        return ""
+    header = "| layer | " + " | ".join(f"BI {r.name}" for r in probed)
+    header += " | " + " | ".join(f"ppl without layer, {r.name}" for r in probed) + " |"
+    lines = [header, "|---:|" + "---:|" * (2 * len(probed))]
+    for layer in range(max(len(r.block_influence) for r in probed)):
+        cells = [f"{r.block_influence[layer]:.3f}" for r in probed]
+        cells += [f"{r.removal_perplexity[layer]:.1f}" for r in probed]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    links = ", ".join(f"[{r.name}]({r.name}/depth/depth_probe.md)" for r in probed)
+    return f"""
+## How each run uses its depth (depth-probe)
+Block influence (1 - cos(h_l, h_l+1) on the last token, ShortGPT) and the held-out validation
+perplexity of the model with one layer removed, from each run's depth report ({links}).
+
+{chr(10).join(lines)}
+"""
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -229,6 +257,7 @@ torch {torch.__version__}) on {device} ({torch.get_num_threads()} threads). Tota
 
 ![loss curve](loss_curve.png)
 
+{_depth_table(results)}
 Runs: {", ".join(f"`{r.name}` ({', '.join(run.overrides) or 'base recipe'})" for r, run in zip(results, cfg.runs))}.
 Metrics per step: `{out.name}/<run>/metrics.jsonl`; final models: `{out.name}/<run>/final/`.
 """
@@ -253,6 +282,13 @@ def run_quickstart(
         f"validation tokens, vocabulary {len(data.tokenizer):,} ({time.perf_counter() - t0:.0f} s)"
     )
     results = []
+    windows = held = None
+    if cfg.depth_report:
+        from layerwise.eval.depth import validation_windows
+
+        block, rows = cfg.base.train.block_size, cfg.depth_rows
+        windows = validation_windows(data.tokenizer, data.corpus, block, rows)
+        held = validation_windows(data.tokenizer, data.corpus, block, rows, skip=rows)
     for run in cfg.runs:
         folder = out / run.name
         run_cfg = cfg.base.with_overrides([f"train.out_dir={folder}", *run.overrides])
@@ -269,18 +305,33 @@ def run_quickstart(
         if not cfg.eval_all_validation and run_cfg.train.eval_batches is not None:
             max_blocks = run_cfg.train.eval_batches * run_cfg.train.batch_size
         scored = perplexity(model, data.validation, run_cfg.train.batch_size, max_blocks)
-        results.append(
-            RunResult(
-                run.name,
-                trained.num_parameters,
-                trained.step,
-                trained.train_tokens,
-                scored.loss,
-                scored.perplexity,
-                scored.tokens,
-                trained.wall_s,
-            )
+        result = RunResult(
+            run.name,
+            trained.num_parameters,
+            trained.step,
+            trained.train_tokens,
+            scored.loss,
+            scored.perplexity,
+            scored.tokens,
+            trained.wall_s,
         )
+        if windows is not None:
+            from layerwise.eval.depth import probe_model
+
+            print(f"[quickstart] depth report of '{run.name}'")
+            depth = probe_model(
+                model,
+                data.tokenizer,
+                windows,
+                folder / "depth",
+                held_out=held,
+                max_length=cfg.base.train.block_size,
+                title=f"Depth report: quickstart run '{run.name}'",
+            )
+            [single] = [s for s in depth.sweeps if s.kind == "single_layer"]
+            result.block_influence = depth.probe.block_influence.tolist()
+            result.removal_perplexity = single.scores["val_ppl"]
+        results.append(result)
     scored_targets = data.validation.stream[1 : results[0].val_tokens + 1]  # what the models scored
     unigram = unigram_perplexity(data.train.stream, scored_targets, len(data.tokenizer))
     _plot(out, results, math.log(unigram))

@@ -14,7 +14,7 @@ from layerwise.train.config import (
     TrainConfig,
 )
 from layerwise.train.metrics import MetricsLog, read_metrics
-from layerwise.train.model import build_model
+from layerwise.train.model import build_model, load_saved_model, load_trained_model
 from layerwise.train.pretrain import PretrainResult, pretrain
 from layerwise.train.schedule import warmup_cosine, warmup_cosine_scheduler
 
@@ -30,6 +30,8 @@ __all__ = [
     "build_model",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_saved_model",
+    "load_trained_model",
     "pretrain",
     "read_metrics",
     "save_checkpoint",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from torch import nn
+
 from layerwise.train.config import ModelConfig
 from layerwise_core import init_normal_, llama_config
 
-__all__ = ["build_model", "load_trained_model"]
+__all__ = ["build_model", "load_saved_model", "load_trained_model"]
 
 
 def build_model(
@@ -121,3 +125,43 @@ def load_trained_model(folder, cfg: ModelConfig):
             act_group_size=cfg.quant_act_group_size,
         )
     return model
+
+
+def _run_config(folder: Path):
+    """The PretrainConfig of the layerwise run that wrote `folder` (its `final/`), else None."""
+    run = folder.parent
+    if folder.name != "final" or not (run / "config.yaml").is_file():
+        return None
+    if not (run / "metrics.jsonl").is_file():
+        return None
+    from layerwise.train.config import PretrainConfig
+
+    return PretrainConfig.from_yaml(run / "config.yaml")
+
+
+def load_saved_model(path: str | Path) -> nn.Module:
+    """A saved model in eval mode, as it was trained.
+
+    - a masked-diffusion model (config with `logit_shift`: `objective: mdm` runs, core's
+      bidirectional test models): the masked-LM class;
+    - a layerwise run's `RUN/final`: `load_trained_model` with the run's `model` config (norm
+      scheme, fake quantisation, dense / MoE / CoE MLP);
+    - any other causal LM folder: `ln_scaling.from_pretrained` (re-applies LNS / Mix-LN when the
+      config records them; a plain model loads as `AutoModelForCausalLM` would).
+    """
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a saved Hugging Face model")
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    import coe_moe  # noqa: F401 - registers model_type "coe" with the Auto classes
+    import layerwise_core.tiny_models  # noqa: F401 - registers the bidirectional configs
+
+    if getattr(AutoConfig.from_pretrained(folder), "logit_shift", None) is not None:
+        return AutoModelForMaskedLM.from_pretrained(folder).eval()
+    run_cfg = _run_config(folder)
+    if run_cfg is not None:
+        return load_trained_model(folder, run_cfg.model).eval()
+    from ln_scaling import from_pretrained
+
+    return from_pretrained(folder).eval()

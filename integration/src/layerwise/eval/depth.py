@@ -1,0 +1,97 @@
+"""Depth reports (depth-probe) of models trained here or saved anywhere: `layerwise probe`.
+
+The model is loaded as it was trained (`load_saved_model`): a layerwise run's `final/` folder gets
+its norm scheme, fake quantisation and MLP type back from the run's `config.yaml`; any other
+Hugging Face folder gets the norm scheme recorded by ln-scaling, if any (`layerwise.train.model`). The report (depth_probe)
+holds every single-pass metric from one forward over `rows` windows of `max_length` tokens, and,
+with `sweep`, the removal sweeps scored by perplexity on the next `rows` windows (held out).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+__all__ = ["probe_model", "probe_saved_model", "validation_windows"]
+
+
+def validation_windows(tokenizer, source, length: int, count: int, skip: int = 0) -> list[str]:
+    """`count` windows of `length` tokens of the validation split of `source` (a loaded
+    `layerwise.data` Corpus or a corpus spec such as "shakespeare"), after `skip` windows, as
+    text; the split's documents are joined with blank lines."""
+    from depth_probe.cli import text_windows
+    from layerwise.data.corpus import load_corpus
+
+    corpus = load_corpus(source) if isinstance(source, str) else source
+    text = "\n\n".join(corpus.texts("validation"))
+    return text_windows(tokenizer, text, length, count, skip=skip)
+
+
+def probe_model(
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    out_dir: str | Path,
+    *,
+    held_out: list[str] | None = None,
+    max_length: int = 128,
+    title: str = "Depth report",
+    command: str | None = None,
+    skip_effect: bool = False,
+):
+    """depth_probe.report on `texts`; removal sweeps scored by perplexity on `held_out` if given."""
+    from depth_probe import PerplexityScorer, report
+    from depth_probe.report import encode_texts
+
+    scorers = None
+    if held_out:
+        ids, mask = encode_texts(tokenizer, held_out, max_length)
+        scorers = [PerplexityScorer(ids, mask, name="val_ppl")]
+    return report(
+        model,
+        tokenizer,
+        texts,
+        out_dir,
+        max_length=max_length,
+        scorers=scorers,
+        title=title,
+        command=command,
+        with_skip_effect=skip_effect,
+    )
+
+
+def probe_saved_model(
+    model_path: str | Path,
+    out_dir: str | Path,
+    *,
+    tokenizer_path: str | Path | None = None,
+    source: str = "shakespeare",
+    max_length: int = 128,
+    rows: int = 8,
+    sweep: bool = True,
+    skip_effect: bool = False,
+    command: str | None = None,
+):
+    """`layerwise probe`: load `model_path` as trained and write its depth report into `out_dir`."""
+    from transformers import AutoTokenizer
+
+    if max_length < 2 or rows < 1:
+        raise ValueError(f"max_length must be >= 2 and rows >= 1, got {max_length} and {rows}")
+    from layerwise.train.model import load_saved_model
+
+    model = load_saved_model(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
+    texts = validation_windows(tokenizer, source, max_length, rows)
+    held = validation_windows(tokenizer, source, max_length, rows, skip=rows) if sweep else None
+    return probe_model(
+        model,
+        tokenizer,
+        texts,
+        out_dir,
+        held_out=held,
+        max_length=max_length,
+        title=f"Depth report: {Path(model_path)}",
+        command=command,
+        skip_effect=skip_effect,
+    )
