@@ -111,3 +111,18 @@ def test_apply_fake_quant_patches_linears_and_keeps_parameters():
     model(x).sum().backward()
     assert model[0].weight.grad is not None
     assert apply_fake_quant(nn.Linear(2, 2), "none").__class__ is nn.Linear
+
+
+def test_kernel_compiles_for_hopper_without_a_gpu(compiles_for_hopper):
+    compiles_for_hopper(
+        """
+        from layerwise_kernels.fake_quant import _triton as k
+
+        for dt in ("fp32", "bf16", "fp16"):
+            for fp4 in (False, True):
+                sig = {"X": f"*{dt}", "Y": f"*{dt}", "n_rows": "i32", "n_cols": "i32",
+                       "qmax": "fp32"}
+                const = {"FP4": fp4, "BLOCK_M": 16, "BLOCK_N": 256}
+                compile_sm90(k._fake_quant_kernel, sig, const, num_warps=8)
+        """
+    )

@@ -119,3 +119,17 @@ def test_cuda_gradient_sized_problem_bf16():
     got = sddmm(dy.T, x, rows, cols, backend="triton")
     want = sddmm(dy.T, x, rows, cols, backend="torch")
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_kernel_compiles_for_hopper_without_a_gpu(compiles_for_hopper):
+    compiles_for_hopper(
+        """
+        from layerwise_kernels.sddmm import _triton as k
+
+        for dt in ("fp32", "bf16", "fp16"):
+            sig = {"A": f"*{dt}", "B": f"*{dt}", "ROWS": "*i64", "COLS": "*i64", "OUT": "*fp32",
+                   "n_samples": "i32", "n_inner": "i32", "stride_am": "i64", "stride_ak": "i64",
+                   "stride_bk": "i64", "stride_bn": "i64"}
+            compile_sm90(k._sddmm_kernel, sig, {"BLOCK_S": 32, "BLOCK_K": 128}, num_warps=4)
+        """
+    )

@@ -127,3 +127,33 @@ def test_auto_runs_the_reference_on_cpu():
     if DEVICE == "cpu":
         for x, y in zip(a[0], b[0]):
             assert torch.equal(x, y)
+
+
+def test_kernels_compile_for_hopper_without_a_gpu(compiles_for_hopper):
+    # Parameters / moments in fp32 or bf16 with fp32 compute, and fp64 throughout.
+    compiles_for_hopper(
+        """
+        from layerwise_kernels.spam_step import _triton as k
+
+        table = {"ADDRS": "*i64", "NUMELS": "*i64", "BLOCK_TENSOR": "*i32",
+                 "BLOCK_START": "*i64", "n_tensors": "i32", "n_blocks": "i32"}
+        for p_dt, compute in (("fp32", "fp32"), ("bf16", "fp32"), ("fp64", "fp64")):
+            types = {name: getattr(tl, {"fp32": "float32", "bf16": "bfloat16",
+                                        "fp64": "float64"}[dt])
+                     for name, dt in (("P_TYPE", p_dt), ("G_TYPE", p_dt), ("M_TYPE", "fp32"),
+                                      ("V_TYPE", "fp32"), ("COMPUTE", compute))}
+            for flag in (False, True):
+                const = {**types, "CLIP": flag, "WRITE_GRAD": flag, "BLOCK": 2048}
+                sig = {**table, "STEPS": f"*{compute}", "SCALARS": f"*{compute}"}
+                compile_sm90(k._spam_step_kernel, sig, const, num_warps=8)
+            for reset in (0, 1, 2):
+                const = {**types, "RESET": reset, "WRITE_GRAD": True, "BLOCK": 2048}
+                sig = {**table, "VECTORS": f"*{compute}", "SCALARS": f"*{compute}"}
+                compile_sm90(k._stable_spam_step_kernel, sig, const, num_warps=8)
+            for clipped in (False, True):
+                const = {"X_TYPE": types["G_TYPE"], "COMPUTE": types["COMPUTE"],
+                         "CLIPPED_SQ_NORM": clipped, "BLOCK": 2048}
+                sig = {**table, "VECTORS": f"*{compute}", "PARTIAL": f"*{compute}"}
+                compile_sm90(k._partials_kernel, sig, const, num_warps=8)
+        """
+    )
