@@ -68,6 +68,12 @@ def build_model(
         from ln_scaling import apply_norm_scheme
 
         apply_norm_scheme(model, cfg.norm, post_ln_fraction=cfg.post_ln_fraction)
+    _apply_quant(model, cfg)
+    return model
+
+
+def _apply_quant(model, cfg: ModelConfig) -> None:
+    """Simulated low-precision training (`model.quant`): fake-quantised Linear layers."""
     if cfg.quant != "none":
         from layerwise_kernels import apply_fake_quant
 
@@ -77,7 +83,6 @@ def build_model(
             weight_group_size=cfg.quant_weight_group_size,
             act_group_size=cfg.quant_act_group_size,
         )
-    return model
 
 
 def _build_moe_model(cfg: ModelConfig, llama):
@@ -115,15 +120,7 @@ def load_trained_model(folder, cfg: ModelConfig):
     if cfg.mlp != "dense":
         import coe_moe  # noqa: F401 - registers model_type "coe" with the Auto classes
     model = from_pretrained(folder)
-    if cfg.quant != "none":
-        from layerwise_kernels import apply_fake_quant
-
-        apply_fake_quant(
-            model,
-            cfg.quant,
-            weight_group_size=cfg.quant_weight_group_size,
-            act_group_size=cfg.quant_act_group_size,
-        )
+    _apply_quant(model, cfg)
     return model
 
 
