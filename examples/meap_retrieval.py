@@ -71,6 +71,14 @@ def parse_args() -> argparse.Namespace:
         help="report to append to (the PNG goes to figures/ next to it)",
     )
     p.add_argument("--no-docs", action="store_true", help="do not append to the report")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="train nothing: report the runs saved in these results.json files together (e.g. "
+        "one process per seed run side by side); they must differ only in --seeds",
+    )
     return p.parse_args()
 
 
@@ -181,6 +189,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merge(args, out)
+        return
     corpus = load_corpus("shakespeare")
     tokenizer = load_tokenizer("bpe", corpus, args.vocab)
     mask_id = meap.add_mask_token(tokenizer)  # the layerwise BPE already holds [MASK]
@@ -230,6 +241,26 @@ def main() -> None:
     figure = plot(results, args, out / "meap_retrieval.png")
     if not args.no_docs:
         write_docs(results, args, figure)
+
+
+def merge(args, out: Path) -> None:
+    """Report runs saved by separate processes: same settings, different seeds."""
+    saved = [json.loads(Path(p).read_text()) for p in args.merge]
+    ignore = {"seeds", "out", "merge", "no_docs", "reproductions", "threads", "device"}
+    first = {k: v for k, v in saved[0]["args"].items() if k not in ignore}
+    for other in saved[1:]:
+        differ = {k for k, v in other["args"].items() if k not in ignore and first.get(k) != v}
+        if differ:
+            raise SystemExit(f"--merge: the runs differ in {sorted(differ)}, not only in --seeds")
+    merged = argparse.Namespace(**{**saved[0]["args"], **{k: getattr(args, k) for k in ignore}})
+    merged.seeds = [seed for s in saved for seed in s["args"]["seeds"]]
+    results = [r for s in saved for r in s["results"]]
+    (out / "results.json").write_text(
+        json.dumps({"args": vars(merged), "results": results}, indent=1)
+    )
+    figure = plot(results, merged, out / "meap_retrieval.png")
+    if not args.no_docs:
+        write_docs(results, merged, figure)
 
 
 def _mean_std(values: list[float], digits: int = 3) -> str:

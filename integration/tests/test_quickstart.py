@@ -87,6 +87,10 @@ def test_runs_share_data_and_seed(small_data, tmp_path, capsys):
         assert probed["probe"]["block_influence"] == pytest.approx(expected, abs=1e-6)
         assert results[run.name].block_influence == probed["probe"]["block_influence"]
         assert len(results[run.name].removal_perplexity) == model.config.num_hidden_layers
+        [single] = [s for s in probed["sweeps"] if s["kind"] == "single_layer"]
+        assert results[run.name].probe_perplexity == single["baseline"]["val_ppl"]
+        [full_row] = [line for line in report.splitlines() if line.startswith("| none (full")]
+        assert f" {single['baseline']['val_ppl']:.1f} |" in full_row
         assert f"[{run.name}]({run.name}/depth/depth_probe.md)" in report
     assert results["a"].removal_perplexity == results["a_again"].removal_perplexity
     assert results["a"].block_influence != results["lns"].block_influence

@@ -100,6 +100,7 @@ class RunResult:
     train_seconds: float
     block_influence: list[float] | None = None  # per layer, from the depth report
     removal_perplexity: list[float] | None = None  # held-out perplexity without layer l
+    probe_perplexity: float | None = None  # the full model's perplexity on the same windows
 
 
 def unigram_perplexity(
@@ -196,6 +197,8 @@ def _depth_table(results: list[RunResult]) -> str:
     header = "| layer | " + " | ".join(f"BI {r.name}" for r in probed)
     header += " | " + " | ".join(f"ppl without layer, {r.name}" for r in probed) + " |"
     lines = [header, "|---:|" + "---:|" * (2 * len(probed))]
+    full = ["-"] * len(probed) + [f"{r.probe_perplexity:.1f}" for r in probed]
+    lines.append("| none (full model) | " + " | ".join(full) + " |")
     for layer in range(max(len(r.block_influence) for r in probed)):
         cells = [f"{r.block_influence[layer]:.3f}" for r in probed]
         cells += [f"{r.removal_perplexity[layer]:.1f}" for r in probed]
@@ -203,8 +206,9 @@ def _depth_table(results: list[RunResult]) -> str:
     links = ", ".join(f"[{r.name}]({r.name}/depth/depth_probe.md)" for r in probed)
     return f"""
 ## How each run uses its depth (depth-probe)
-Block influence (1 - cos(h_l, h_l+1) on the last token, ShortGPT) and the held-out validation
-perplexity of the model with one layer removed, from each run's depth report ({links}).
+Block influence (ShortGPT: 1 - cos(h_l, h_l+1), averaged over tokens) and the perplexity of the
+model with one layer removed, on validation windows held out from the probe, from each run's depth
+report ({links}).
 
 {chr(10).join(lines)}
 """
@@ -331,6 +335,7 @@ def run_quickstart(
             [single] = [s for s in depth.sweeps if s.kind == "single_layer"]
             result.block_influence = depth.probe.block_influence.tolist()
             result.removal_perplexity = single.scores["val_ppl"]
+            result.probe_perplexity = single.baseline["val_ppl"]
         results.append(result)
     scored_targets = data.validation.stream[1 : results[0].val_tokens + 1]  # what the models scored
     unigram = unigram_perplexity(data.train.stream, scored_targets, len(data.tokenizer))
