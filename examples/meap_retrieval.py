@@ -3,11 +3,10 @@
     python examples/meap_retrieval.py --steps 20 --per-cell 4 --no-docs   # smoke size, ~1 minute
     python examples/meap_retrieval.py --steps N --device cuda ...          # a real run, on a GPU
 
-Status: not yet a reproduction. On the shared 2-core CPU machine, 600-900 steps (1.2-1.8M
-tokens) leave NTP at chance on this task (docs/meap.md lists the sizing runs), so there is no
-retrieval ability yet for MEAP to improve on. Raise --steps (and the model) until NTP clearly
-retrieves, then compare the objectives at equal tokens; the run appends its section to
-docs/reproductions.md and its figure to docs/figures/ unless --no-docs.
+The reproduction in docs/reproductions.md (2 layers, 4-digit values behind a `#` marker, 12 of 16
+rows key-value documents of 40-72 tokens, 3000 and 6000 steps, one process per seed, then
+`--merge`) is the size at which NTP retrieves at all on CPU; with half the rows key-value
+documents NTP stays at chance after 3000 steps (docs/meap.md lists the sizing runs).
 
 Tiny Llamas pre-trained on the same tokens in the same order from the same initialisation; only
 the objective changes: NTP, or MEAP (meap.mask_inputs, reference mode) at two mask ratios. Each
@@ -318,7 +317,7 @@ def write_docs(results: list[dict], args, png: Path) -> None:
     from layerwise_core.benchmarking import append_section, markdown_table
 
     report = Path(args.reproductions)
-    figure = report.parent / "figures" / "meap_retrieval.png"
+    figure = report.parent / "figures" / f"meap_retrieval_{args.steps}.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     figure.write_bytes(png.read_bytes())
 
@@ -366,7 +365,7 @@ def write_docs(results: list[dict], args, png: Path) -> None:
         report.write_text("# Reproductions\n\n")
     append_section(
         report,
-        "meap: key-information retrieval, MEAP vs NTP",
+        f"meap: key-information retrieval, MEAP vs NTP, {args.steps} steps",
         " ".join(["python examples/meap_retrieval.py", *sys.argv[1:]]),
         body + "\n\n" + tables + f"\n\n![MEAP vs NTP](figures/{figure.name})",
         [
