@@ -3,6 +3,7 @@
     layerwise quickstart [--out runs/quickstart] [--minutes 6] [a.b=c ...]
     layerwise pretrain --config FILE.yaml [a.b=c ...]
     layerwise eval retrieval --model DIR [--contexts 128 256] [--depths 0 0.5 1] [--json OUT]
+    layerwise eval decode --model DIR --prompts FILE.jsonl [--config FILE.yaml] [decode=prophet ...]
     layerwise probe --model DIR --out DIR [--source shakespeare] [--max-length 128] [--rows 8]
 
 Overrides are dotted `key=value` pairs applied on top of the YAML file (values parse as YAML
@@ -67,6 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     ret.add_argument("--seed", type=int, default=0)
     ret.add_argument("--batch-size", type=int, default=16)
     ret.add_argument("--json", default=None, help="also write the report as JSON to this file")
+
+    dec = tasks.add_parser(
+        "decode", help="masked-diffusion LM answers prompts: decode=llada|prophet|fast_dllm|..."
+    )
+    dec.add_argument(
+        "--model", required=True, help="masked-diffusion model folder (mdm run final/)"
+    )
+    dec.add_argument("--prompts", required=True, help='JSON lines {"prompt", "answer"?}')
+    dec.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+    dec.add_argument("--config", default=None, help="DecodeConfig YAML file")
+    dec.add_argument("--json", default=None, help="also write outputs and scores to this file")
+    dec.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. decode=prophet options.steps=32"
+    )
 
     probe = sub.add_parser(
         "probe", help="depth-probe report of a saved model on a corpus's validation text"
@@ -150,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 Path(args.json).write_text(json.dumps(report.as_dict(), indent=1))
             return 0
+        if args.command == "eval" and args.task == "decode":
+            return _eval_decode(args)
         if args.command == "probe":
             import shlex
 
@@ -187,6 +204,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"layerwise {args.command}: {err}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse admits no other
+
+
+def _eval_decode(args) -> int:
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from layerwise.eval.decode import DecodeConfig, evaluate_decoding, read_prompts
+    from layerwise.train.model import load_saved_model
+
+    if args.config:
+        cfg = DecodeConfig.from_yaml(args.config, overrides=args.overrides)
+    else:
+        cfg = DecodeConfig.from_dict({}, overrides=args.overrides)
+    try:
+        prompts, answers = read_prompts(args.prompts)
+        model = load_saved_model(args.model)
+        if getattr(model.config, "mask_token_id", None) is None:
+            raise ValueError(
+                f"{args.model} is not a masked-diffusion LM (its config has no mask_token_id): "
+                "train one with objective=mdm"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+        report = evaluate_decoding(model, tokenizer, prompts, answers, cfg)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"layerwise eval decode: {err}", file=sys.stderr)
+        return 2
+    for i, output in enumerate(report.outputs):
+        verdict = "" if report.correct is None else (" ok" if report.correct[i] else " x")
+        print(f"[{i}] nfe {report.nfe[i]}{verdict}: {output!r}")
+    line = f"decode={cfg.decode}: mean NFE {report.mean_nfe:.1f}, {report.tokens_per_second:.1f} tokens/s"
+    if report.accuracy is not None:
+        line += f", accuracy {report.accuracy:.1%} ({sum(report.correct)}/{len(report.correct)})"
+    print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.as_dict(), indent=1))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,169 @@
+"""`layerwise eval decode`: a masked-diffusion LM answers prompts with a dlm-decode strategy.
+
+The `decode:` switch picks the sampler (`llada | prophet | fast_dllm | dream | soar`,
+`dlm_decode.make_strategy`), `options:` its fields (e.g. `{steps: 32, block_length: 8}`; Prophet
+without an answer anchor needs `{region: block}` to exit early, and takes
+`{thresholds: {early: 7.5, mid: 5.0, late: 2.5}}`). The model is any saved
+masked-diffusion LM, e.g. the `final/` folder of an `objective: mdm` run. Each answer is the
+generation cut at the first EOS; it is scored by exact match (after stripping whitespace) or by its
+last number, and every row's NFE and early-commit step are reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from layerwise_core import LayerwiseConfig
+
+__all__ = ["DecodeConfig", "DecodeReport", "evaluate_decoding", "read_prompts"]
+
+
+class DecodeConfig(LayerwiseConfig):
+    decode: Literal["llada", "prophet", "fast_dllm", "dream", "soar"] = "llada"
+    options: dict[str, Any] = Field(default_factory=dict)  # fields of the strategy
+    gen_length: int = Field(32, ge=1)  # tokens generated after each prompt
+    batch_size: int = Field(8, ge=1)
+    scorer: Literal["exact", "last_number"] = "exact"
+    seed: int = 0  # Gumbel / random-remasking draws
+
+
+@dataclass
+class DecodeReport:
+    decode: str
+    options: dict[str, Any]
+    outputs: list[str]
+    correct: list[bool] | None  # None without answers
+    nfe: list[int]  # model evaluations per row
+    exit_step: list[int]  # Prophet's early-commit step, -1 where none
+    generated_tokens: int
+    wall_s: float
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.correct is None else sum(self.correct) / max(len(self.correct), 1)
+
+    @property
+    def mean_nfe(self) -> float:
+        return sum(self.nfe) / max(len(self.nfe), 1)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / max(self.wall_s, 1e-12)
+
+    def as_dict(self) -> dict:
+        return {
+            **dataclasses.asdict(self),
+            "accuracy": self.accuracy,
+            "mean_nfe": self.mean_nfe,
+            "tokens_per_second": self.tokens_per_second,
+        }
+
+
+def read_prompts(path: str | Path) -> tuple[list[str], list[str] | None]:
+    """JSON lines with "prompt" and, optionally, "answer" (on every line or on none)."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise ValueError(f"{path}:{number}: expected an object with a string 'prompt'")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no prompts")
+    with_answer = ["answer" in row for row in rows]
+    if any(with_answer) and not all(with_answer):
+        raise ValueError(f"{path}: give an 'answer' on every line or on none")
+    answers = [str(row["answer"]) for row in rows] if all(with_answer) else None
+    return [row["prompt"] for row in rows], answers
+
+
+def _strategy(cfg: DecodeConfig):
+    from dlm_decode import StagedThresholds, make_strategy
+
+    options = dict(cfg.options)
+    if isinstance(options.get("thresholds"), dict):  # Prophet's staged thresholds from YAML
+        options["thresholds"] = StagedThresholds(**options["thresholds"])
+    try:
+        return make_strategy(cfg.decode, **options)
+    except TypeError as err:  # an unknown field of the strategy's dataclass
+        cls_fields = _fields_of(cfg.decode)
+        raise ValueError(
+            f"decode '{cfg.decode}': bad options {sorted(cfg.options)} ({err}); its fields are "
+            f"{cls_fields}"
+        ) from None
+
+
+def _fields_of(name: str) -> list[str]:
+    from dlm_decode import STRATEGIES
+
+    return [f.name for f in dataclasses.fields(STRATEGIES[name])]
+
+
+def _left_padded(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if any(not r for r in rows):
+        raise ValueError("every prompt must encode to at least one token")
+    pad = next((v for v in (tokenizer.pad_token_id, tokenizer.eos_token_id) if v is not None), 0)
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def _score(output: str, answer: str, scorer: str) -> bool:
+    if scorer == "exact":
+        return output.strip() == answer.strip()
+    from layerwise.eval.math_generation import math_exact_match
+
+    return math_exact_match(output, answer)
+
+
+def evaluate_decoding(
+    model,
+    tokenizer,
+    prompts: list[str],
+    answers: list[str] | None = None,
+    cfg: DecodeConfig | None = None,
+) -> DecodeReport:
+    """Decode every prompt (batches of `cfg.batch_size`, left-padded) and score the answers."""
+    from dlm_decode import generate
+
+    cfg = cfg or DecodeConfig()
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    strategy = _strategy(cfg)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    outputs, nfe, exit_step, tokens, wall = [], [], [], 0, 0.0
+    for start in range(0, len(prompts), cfg.batch_size):
+        ids, mask = _left_padded(tokenizer, prompts[start : start + cfg.batch_size])
+        out = generate(
+            model,
+            ids.to(device),
+            strategy,
+            gen_length=cfg.gen_length,
+            attention_mask=mask.to(device),
+            stop_at_eos=True,
+            generator=generator,
+        )
+        outputs += out.decode(tokenizer)
+        nfe += out.stats.nfe.tolist()
+        exit_step += out.exit_step.tolist()
+        tokens += int(out.stats.generated_tokens.sum())
+        wall += out.stats.wall_s
+    correct = None
+    if answers is not None:
+        correct = [_score(o, a, cfg.scorer) for o, a in zip(outputs, answers)]
+    return DecodeReport(
+        cfg.decode, dict(cfg.options), outputs, correct, nfe, exit_step, tokens, wall
+    )
