@@ -71,3 +71,18 @@ def test_unknown_variant_is_an_error():
     model = tiny_llama(num_hidden_layers=2)
     with pytest.raises(ValueError, match="variant"):
         similarity_matrix(model, torch.randint(0, 128, (1, 3)), variant="cosine")
+
+
+def test_detrending_one_block_output_is_undefined_not_a_warning():
+    # 2 blocks -> one compared output: z-scoring a one-layer trajectory has no spread (the loop
+    # reference divides by a NaN std); the other variants are defined (a 1x1 matrix of 1).
+    import warnings
+
+    model = tiny_llama(num_hidden_layers=2)
+    ids = torch.randint(0, 128, (1, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = similarity_matrix(model, ids, variant="per_token_detrended")
+        plain = similarity_matrix(model, ids, variant="per_token")
+    assert got.shape == (1, 1) and torch.isnan(got).all()
+    torch.testing.assert_close(plain, torch.ones(1, 1))

@@ -56,6 +56,8 @@ def similarity_matrix(
         pooled = F.normalize(stacked.double().mean(1), dim=-1)
         return (pooled @ pooled.T).float()
     if variant == "per_token_detrended":
+        if stacked.shape[0] < 2:  # a trajectory of one layer has no spread to z-score by
+            return torch.full((1, 1), float("nan"))
         mu = stacked.mean(0, keepdim=True)
         sigma = stacked.std(0, keepdim=True).clamp_min(1e-8)
         stacked = (stacked - mu) / sigma
