@@ -81,6 +81,11 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def _kv_rows(args) -> int:
+    """Key-value rows per step (the rest of the batch is Shakespeare); default half."""
+    return args.batch // 2 if args.kv_rows is None else args.kv_rows
+
+
 def key_value_rows(
     task: KeyValueRetrieval, count: int, length: int, seed: int, eos: int, contexts=None
 ):
@@ -139,7 +144,7 @@ def train_arm(args, ratio: float | None, seed: int, data: dict, mask_id: int, vo
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     text, kv = data["text"], data["kv"]
-    kv_rows = args.batch // 2 if args.kv_rows is None else args.kv_rows
+    kv_rows = _kv_rows(args)
     text_rows = args.batch - kv_rows
     text_order = epoch_permutation(len(text), seed, 0)
     kv_order = epoch_permutation(len(kv), seed, 0)
@@ -208,7 +213,7 @@ def main() -> None:
     )
     train_task = KeyValueRetrieval(tokenizer, corpus.texts("train"), **fmt)
     eval_task = KeyValueRetrieval(tokenizer, corpus.texts("validation"), **fmt)
-    rows_needed = args.steps * (args.batch // 2 if args.kv_rows is None else args.kv_rows)
+    rows_needed = args.steps * _kv_rows(args)
     validation = PackedBlocks(stream("validation"), args.block)
     data = {
         "text": PackedBlocks(stream("train"), args.block),
@@ -350,16 +355,15 @@ def write_docs(results: list[dict], args, png: Path) -> None:
         f"{r['table']}"
         for r in results
     )
-    kv_rows = args.batch // 2 if args.kv_rows is None else args.kv_rows
-    low, high = args.train_contexts or (32, args.block - 8)
-    train_contexts = f"{low}-{high}"
+    low, high = args.train_contexts or (32, args.block - 8)  # as key_value_rows's default
     params = (
         f"Llama hidden {args.hidden}, {args.layers} layers, {args.heads} heads, BPE vocabulary "
         f"{args.vocab} (Shakespeare train split), {args.steps} steps of {args.batch} rows x "
-        f"{args.block} tokens ({args.steps * args.batch * args.block:,} tokens; {kv_rows} rows of "
-        f"key-value documents ({train_contexts} prompt tokens, {args.pairs} fact(s) of "
-        f"{args.digits}-digit values), the others Shakespeare blocks), AdamW lr {args.lr} (warm-up 10%, cosine to 10%), wd 0.05, betas (0.9, 0.95), "
-        f"clip 1.0; seeds {args.seeds}; MEAP masks with meap.mask_inputs(mode='reference')."
+        f"{args.block} tokens ({args.steps * args.batch * args.block:,} tokens; {_kv_rows(args)} "
+        f"rows of key-value documents ({low}-{high} prompt tokens, {args.pairs} fact(s) of "
+        f"{args.digits}-digit values), the others Shakespeare blocks), AdamW lr {args.lr} "
+        f"(warm-up 10%, cosine to 10%), wd 0.05, betas (0.9, 0.95), clip 1.0; seeds "
+        f"{args.seeds}; MEAP masks with meap.mask_inputs(mode='reference')."
     )
     if not report.exists():
         report.write_text("# Reproductions\n\n")

@@ -59,13 +59,16 @@ def test_probe_command_reports_the_trained_model(lns_run, tmp_path, capsys):
 
     # single-pass metrics: the first ROWS windows of the validation text, model with LNS
     model = load_trained_model(final, cfg.model).eval()
-    texts = validation_windows(data.tokenizer, data.corpus, LENGTH, ROWS)
+    texts, held = validation_windows(data.tokenizer, data.corpus, LENGTH, ROWS, held_out=True)
+    assert texts == validation_windows(data.tokenizer, data.corpus, LENGTH, ROWS)[0]
     ids, mask = encode_texts(data.tokenizer, texts, LENGTH)
     expected = depth_probe.block_influence(model, ids, mask)
     assert saved["probe"]["block_influence"] == pytest.approx(expected.tolist(), abs=1e-6)
 
-    # sweeps: perplexity of the next ROWS windows (held out), by hand
-    held = validation_windows(data.tokenizer, data.corpus, LENGTH, ROWS, skip=ROWS)
+    # sweeps: perplexity of the next ROWS windows of the same text (held out), by hand
+    joined = "\n\n".join(data.corpus.texts("validation"))
+    tokens = data.tokenizer(joined, add_special_tokens=False)["input_ids"]
+    assert held[0] == data.tokenizer.decode(tokens[ROWS * LENGTH : (ROWS + 1) * LENGTH])
     assert held[0] != texts[0]
     hids, hmask = encode_texts(data.tokenizer, held, LENGTH)
     logits = _logits(model, hids)[:, :-1]

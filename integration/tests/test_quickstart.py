@@ -8,7 +8,13 @@ import math
 import pytest
 import torch
 
-from layerwise.quickstart import QuickstartConfig, run_quickstart, unigram_perplexity
+from layerwise.quickstart import (
+    QuickstartConfig,
+    RunResult,
+    _depth_table,
+    run_quickstart,
+    unigram_perplexity,
+)
 from layerwise.train import read_metrics
 
 
@@ -17,6 +23,18 @@ def test_unigram_perplexity_by_hand():
     target = torch.tensor([0, 2])
     expected = math.exp(-(math.log(4 / 7) + math.log(1 / 7)) / 2)
     assert unigram_perplexity(train, target, vocab=3) == pytest.approx(expected)
+
+
+def test_depth_table_with_runs_of_different_depth():
+    def run(name, bi, ppl, full):
+        return RunResult(name, 1, 1, 1, 0.0, 1.0, 1, 0.0, bi, ppl, full)
+
+    table = _depth_table([run("a", [0.9, 0.1], [50.0, 12.0], 10.0), run("b", [0.8], [40.0], 9.0)])
+    lines = table.strip().splitlines()
+    assert "| none (full model) | - | - | 10.0 | 9.0 |" in lines
+    assert "| 0 | 0.900 | 0.800 | 50.0 | 40.0 |" in lines
+    assert "| 1 | 0.100 |  | 12.0 |  |" in lines  # run b has no layer 1
+    assert _depth_table([run("c", None, None, None)]) == ""
 
 
 def test_default_recipe_and_overrides_merge_into_it():
@@ -76,7 +94,7 @@ def test_runs_share_data_and_seed(small_data, tmp_path, capsys):
     from layerwise.train import load_trained_model
 
     assert "How each run uses its depth" in report
-    windows = validation_windows(small_data.tokenizer, small_data.corpus, 64, cfg.depth_rows)
+    windows, _ = validation_windows(small_data.tokenizer, small_data.corpus, 64, cfg.depth_rows)
     ids, mask = encode_texts(small_data.tokenizer, windows, 64)
     for run in cfg.runs:
         folder = tmp_path / "qs" / run.name

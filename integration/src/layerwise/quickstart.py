@@ -199,9 +199,10 @@ def _depth_table(results: list[RunResult]) -> str:
     lines = [header, "|---:|" + "---:|" * (2 * len(probed))]
     full = ["-"] * len(probed) + [f"{r.probe_perplexity:.1f}" for r in probed]
     lines.append("| none (full model) | " + " | ".join(full) + " |")
-    for layer in range(max(len(r.block_influence) for r in probed)):
-        cells = [f"{r.block_influence[layer]:.3f}" for r in probed]
-        cells += [f"{r.removal_perplexity[layer]:.1f}" for r in probed]
+    for layer in range(max(len(r.block_influence) for r in probed)):  # runs may differ in depth
+        has = [layer < len(r.block_influence) for r in probed]
+        cells = [f"{r.block_influence[layer]:.3f}" if h else "" for r, h in zip(probed, has)]
+        cells += [f"{r.removal_perplexity[layer]:.1f}" if h else "" for r, h in zip(probed, has)]
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     links = ", ".join(f"[{r.name}]({r.name}/depth/depth_probe.md)" for r in probed)
     return f"""
@@ -291,8 +292,7 @@ def run_quickstart(
         from layerwise.eval.depth import validation_windows
 
         block, rows = cfg.base.train.block_size, cfg.depth_rows
-        windows = validation_windows(data.tokenizer, data.corpus, block, rows)
-        held = validation_windows(data.tokenizer, data.corpus, block, rows, skip=rows)
+        windows, held = validation_windows(data.tokenizer, data.corpus, block, rows, held_out=True)
     for run in cfg.runs:
         folder = out / run.name
         run_cfg = cfg.base.with_overrides([f"train.out_dir={folder}", *run.overrides])

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from layerwise_core import LayerwiseConfig
+from layerwise_core import LayerwiseConfig, pad_token_rows
 
 __all__ = ["DecodeConfig", "DecodeReport", "evaluate_decoding", "read_prompts"]
 
@@ -85,7 +85,7 @@ def read_prompts(path: str | Path) -> tuple[list[str], list[str] | None]:
 
 
 def _strategy(cfg: DecodeConfig):
-    from dlm_decode import StagedThresholds, make_strategy
+    from dlm_decode import STRATEGIES, StagedThresholds, make_strategy
 
     options = dict(cfg.options)
     if isinstance(options.get("thresholds"), dict):  # Prophet's staged thresholds from YAML
@@ -93,17 +93,11 @@ def _strategy(cfg: DecodeConfig):
     try:
         return make_strategy(cfg.decode, **options)
     except TypeError as err:  # an unknown field of the strategy's dataclass
-        cls_fields = _fields_of(cfg.decode)
+        fields = [f.name for f in dataclasses.fields(STRATEGIES[cfg.decode])]
         raise ValueError(
             f"decode '{cfg.decode}': bad options {sorted(cfg.options)} ({err}); its fields are "
-            f"{cls_fields}"
+            f"{fields}"
         ) from None
-
-
-def _fields_of(name: str) -> list[str]:
-    from dlm_decode import STRATEGIES
-
-    return [f.name for f in dataclasses.fields(STRATEGIES[name])]
 
 
 def _left_padded(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,13 +105,7 @@ def _left_padded(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Ten
     if any(not r for r in rows):
         raise ValueError("every prompt must encode to at least one token")
     pad = next((v for v in (tokenizer.pad_token_id, tokenizer.eos_token_id) if v is not None), 0)
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
-    return ids, mask
+    return pad_token_rows(rows, pad, left=True)
 
 
 def _score(output: str, answer: str, scorer: str) -> bool:

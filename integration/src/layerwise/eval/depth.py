@@ -1,10 +1,11 @@
 """Depth reports (depth-probe) of models trained here or saved anywhere: `layerwise probe`.
 
-The model is loaded as it was trained (`load_saved_model`): a layerwise run's `final/` folder gets
-its norm scheme, fake quantisation and MLP type back from the run's `config.yaml`; any other
-Hugging Face folder gets the norm scheme recorded by ln-scaling, if any (`layerwise.train.model`). The report (depth_probe)
-holds every single-pass metric from one forward over `rows` windows of `max_length` tokens, and,
-with `sweep`, the removal sweeps scored by perplexity on the next `rows` windows (held out).
+The model is loaded as it was trained (`layerwise.train.model.load_saved_model`): a layerwise
+run's `final/` folder gets its norm scheme, fake quantisation and MLP type back from the run's
+`config.yaml`; any other Hugging Face folder gets the norm scheme recorded by ln-scaling, if any.
+The report (depth_probe) holds every single-pass metric from one forward over `rows` windows of
+`max_length` tokens, and, with `sweep`, the removal sweeps scored by perplexity on the next `rows`
+windows (held out).
 """
 
 from __future__ import annotations
@@ -16,16 +17,27 @@ from torch import nn
 __all__ = ["probe_model", "probe_saved_model", "validation_windows"]
 
 
-def validation_windows(tokenizer, source, length: int, count: int, skip: int = 0) -> list[str]:
-    """`count` windows of `length` tokens of the validation split of `source` (a loaded
-    `layerwise.data` Corpus or a corpus spec such as "shakespeare"), after `skip` windows, as
-    text; the split's documents are joined with blank lines."""
+def validation_windows(
+    tokenizer, source, length: int, rows: int, *, held_out: bool = False
+) -> tuple[list[str], list[str] | None]:
+    """(`rows` consecutive windows of `length` tokens of the validation split of `source`, the next
+    `rows` windows when `held_out`, else None), as text. `source` is a loaded `layerwise.data`
+    Corpus or a corpus spec such as "shakespeare"; the split's documents are joined with blank
+    lines and tokenized once."""
     from depth_probe.cli import text_windows
     from layerwise.data.corpus import load_corpus
 
     corpus = load_corpus(source) if isinstance(source, str) else source
     text = "\n\n".join(corpus.texts("validation"))
-    return text_windows(tokenizer, text, length, count, skip=skip)
+    windows = text_windows(tokenizer, text, length, 2 * rows if held_out else rows)
+    if not held_out:
+        return windows, None
+    if len(windows) <= rows:
+        raise ValueError(
+            f"the validation text has fewer than {(rows + 1) * length} tokens: no window is left "
+            "to hold out; lower the rows or the window length"
+        )
+    return windows[:rows], windows[rows:]
 
 
 def probe_model(
@@ -76,14 +88,13 @@ def probe_saved_model(
     """`layerwise probe`: load `model_path` as trained and write its depth report into `out_dir`."""
     from transformers import AutoTokenizer
 
-    if max_length < 2 or rows < 1:
-        raise ValueError(f"max_length must be >= 2 and rows >= 1, got {max_length} and {rows}")
     from layerwise.train.model import load_saved_model
 
+    if max_length < 2 or rows < 1:
+        raise ValueError(f"max_length must be >= 2 and rows >= 1, got {max_length} and {rows}")
     model = load_saved_model(model_path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
-    texts = validation_windows(tokenizer, source, max_length, rows)
-    held = validation_windows(tokenizer, source, max_length, rows, skip=rows) if sweep else None
+    texts, held = validation_windows(tokenizer, source, max_length, rows, held_out=sweep)
     return probe_model(
         model,
         tokenizer,

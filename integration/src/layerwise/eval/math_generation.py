@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from layerwise_core import pad_token_rows
+
 __all__ = ["MathEvalResult", "evaluate_math_generation", "last_number", "math_exact_match"]
 
 _NUMBER = re.compile(r"-?\d+\.?\d*")
@@ -77,12 +79,8 @@ def evaluate_math_generation(
         chunk = problems[start : start + batch_size]
         prompts = [prompt_fn(p[question_field]) for p in chunk]
         encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, tokens in enumerate(encoded):
-            ids[row, width - len(tokens) :] = torch.tensor(tokens)
-            mask[row, width - len(tokens) :] = 1
+        ids, mask = pad_token_rows(encoded, pad, left=True)
+        width = ids.shape[1]
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),

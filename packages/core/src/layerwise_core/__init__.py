@@ -28,6 +28,7 @@ from layerwise_core.distributed import (
     is_main_process,
     local_tensor,
 )
+from layerwise_core.padding import pad_token_id, pad_token_rows
 from layerwise_core.param_groups import (
     decay_param_groups,
     layer_param_groups,
@@ -88,6 +89,8 @@ __all__ = [
     "load_safetensors",
     "local_tensor",
     "module_param_groups",
+    "pad_token_id",
+    "pad_token_rows",
     "parse_override",
     "pattern_param_groups",
     "save_safetensors",

@@ -21,6 +21,7 @@ from depth_probe.sweeps import (
     single_layer_sweep,
     sweep,
 )
+from layerwise_core import pad_token_rows
 
 __all__ = ["DepthReport", "encode_texts", "report", "write_report"]
 
@@ -42,13 +43,7 @@ def encode_texts(
     if not rows:
         raise ValueError("encode_texts: every text is empty after tokenization")
     pad = next((v for v in (tokenizer.pad_token_id, tokenizer.eos_token_id) if v is not None), 0)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return ids, mask
+    return pad_token_rows(rows, pad)
 
 
 def _json_ready(value):

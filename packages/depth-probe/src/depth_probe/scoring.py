@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from depth_probe.capture import logit_shift_of
+from layerwise_core import pad_token_id, pad_token_rows
 
 __all__ = [
     "ExactMatchScorer",
@@ -68,29 +69,6 @@ def _mask_token_id(model: nn.Module) -> int:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _pad_id(tokenizer) -> int:
-    for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    return 0
-
-
-def _pad(
-    rows: Sequence[Sequence[int]], pad_id: int, left: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if not row:
-            continue
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
 
 
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -240,7 +218,7 @@ class MultipleChoiceScorer(Scorer):
         self.share_prefix = share_prefix
         self.batch_size = batch_size
         self.name = name
-        self.pad_id = _pad_id(tokenizer)
+        self.pad_id = pad_token_id(tokenizer)
         self._contexts: list[list[int]] = []
         self._choices: list[list[list[int]]] = []
         for item in self.items:
@@ -254,7 +232,7 @@ class MultipleChoiceScorer(Scorer):
     def _full_sequences(self, model: nn.Module, items: list[int]) -> list[list[float]]:
         rows = [(i, c) for i in items for c in range(len(self._choices[i]))]
         seqs = [self._contexts[i] + self._choices[i][c] for i, c in rows]
-        ids, mask = _pad(seqs, self.pad_id, left=False)
+        ids, mask = pad_token_rows(seqs, self.pad_id, left=False)
         scored = torch.zeros_like(mask, dtype=torch.bool)
         for row, (i, _) in enumerate(rows):
             scored[row, len(self._contexts[i]) : len(seqs[row])] = True
@@ -266,7 +244,9 @@ class MultipleChoiceScorer(Scorer):
 
     def _shared_prefix(self, model: nn.Module, items: list[int]) -> list[list[float]]:
         device = _device(model)
-        ctx_ids, ctx_mask = _pad([self._contexts[i] for i in items], self.pad_id, left=True)
+        ctx_ids, ctx_mask = pad_token_rows(
+            [self._contexts[i] for i in items], self.pad_id, left=True
+        )
         ctx_ids, ctx_mask = ctx_ids.to(device), ctx_mask.to(device)
         out = model(
             input_ids=ctx_ids,
@@ -280,7 +260,7 @@ class MultipleChoiceScorer(Scorer):
         owner = torch.tensor([k for k, _ in rows], device=device)
         cache = out.past_key_values
         cache.reorder_cache(owner)  # one copy of its context's cache per choice
-        cont_ids, cont_mask = _pad(
+        cont_ids, cont_mask = pad_token_rows(
             [self._choices[items[k]][c] for k, c in rows], self.pad_id, left=False
         )
         cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
@@ -414,7 +394,7 @@ class ExactMatchScorer(Scorer):
         self.extract = extract
         self.eos_id = getattr(tokenizer, "eos_token_id", None) if stop_at_eos else None
         self.name = name
-        self.pad_id = _pad_id(tokenizer)
+        self.pad_id = pad_token_id(tokenizer)
         self._prompt_ids = [
             tokenizer(p, add_special_tokens=True)["input_ids"] for p in self.prompts
         ]
@@ -423,7 +403,7 @@ class ExactMatchScorer(Scorer):
     def generations(self, model: nn.Module) -> list[str]:
         texts = []
         for start in range(0, len(self._prompt_ids), self.batch_size):
-            ids, mask = _pad(
+            ids, mask = pad_token_rows(
                 self._prompt_ids[start : start + self.batch_size], self.pad_id, left=True
             )
             new = greedy_generate(
