@@ -1,4 +1,5 @@
-"""Shared test helpers: per-dtype tolerances (Liger-Kernel's convention) and multi-process runs."""
+"""Shared test helpers: per-dtype tolerances (Liger-Kernel's convention), multi-process runs and
+the Python blocks of markdown files (so READMEs are executed by tests)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 import torch
 
-__all__ = ["TOLERANCES", "assert_close", "run_torchrun", "tolerance"]
+__all__ = ["TOLERANCES", "assert_close", "markdown_python_blocks", "run_torchrun", "tolerance"]
 
 # (atol, rtol) per dtype for comparing two implementations of the same maths
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
@@ -56,3 +57,47 @@ def run_torchrun(
             f"{' '.join(command)} exited with {result.returncode}:\n{result.stderr[-4000:]}"
         )
     return result
+
+
+_PYTHON_INFO = frozenset({"python", "py", "python3"})
+
+
+def markdown_python_blocks(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """`(line, code)` for each fenced Python block of a markdown file, in file order.
+
+    `line` is the 1-based line number of the opening fence. Fences follow CommonMark: a run of at
+    least three backticks or tildes, closed by a run of the same character at least as long with
+    nothing after it; the info string's first word must be `python` (or `py`, `python3`). Blocks of
+    other languages are skipped, including any ```` ```python ```` lines inside them. An indented
+    fence (e.g. inside a list item) counts, and its indentation is removed from the code lines.
+    A fence left open raises ValueError naming its line.
+    """
+    blocks: list[tuple[int, str]] = []
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    fence = None  # (fence characters, indent, opening line, is python) of the open block
+    body: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        stripped = line.lstrip(" ")
+        indent = len(line) - len(stripped)
+        if fence is None:
+            run = len(stripped) - len(stripped.lstrip(stripped[:1])) if stripped else 0
+            if run >= 3 and stripped[0] in "`~":
+                info = stripped[run:].strip()
+                if stripped[0] == "`" and "`" in info:
+                    continue  # inline code such as ```x```, not a fence
+                language = info.split()[0].lower() if info else ""
+                fence, body = (stripped[:run], indent, number, language in _PYTHON_INFO), []
+            continue
+        chars, open_indent, opened, is_python = fence
+        closing = stripped.rstrip()
+        if closing.startswith(chars) and not closing.lstrip(chars[0]):
+            if is_python:
+                blocks.append((opened, "\n".join(body) + "\n" if body else ""))
+            fence = None
+            continue
+        # CommonMark: remove up to the opening fence's indentation from each content line
+        body.append(line[min(indent, open_indent) :])
+    if fence is not None:
+        raise ValueError(f"{path}:{fence[2]}: code fence {fence[0]!r} is never closed - close it")
+    return blocks
