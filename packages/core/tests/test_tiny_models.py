@@ -43,3 +43,31 @@ def test_config_flags_and_save_load_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, dream(ids).logits)
     assert again.config.logit_shift == 1
+
+
+def test_without_transformers_the_error_names_the_extra():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"
+        "import layerwise_core\n"
+        "for name in ('tiny_llama', 'tiny_qwen2', 'tiny_mixtral', 'tiny_bidirectional',\n"
+        "             'tiny_shifted_bidirectional'):\n"
+        "    try:\n"
+        "        getattr(layerwise_core, name)()\n"
+        "    except ImportError as error:\n"
+        "        print(error)\n"
+        "layerwise_core.tiny_llada_style()  # pure torch: works without transformers\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 5
+    for name, line in zip(
+        ("tiny_llama", "tiny_qwen2", "tiny_mixtral", "tiny_bidirectional"), lines
+    ):
+        assert (
+            line.startswith(f"layerwise_core.{name} ")
+            and "pip install 'layerwise-core[hf]'" in line
+        )

@@ -2,7 +2,8 @@
 
 Model introspection (`find_decoder`), residual-stream capture (`capture_residual_stream`), the
 papers' LLaMA presets, parameter groups, a strict pydantic config base, atomic safetensors I/O,
-seeding and distributed helpers. Tiny test models live in `layerwise_core.tiny_models`
+seeding and distributed helpers, token ids given as a tensor or a batch mapping (`token_inputs`)
+and renamed arguments (`renamed_kwargs`). Tiny test models live in `layerwise_core.tiny_models`
 (needs transformers) and dtype tolerances in `layerwise_core.testing`.
 """
 
@@ -15,6 +16,7 @@ from layerwise_core.atomic_io import (
 )
 from layerwise_core.config import ConfigError, LayerwiseConfig, apply_overrides, parse_override
 from layerwise_core.decoder_map import DecoderMap, DecoderSpec, LayerMap, find_decoder
+from layerwise_core.deprecation import renamed_kwargs, warn_renamed
 from layerwise_core.distributed import (
     all_reduce_max,
     all_reduce_sum,
@@ -44,6 +46,7 @@ from layerwise_core.presets import (
 )
 from layerwise_core.residual_stream import ResidualStream, capture_residual_stream
 from layerwise_core.seeding import get_rng_state, set_rng_state, set_seed
+from layerwise_core.token_inputs import TokenInputs, token_inputs
 
 
 def __getattr__(name: str):
@@ -65,6 +68,7 @@ __all__ = [
     "LayerwiseConfig",
     "LlamaPreset",
     "ResidualStream",
+    "TokenInputs",
     "__version__",
     "all_reduce_max",
     "all_reduce_sum",
@@ -93,8 +97,11 @@ __all__ = [
     "pad_token_rows",
     "parse_override",
     "pattern_param_groups",
+    "renamed_kwargs",
     "save_safetensors",
     "set_rng_state",
     "set_seed",
+    "token_inputs",
     "torch_save_atomic",
+    "warn_renamed",
 ]

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from layerwise_core.deprecation import renamed_kwargs
+
 __all__ = ["pad_token_id", "pad_token_rows"]
 
 
@@ -18,18 +20,20 @@ def pad_token_id(tokenizer) -> int:
     return 0
 
 
+@renamed_kwargs(pad_id="pad_token_id")
 def pad_token_rows(
-    rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = False
+    rows: Sequence[Sequence[int]], pad_token_id: int, *, left: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """([batch, width] int64 ids, [batch, width] int64 attention mask), width = the longest row.
 
-    `left=True` right-aligns the rows (padding first), as batched generation wants; an empty row
-    is all padding with a zero mask.
+    Rows are padded with `pad_token_id` (see `pad_token_id(tokenizer)`). `left=True` right-aligns
+    the rows (padding first), as batched generation wants; an empty row is all padding with a
+    zero mask.
     """
     if not rows:
         raise ValueError("pad_token_rows: no rows")
     width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    ids = torch.full((len(rows), width), int(pad_token_id), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         span = slice(width - len(row), width) if left else slice(0, len(row))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from layerwise_core.decoder_map import DecoderMap, find_decoder
+from layerwise_core.token_inputs import TokenInputs, token_inputs
 
 __all__ = ["ResidualStream", "capture_residual_stream"]
 
@@ -88,7 +89,7 @@ def _last_positions(
 
 def capture_residual_stream(
     model: nn.Module,
-    input_ids: torch.Tensor,
+    input_ids: TokenInputs,
     attention_mask: torch.Tensor | None = None,
     *,
     positions: Literal["all", "last"] = "all",
@@ -103,6 +104,8 @@ def capture_residual_stream(
     """Run `model(input_ids, attention_mask)` once and record the residual stream of every block.
 
     Args:
+        input_ids: token ids (batch, seq), or a batch mapping with "input_ids" (and
+            "attention_mask"); see `layerwise_core.token_inputs`.
         positions: "all" keeps [batch, seq, hidden]; "last" keeps only each row's last real token
             ([batch, hidden]; the last position where `attention_mask` is 1, so left and right
             padding both work).
@@ -113,6 +116,11 @@ def capture_residual_stream(
         logits: False stops the forward after the last block (no final norm, no LM head).
         grad: keep the autograd graph (default: no_grad, captures detached).
     """
+    input_ids, attention_mask = token_inputs(
+        input_ids, attention_mask, what="capture_residual_stream"
+    )
+    if input_ids is None:
+        raise ValueError("capture_residual_stream: input_ids is required")
     dmap = decoder_map or find_decoder(model)
     num = len(dmap)
     wanted = sorted(set(range(num) if layers is None else layers))

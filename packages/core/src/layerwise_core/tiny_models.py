@@ -49,6 +49,18 @@ _TINY: dict[str, Any] = dict(
 )
 
 
+def _transformers(factory: str):
+    """transformers, or an ImportError that names the extra to install."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise ImportError(
+            f"layerwise_core.{factory} builds a real Hugging Face model and needs transformers: "
+            "pip install 'layerwise-core[hf]'"
+        ) from error
+    return transformers
+
+
 def _build(model_cls, config, seed: int):
     torch.manual_seed(seed)
     model = model_cls(config)
@@ -58,24 +70,21 @@ def _build(model_cls, config, seed: int):
 
 def tiny_llama(seed: int = 0, **overrides: Any):
     """A `LlamaForCausalLM` with hidden 32, 2 layers, 4 heads (2 KV heads), vocab 128."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    return _build(LlamaForCausalLM, LlamaConfig(**{**_TINY, **overrides}), seed)
+    hf = _transformers("tiny_llama")
+    return _build(hf.LlamaForCausalLM, hf.LlamaConfig(**{**_TINY, **overrides}), seed)
 
 
 def tiny_qwen2(seed: int = 0, **overrides: Any):
     """A `Qwen2ForCausalLM` (QKV biases) of the same tiny size."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    return _build(Qwen2ForCausalLM, Qwen2Config(**{**_TINY, **overrides}), seed)
+    hf = _transformers("tiny_qwen2")
+    return _build(hf.Qwen2ForCausalLM, hf.Qwen2Config(**{**_TINY, **overrides}), seed)
 
 
 def tiny_mixtral(seed: int = 0, **overrides: Any):
     """A `MixtralForCausalLM` with 4 experts, top-2 routing."""
-    from transformers import MixtralConfig, MixtralForCausalLM
-
+    hf = _transformers("tiny_mixtral")
     fields = {**_TINY, "num_local_experts": 4, "num_experts_per_tok": 2, **overrides}
-    return _build(MixtralForCausalLM, MixtralConfig(**fields), seed)
+    return _build(hf.MixtralForCausalLM, hf.MixtralConfig(**fields), seed)
 
 
 def _bidirectional_classes():
@@ -121,7 +130,7 @@ def _bidirectional_classes():
 def __getattr__(name: str):
     # Classes that subclass transformers' are built on first use (transformers is an extra).
     if name in ("BidirectionalLlamaConfig", "BidirectionalLlamaForMaskedDiffusion"):
-        config_cls, model_cls = _registered_bidirectional()
+        config_cls, model_cls = _registered_bidirectional(name)
         return config_cls if name == "BidirectionalLlamaConfig" else model_cls
     raise AttributeError(name)
 
@@ -129,9 +138,10 @@ def __getattr__(name: str):
 _BIDIRECTIONAL: tuple | None = None
 
 
-def _registered_bidirectional():
+def _registered_bidirectional(factory: str = "tiny_bidirectional"):
     global _BIDIRECTIONAL
     if _BIDIRECTIONAL is None:
+        _transformers(factory)
         from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
         config_cls, model_cls = _bidirectional_classes()
@@ -152,7 +162,7 @@ def tiny_bidirectional(seed: int = 0, mask_token_id: int | None = None, **overri
 
 def tiny_shifted_bidirectional(seed: int = 0, mask_token_id: int | None = None, **overrides: Any):
     """Dream-like tiny masked-diffusion LM: bidirectional, logits shifted by one (`logit_shift=1`)."""
-    config_cls, model_cls = _registered_bidirectional()
+    config_cls, model_cls = _registered_bidirectional("tiny_shifted_bidirectional")
     fields = {**_TINY, **overrides}
     mask = fields["vocab_size"] - 1 if mask_token_id is None else mask_token_id
     return _build(model_cls, config_cls(mask_token_id=mask, logit_shift=1, **fields), seed)
