@@ -2,6 +2,7 @@
 
 from typing import Literal
 
+import pydantic
 import pytest
 
 from layerwise_core import ConfigError, LayerwiseConfig, apply_overrides, parse_override
@@ -55,3 +56,35 @@ def test_bad_value_names_the_field():
 def test_override_into_a_value_is_an_error():
     with pytest.raises(ConfigError, match="is a value"):
         apply_overrides({"steps": 3}, ["steps.x=1"])
+
+
+def test_malformed_yaml_names_file_line_and_column(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 3\noptim:\n  lr: 1e-3\n betas: [0.9\n")  # line 4: bad indent
+    with pytest.raises(ConfigError) as info:
+        Train.from_yaml(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:4:2: invalid YAML (")  # 1-based, as editors count
+    assert message.endswith(": fix the syntax there") and "\n" not in message
+
+
+def test_a_validator_message_is_not_prefixed_by_pydantic():
+    class Positive(LayerwiseConfig):
+        lr: float = 1.0
+
+        @pydantic.field_validator("lr")
+        @classmethod
+        def _check(cls, value: float) -> float:
+            if value <= 0:
+                raise ValueError("lr must be > 0: raise it")
+            return value
+
+    with pytest.raises(ConfigError) as info:
+        Positive.from_dict({"lr": -1})
+    assert str(info.value) == "invalid Positive: field 'lr': lr must be > 0: raise it (got -1)"
+
+
+def test_config_errors_are_usage_errors():
+    from layerwise_core import UsageError
+
+    assert issubclass(ConfigError, UsageError) and issubclass(ConfigError, ValueError)

@@ -52,6 +52,32 @@ def test_config_fields_and_overrides():
         llama_config("llama-13b")
 
 
+def test_unknown_override_is_refused_with_the_closest_field():
+    with pytest.raises(ValueError) as info:
+        llama_config("llama-tiny", num_hiden_layers=3)
+    assert str(info.value).startswith(
+        "unknown field 'num_hiden_layers' (did you mean 'num_hidden_layers'?): LlamaConfig has "
+        "no such field; its fields are ['architectures', "
+    )
+    # names that LlamaConfig consumes without declaring them still work
+    cfg = llama_config("llama-tiny", rope_theta=5e5, attn_implementation="eager")
+    assert cfg.rope_parameters["rope_theta"] == 5e5 and cfg._attn_implementation == "eager"
+
+
+def test_check_config_fields_prefixes_the_setting():
+    from transformers import LlamaConfig
+
+    from layerwise_core import check_config_fields
+
+    check_config_fields(LlamaConfig, {"hidden_size": 8, "rope_theta": 1e4})  # all known
+    with pytest.raises(
+        ValueError,
+        match=r"'model.overrides.hiden_size' \(did you mean "
+        r"'model.overrides.hidden_size'\?\)",
+    ):
+        check_config_fields(LlamaConfig, {"hiden_size": 8}, "model.overrides.")
+
+
 def test_init_normal_std_and_norms():
     model = tiny_llama(hidden_size=64, intermediate_size=256)
     init_normal_(model, std=0.02)

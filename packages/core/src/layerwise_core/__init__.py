@@ -9,9 +9,13 @@ and renamed arguments (`renamed_kwargs`). Tiny test models live in `layerwise_co
 
 from layerwise_core.__about__ import __version__
 from layerwise_core.atomic_io import (
+    CheckpointFileError,
+    apply_umask,
     atomic_write,
+    current_umask,
     load_safetensors,
     save_safetensors,
+    torch_load_safe,
     torch_save_atomic,
 )
 from layerwise_core.config import ConfigError, LayerwiseConfig, apply_overrides, parse_override
@@ -30,6 +34,7 @@ from layerwise_core.distributed import (
     is_main_process,
     local_tensor,
 )
+from layerwise_core.errors import MissingPathError, PathExistsError, UsageError, error_line
 from layerwise_core.padding import pad_token_id, pad_token_rows
 from layerwise_core.param_groups import (
     decay_param_groups,
@@ -40,13 +45,25 @@ from layerwise_core.param_groups import (
 from layerwise_core.presets import (
     LLAMA_PRESETS,
     LlamaPreset,
+    check_config_fields,
     init_normal_,
     llama_config,
     llama_param_count,
 )
 from layerwise_core.residual_stream import ResidualStream, capture_residual_stream
+from layerwise_core.run_folder import (
+    RunFolderBusyError,
+    RunFolderError,
+    lock_run_folder,
+    remove_temp_leftovers,
+)
 from layerwise_core.seeding import get_rng_state, set_rng_state, set_seed
 from layerwise_core.token_inputs import TokenInputs, token_inputs
+from layerwise_core.user_inputs import (
+    check_tokenizer_fits,
+    read_json_lines,
+    require_model_folder,
+)
 
 
 def __getattr__(name: str):
@@ -61,23 +78,34 @@ def __getattr__(name: str):
 
 __all__ = [
     "LLAMA_PRESETS",
+    "CheckpointFileError",
     "ConfigError",
     "DecoderMap",
     "DecoderSpec",
     "LayerMap",
     "LayerwiseConfig",
     "LlamaPreset",
+    "MissingPathError",
+    "PathExistsError",
     "ResidualStream",
+    "RunFolderBusyError",
+    "RunFolderError",
     "TokenInputs",
+    "UsageError",
     "__version__",
     "all_reduce_max",
     "all_reduce_sum",
     "apply_overrides",
+    "apply_umask",
     "atomic_write",
     "barrier",
     "broadcast_object",
     "capture_residual_stream",
+    "current_umask",
+    "check_config_fields",
+    "check_tokenizer_fits",
     "decay_param_groups",
+    "error_line",
     "find_decoder",
     "full_tensor",
     "get_rank",
@@ -92,12 +120,16 @@ __all__ = [
     "llama_param_count",
     "load_safetensors",
     "local_tensor",
+    "lock_run_folder",
     "module_param_groups",
     "pad_token_id",
     "pad_token_rows",
     "parse_override",
     "pattern_param_groups",
+    "remove_temp_leftovers",
+    "read_json_lines",
     "renamed_kwargs",
+    "require_model_folder",
     "save_safetensors",
     "set_rng_state",
     "set_seed",

@@ -21,13 +21,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from layerwise_core.atomic_io import atomic_write
+from layerwise_core.errors import UsageError
 
 __all__ = ["ConfigError", "LayerwiseConfig", "apply_overrides", "parse_override"]
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration value or key is wrong; the message names the dotted field."""
 
 
@@ -99,7 +100,8 @@ def _format_errors(cls: type[BaseModel], err: ValidationError) -> str:
             )
             lines.append(f"unknown field '{dotted}'{hint}; valid fields here: {names}")
         else:
-            lines.append(f"field '{dotted}': {item['msg']} (got {item.get('input')!r})")
+            message = item["msg"].removeprefix("Value error, ")  # our validators' own words
+            lines.append(f"field '{dotted}': {message} (got {item.get('input')!r})")
     return f"invalid {cls.__name__}: " + "; ".join(lines)
 
 
@@ -120,10 +122,21 @@ class LayerwiseConfig(BaseModel):
     def from_yaml(cls, path: str | os.PathLike, overrides: Iterable[str] = ()):
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+            raise ConfigError(f"config file {path} does not exist: pass an existing YAML file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.MarkedYAMLError as err:  # the position of the problem, 1-based as editors count
+            mark = err.problem_mark or err.context_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise ConfigError(
+                f"{where}: invalid YAML ({err.problem or err.context}): fix the syntax there"
+            ) from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML ({err}): fix the syntax") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+            raise ConfigError(
+                f"config file {path} must hold a mapping at the top level: write `section:` keys"
+            )
         return cls.from_dict(data, overrides)
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,13 +8,24 @@ All sizes: RMSNorm eps 1e-6, init std 0.02, untied embeddings, SwiGLU MLP, RoPE.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["LLAMA_PRESETS", "LlamaPreset", "init_normal_", "llama_config", "llama_param_count"]
+__all__ = [
+    "LLAMA_PRESETS",
+    "LlamaPreset",
+    "check_config_fields",
+    "init_normal_",
+    "llama_config",
+    "llama_param_count",
+]
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,42 @@ LLAMA_PRESETS: dict[str, LlamaPreset] = {
 }
 
 
+def _declared_fields(config_class: type) -> set[str]:
+    if dataclasses.is_dataclass(config_class):  # transformers >= 5: configs are dataclasses
+        return {f.name for f in dataclasses.fields(config_class)}
+    params = inspect.signature(config_class.__init__).parameters
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return (named - {"self"}) | {n for n in vars(config_class()) if not n.startswith("_")}
+
+
+def check_config_fields(config_class: type, fields: Mapping[str, Any], where: str = "") -> None:
+    """Refuse keys of `fields` that the transformers config class `config_class` would keep as
+    unused attributes: a typo (`num_hiden_layers`) otherwise builds the default model silently.
+
+    A key counts as known when the class declares it or consumes it (legacy names such as
+    `rope_theta`, `attn_implementation`). `where` prefixes the key in the message
+    (`"model.overrides."`), which names the closest declared field.
+    """
+    declared = _declared_fields(config_class)
+    for key, value in fields.items():
+        if key in declared:
+            continue
+        try:
+            stored = key in vars(config_class(**{key: value}))
+        except Exception:  # a consumed key with a bad value: it is known
+            continue
+        if stored:
+            close = difflib.get_close_matches(key, sorted(declared), n=1)
+            hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
+            raise ValueError(
+                f"unknown field '{where}{key}'{hint}: {config_class.__name__} has no such field; "
+                f"its fields are {sorted(declared)}"
+            )
+
+
 def llama_config(name: str, vocab_size: int = 32000, **overrides: Any):
-    """A `transformers.LlamaConfig` for a named size; `overrides` replace any config field."""
+    """A `transformers.LlamaConfig` for a named size; `overrides` replace any config field (an
+    unknown field is an error naming the closest one: `check_config_fields`)."""
     try:
         preset = LLAMA_PRESETS[name]
     except KeyError:
@@ -67,6 +112,7 @@ def llama_config(name: str, vocab_size: int = 32000, **overrides: Any):
         eos_token_id=None,
         pad_token_id=None,
     )
+    check_config_fields(LlamaConfig, overrides)
     fields.update(overrides)
     return LlamaConfig(**fields)
 
