@@ -17,7 +17,7 @@ def blocks(n: int, length: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_packed_blocks_follow_the_official_loop_with_accumulation(official_inputs):
-    collator = MEAPCollator(MASK, ratio=0.15, micro_batches_per_step=3)
+    collator = MEAPCollator(MASK, mask_ratio=0.15, micro_batches_per_step=3)
     for call in range(40):
         data = blocks(4, 65, seed=call)  # T + 1 = 65 tokens per block
         batch = collator(data)  # a DataLoader over PackedBlocks yields such tensors
@@ -32,7 +32,9 @@ def test_packed_blocks_follow_the_official_loop_with_accumulation(official_input
 def test_hf_loss_on_collated_batch_equals_the_official_loss(official_inputs):
     model = tiny_llama(seed=0)
     data = blocks(3, 33, seed=1)
-    batch = MEAPCollator(MASK, ratio=0.2).__call__([{"input_ids": row.tolist()} for row in data])
+    batch = MEAPCollator(MASK, mask_ratio=0.2).__call__(
+        [{"input_ids": row.tolist()} for row in data]
+    )
     hf_loss = model(**batch).loss
     logits = model(official_inputs(data, 0.2, step=0)).logits  # official: model(input_ids)
     official = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), data[:, 1:].reshape(-1))
@@ -43,7 +45,7 @@ def test_hf_loss_on_collated_batch_equals_the_official_loss(official_inputs):
 def test_padding_is_never_masked_and_never_a_label(mode):
     lengths = [40, 25, 12, 3, 2]
     features = [{"input_ids": list(range(1, n + 1))} for n in lengths]
-    collator = MEAPCollator(MASK, ratio=0.3, mode=mode, pad_token_id=0, pad_to_multiple_of=8)
+    collator = MEAPCollator(MASK, mask_ratio=0.3, mode=mode, pad_token_id=0, pad_to_multiple_of=8)
     for _ in range(30):
         batch = collator(features)
         assert batch["input_ids"].shape == (5, 40)
@@ -64,7 +66,7 @@ def test_mixed_lengths_without_pad_id_name_the_fix():
 
 
 def test_eval_mode_pads_without_masking_or_counting():
-    collator = MEAPCollator(MASK, ratio=0.5).eval()
+    collator = MEAPCollator(MASK, mask_ratio=0.5).eval()
     data = blocks(2, 20)
     batch = collator(data)
     assert torch.equal(batch["input_ids"], data) and collator.batches_seen == 0
@@ -73,12 +75,18 @@ def test_eval_mode_pads_without_masking_or_counting():
 
 
 def test_resume_from_state_dict_continues_the_same_masks():
-    straight = MEAPCollator(MASK, ratio=0.15, mode="per_sequence", seed=3, micro_batches_per_step=2)
+    straight = MEAPCollator(
+        MASK, mask_ratio=0.15, mode="per_sequence", seed=3, micro_batches_per_step=2
+    )
     outputs = [straight(blocks(2, 30, seed=i))["input_ids"] for i in range(9)]
-    first = MEAPCollator(MASK, ratio=0.15, mode="per_sequence", seed=3, micro_batches_per_step=2)
+    first = MEAPCollator(
+        MASK, mask_ratio=0.15, mode="per_sequence", seed=3, micro_batches_per_step=2
+    )
     for i in range(5):
         first(blocks(2, 30, seed=i))
-    resumed = MEAPCollator(MASK, ratio=0.15, mode="per_sequence", seed=3, micro_batches_per_step=2)
+    resumed = MEAPCollator(
+        MASK, mask_ratio=0.15, mode="per_sequence", seed=3, micro_batches_per_step=2
+    )
     resumed.load_state_dict(first.state_dict())
     for i in range(5, 9):
         assert torch.equal(resumed(blocks(2, 30, seed=i))["input_ids"], outputs[i])

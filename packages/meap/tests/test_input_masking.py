@@ -163,7 +163,7 @@ def test_errors_name_the_fix():
         mask_inputs(ids[0], 0.1, MASK, 0)
     with pytest.raises(ValueError, match="add_mask_token"):
         mask_inputs(ids, 0.1, -1, 0)
-    with pytest.raises(ValueError, match="smaller ratio"):
+    with pytest.raises(ValueError, match="smaller mask_ratio"):
         reference_mask_positions(1, 0.5, 0)
     with pytest.raises(ValueError, match="unknown MEAP mask mode"):
         mask_inputs(ids, 0.1, MASK, 0, "random")

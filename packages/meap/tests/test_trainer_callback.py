@@ -30,7 +30,7 @@ def test_hf_trainer_masks_by_optimizer_step_and_never_at_evaluation(tmp_path, of
 
     data = torch.randint(0, MASK, (10, 17), generator=torch.Generator().manual_seed(4))
     train = [{"input_ids": row.tolist()} for row in data]
-    collator = MEAPCollator(MASK, ratio=0.2)
+    collator = MEAPCollator(MASK, mask_ratio=0.2)
     args = TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=2, per_device_eval_batch_size=2,
         gradient_accumulation_steps=2, max_steps=6, eval_strategy="steps", eval_steps=2,

@@ -21,10 +21,13 @@ __all__ = ["renamed_kwargs", "warn_renamed"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def warn_renamed(where: str, old: str, new: str, *, stacklevel: int = 2) -> None:
-    """Emit the one deprecation message for `old` renamed to `new` in `where` (a function name)."""
+def warn_renamed(
+    where: str, old: str, new: str, *, kind: str = "argument", stacklevel: int = 2
+) -> None:
+    """Emit the one deprecation message for `old` renamed to `new` in `where` (a function or
+    class name); `kind` says what was renamed ("argument", "attribute", "option")."""
     warnings.warn(
-        f"{where}: the argument `{old}` is deprecated and will be removed in the next release; "
+        f"{where}: the {kind} `{old}` is deprecated and will be removed in the next release; "
         f"use `{new}` (same meaning)",
         FutureWarning,
         stacklevel=stacklevel + 1,

@@ -4,9 +4,9 @@ Next-token prediction on inputs with a fraction of the positions replaced by [MA
 
     x~_t = [MASK] if t in M else x_t,   L = -(1/T) sum_t log p(x_{t+1} | x~_{<=t})
 
-    mask_id = meap.add_mask_token(tokenizer, model)
-    collator = meap.MEAPCollator(mask_id, ratio=0.15)            # pre-training batches
-    inputs = meap.mask_inputs(blocks[:, :-1], 0.15, mask_id, step)  # or in your own loop
+    mask_token_id = meap.add_mask_token(tokenizer, model)
+    collator = meap.MEAPCollator(mask_token_id, mask_ratio=0.15)        # pre-training batches
+    inputs = meap.mask_inputs(blocks[:, :-1], 0.15, mask_token_id, step)  # or in your own loop
 """
 
 from meap.__about__ import __version__

@@ -14,42 +14,38 @@ over its n_q visible keys (queries with a single visible key are left out), so 1
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from layerwise_core import TokenInputs, renamed_kwargs, token_inputs
+
 __all__ = ["attention_entropy"]
 
 
-def _inputs(batch: Any, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(batch, Mapping):
-        input_ids = batch["input_ids"]
-        attention_mask = batch.get("attention_mask", attention_mask)
-    else:
-        input_ids = batch
-    if input_ids.dim() == 1:
-        input_ids = input_ids.unsqueeze(0)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    return input_ids, attention_mask.to(input_ids.device)
-
-
 @torch.no_grad()
+@renamed_kwargs(batch="input_ids")
 def attention_entropy(
     model: Any,
-    batch: torch.Tensor | Mapping[str, torch.Tensor],
+    input_ids: TokenInputs,
     *,
     attention_mask: torch.Tensor | None = None,
     normalize: bool = False,
 ) -> torch.Tensor:
     """(num_layers, num_heads) mean entropy of the attention distributions (module docstring).
 
-    `batch` is an input-id tensor (B, T) or a dict with `input_ids` (and `attention_mask`). The
-    model runs once in eval mode with eager attention (switched on for the call and restored: the
-    fused kernels do not return attention weights); its training flag is restored too.
+    `input_ids` is a token-id tensor (B, T) (or (T,) for one row) or a batch mapping with
+    "input_ids" (and "attention_mask"). The model runs once in eval mode with eager attention
+    (switched on for the call and restored: the fused kernels do not return attention weights);
+    its training flag is restored too.
     """
-    input_ids, attention_mask = _inputs(batch, attention_mask)
+    input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="attention_entropy")
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+        attention_mask = None if attention_mask is None else attention_mask.reshape(1, -1)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.to(input_ids.device)
     if not hasattr(model, "set_attn_implementation"):
         raise TypeError(
             f"{type(model).__name__} cannot switch to eager attention; attention_entropy needs a "

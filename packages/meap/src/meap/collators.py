@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from layerwise_core import renamed_kwargs, warn_renamed
 from meap.input_masking import MaskMode, masked_positions
 from meap.sft import sft_examples
 
@@ -105,7 +106,7 @@ class MEAPCollator:
 
     Args:
         mask_token_id: id of [MASK] (`meap.add_mask_token` adds it and returns it).
-        ratio: fraction r of the scored inputs replaced by [MASK] (paper default 0.15 for 1B).
+        mask_ratio: fraction r of the scored inputs replaced by [MASK] (paper default 0.15 for 1B).
         mode: "reference" (official column-shared cycling masks) or "per_sequence".
         pad_token_id: pad id for batches of unequal lengths (never masked, label -100).
         seed: seeds the per-sequence draws together with the step.
@@ -113,10 +114,11 @@ class MEAPCollator:
         pad_to_multiple_of: round the padded length up (e.g. 8 for tensor cores).
     """
 
+    @renamed_kwargs(ratio="mask_ratio")
     def __init__(
         self,
         mask_token_id: int,
-        ratio: float = 0.15,
+        mask_ratio: float = 0.15,
         mode: MaskMode = "reference",
         *,
         pad_token_id: int | None = None,
@@ -131,12 +133,12 @@ class MEAPCollator:
             )
         if mode not in ("reference", "per_sequence"):
             raise ValueError(f"unknown MEAP mask mode {mode!r}; use 'reference' or 'per_sequence'")
-        if not 0.0 < ratio < 1.0:
-            raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         if micro_batches_per_step < 1:
             raise ValueError(f"micro_batches_per_step must be >= 1, got {micro_batches_per_step}")
         self.mask_token_id = mask_token_id
-        self.ratio = ratio
+        self.mask_ratio = mask_ratio
         self.mode: MaskMode = mode
         self.pad_token_id = pad_token_id
         self.seed = seed
@@ -144,6 +146,12 @@ class MEAPCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.batches_seen = 0  # training batches collated so far
         self.training = True
+
+    @property
+    def ratio(self) -> float:
+        """Deprecated alias of `mask_ratio` (removed in the next release)."""
+        warn_renamed("MEAPCollator", "ratio", "mask_ratio", kind="attribute")
+        return self.mask_ratio
 
     @property
     def step(self) -> int:
@@ -193,7 +201,7 @@ class MEAPCollator:
         scored = real[:, :-1] & real[:, 1:]
         mask = masked_positions(
             batch["input_ids"][:, :-1],
-            self.ratio,
+            self.mask_ratio,
             self.step,
             self.mode,
             attention_mask=scored,

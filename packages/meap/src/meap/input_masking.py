@@ -39,6 +39,8 @@ from typing import Literal
 
 import torch
 
+from layerwise_core import TokenInputs, renamed_kwargs, token_inputs
+
 __all__ = ["MaskMode", "mask_inputs", "masked_positions", "reference_mask_positions"]
 
 MaskMode = Literal["reference", "per_sequence"]
@@ -47,25 +49,29 @@ _REFERENCE_SEED_BASE = 50  # random.seed(50 + step % 51) in the official train()
 _REFERENCE_CYCLE = 51
 
 
-def _check_ratio(ratio: float) -> None:
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"mask ratio must be in (0, 1), got {ratio}; the paper sweeps 0.05-0.2")
+def _check_ratio(mask_ratio: float) -> None:
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(
+            f"mask_ratio must be in (0, 1), got {mask_ratio}; the paper sweeps 0.05-0.2"
+        )
 
 
-def reference_mask_positions(block_size: int, ratio: float, step: int) -> list[int]:
+@renamed_kwargs(ratio="mask_ratio")
+def reference_mask_positions(block_size: int, mask_ratio: float, step: int) -> list[int]:
     """The official mask of optimizer step `step` for blocks of `block_size` inputs.
 
     `random.seed(50 + step % 51); random.sample(range(0, block_size - 1), max(1, int(block_size *
-    ratio)))` (MEAP pre-training, arXiv 2502.07490 Sec. 3.1), in the order `random.sample` returns.
+    mask_ratio)))` (MEAP pre-training, arXiv 2502.07490 Sec. 3.1), in the order `random.sample`
+    returns.
     """
-    _check_ratio(ratio)
+    _check_ratio(mask_ratio)
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    count = max(1, int(block_size * ratio))
+    count = max(1, int(block_size * mask_ratio))
     if block_size < 2 or count > block_size - 1:
         raise ValueError(
             f"cannot mask {count} of the first {block_size - 1} positions of a {block_size}-token "
-            "block: use longer blocks or a smaller ratio"
+            "block: use longer blocks or a smaller mask_ratio"
         )
     rng = random.Random(_REFERENCE_SEED_BASE + step % _REFERENCE_CYCLE)
     return rng.sample(range(0, block_size - 1), count)
@@ -84,9 +90,10 @@ def _last_valid(valid: torch.Tensor) -> torch.Tensor:
     return valid & (positions == last)
 
 
+@renamed_kwargs(ratio="mask_ratio")
 def masked_positions(
-    input_ids: torch.Tensor,
-    ratio: float,
+    input_ids: TokenInputs,
+    mask_ratio: float,
     step: int,
     mode: MaskMode = "reference",
     generator: torch.Generator | None = None,
@@ -96,11 +103,13 @@ def masked_positions(
 ) -> torch.Tensor:
     """Boolean (B, T) tensor: True where MEAP replaces the input by [MASK] (see module docstring).
 
+    `input_ids` is a (B, T) tensor or a batch mapping with "input_ids" (and "attention_mask").
     `attention_mask` marks real tokens (1) and padding (0); padding is never masked, nor the last
     real token of a row (the official rule for full rows: the last column is never drawn). In
-    `per_sequence` mode each row's count is max(1, floor(T_row * ratio)) with T_row its number of
-    real tokens, drawn among them except the last; `generator` overrides the `(seed, step)` one.
+    `per_sequence` mode each row's count is max(1, floor(T_row * mask_ratio)) with T_row its number
+    of real tokens, drawn among them except the last; `generator` overrides the `(seed, step)` one.
     """
+    input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="masked_positions")
     if mode not in _MODES:
         raise ValueError(f"unknown MEAP mask mode {mode!r}; use 'reference' or 'per_sequence'")
     if input_ids.dim() != 2:
@@ -108,7 +117,7 @@ def masked_positions(
             f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}; "
             "use input_ids.unsqueeze(0) for a single sequence"
         )
-    _check_ratio(ratio)
+    _check_ratio(mask_ratio)
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     batch, length = input_ids.shape
@@ -130,12 +139,12 @@ def masked_positions(
                 "a generator applies only to mode='per_sequence'"
             )
         mask = torch.zeros(batch, length, dtype=torch.bool, device=device)
-        mask[:, reference_mask_positions(length, ratio, step)] = True
+        mask[:, reference_mask_positions(length, mask_ratio, step)] = True
         # a full row's last position is never drawn; a padded row's last real one is excluded too
         return mask & valid & ~_last_valid(valid)
 
     eligible = valid & ~_last_valid(valid)
-    count = torch.floor(valid.sum(dim=1).double() * ratio).long().clamp(min=1)
+    count = torch.floor(valid.sum(dim=1).double() * mask_ratio).long().clamp(min=1)
     count = torch.minimum(count, eligible.sum(dim=1))  # 0 for rows with < 2 real tokens
     if generator is None:
         generator = _step_generator(seed, step)
@@ -148,9 +157,10 @@ def masked_positions(
     return rank < count[:, None]
 
 
+@renamed_kwargs(ratio="mask_ratio")
 def mask_inputs(
-    input_ids: torch.Tensor,
-    ratio: float,
+    input_ids: TokenInputs,
+    mask_ratio: float,
     mask_token_id: int,
     step: int,
     mode: MaskMode = "reference",
@@ -163,14 +173,17 @@ def mask_inputs(
 
     x~_t = [MASK] for t in M, else x_t (arXiv 2502.07490 Sec. 3.1); targets are not touched: score
     the model on x~ against the clean next tokens. `step` is the optimizer step (the same for all
-    gradient-accumulation micro-batches, as in the official loop). See `masked_positions`.
+    gradient-accumulation micro-batches, as in the official loop). `input_ids` may be a batch
+    mapping with "input_ids" (and "attention_mask"); the masked ids come back as a tensor. See
+    `masked_positions`.
     """
+    input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="mask_inputs")
     if not isinstance(mask_token_id, int) or mask_token_id < 0:
         raise ValueError(
             f"mask_token_id must be a token id >= 0, got {mask_token_id!r}; "
             "meap.add_mask_token(tokenizer, model) adds [MASK] and returns its id"
         )
     mask = masked_positions(
-        input_ids, ratio, step, mode, generator, attention_mask=attention_mask, seed=seed
+        input_ids, mask_ratio, step, mode, generator, attention_mask=attention_mask, seed=seed
     )
     return input_ids.masked_fill(mask, mask_token_id)
