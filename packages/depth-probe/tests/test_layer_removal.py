@@ -155,3 +155,41 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="cannot remove all"):
         remove_layers(model, [0, 1])
     assert len(model.model.layers) == 2
+
+
+@pytest.mark.parametrize(
+    ("indices", "message"),
+    [
+        (
+            [1.7],
+            "layer indices must be integers, got 1.7 (float); pass whole block numbers such as "
+            "[1, 2]",
+        ),
+        ([True], "layer indices must be integers, got True (bool)"),
+        ([torch.tensor(1.0)], "layer indices must be integers, got tensor(1.)"),
+        ([torch.tensor(True)], "layer indices must be integers, got tensor(True)"),
+        ([1, 1], "layer indices [1] are given twice; list each block once"),
+        ([-1], "layer indices [-1] out of range for 3 blocks; valid indices are 0..2"),
+        ([3], "layer indices [3] out of range for 3 blocks; valid indices are 0..2"),
+        (1, "indices must be a list of block numbers, got 1; pass e.g. [3]"),
+    ],
+)
+def test_bad_indices_are_refused_and_the_model_is_unchanged(indices, message):
+    # before: int(1.7) == 1 removed block 1; True removed block 1; duplicates were merged silently
+    model = tiny_llama(num_hidden_layers=3)
+    blocks = list(model.model.layers)
+    for call in (remove_layers, lambda m, i: skip_layers(m, i).__enter__()):
+        with pytest.raises(ValueError) as info:
+            call(model, indices)
+        assert message in str(info.value)
+        assert list(model.model.layers) == blocks and model.config.num_hidden_layers == 3
+
+
+def test_integer_types_of_numpy_and_torch_are_block_numbers():
+    import numpy as np
+
+    for index in (np.int64(1), torch.tensor(1), 1):
+        model = tiny_llama(num_hidden_layers=3)
+        kept = [model.model.layers[0], model.model.layers[2]]
+        remove_layers(model, [index])
+        assert list(model.model.layers) == kept

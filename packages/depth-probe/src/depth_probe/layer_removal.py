@@ -15,9 +15,11 @@ the model consistent:
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
 from layerwise_core import find_decoder
@@ -42,11 +44,36 @@ def _configs(model: nn.Module) -> list[Any]:
     return list(found.values())
 
 
+def _layer_index(value: Any, what: str) -> int:
+    """`value` as a block number: Python / NumPy / 0-d tensor integers only (1.7 is not block 1)."""
+    is_bool = isinstance(value, bool) or getattr(value, "dtype", None) in (torch.bool, "bool")
+    try:
+        if not is_bool:
+            return operator.index(value)
+    except TypeError:
+        pass
+    raise ValueError(
+        f"{what}: layer indices must be integers, got {value!r} ({type(value).__name__}); "
+        "pass whole block numbers such as [1, 2]"
+    )
+
+
 def _normalise(indices: Iterable[int], num_layers: int, what: str) -> list[int]:
-    removed = sorted({int(i) for i in indices})
+    if not isinstance(indices, Iterable) or isinstance(indices, (str, bytes)):
+        raise ValueError(
+            f"{what}: indices must be a list of block numbers, got {indices!r}; pass e.g. [3]"
+        )
+    given = [_layer_index(i, what) for i in indices]
+    removed = sorted(set(given))
+    if len(removed) != len(given):
+        repeated = sorted({i for i in given if given.count(i) > 1})
+        raise ValueError(f"{what}: layer indices {repeated} are given twice; list each block once")
     bad = [i for i in removed if not 0 <= i < num_layers]
     if bad:
-        raise ValueError(f"{what}: layer indices {bad} out of range for {num_layers} blocks")
+        raise ValueError(
+            f"{what}: layer indices {bad} out of range for {num_layers} blocks; "
+            f"valid indices are 0..{num_layers - 1}"
+        )
     if len(removed) == num_layers:
         raise ValueError(f"{what}: cannot remove all {num_layers} blocks; keep at least one")
     return removed
@@ -101,6 +128,9 @@ def _remove(model: nn.Module, indices: Iterable[int], what: str) -> None:
 
 def remove_layers(model: nn.Module, indices: Iterable[int]) -> nn.Module:
     """Delete decoder blocks `indices` (0-based, of the current model) in place; returns `model`.
+
+    `indices` are distinct integers in [0, L) (Python, NumPy or 0-d integer tensors); a float,
+    a bool, a repeated or an out-of-range index is a ValueError, and the model is left unchanged.
 
     The remaining blocks keep their weights and order; every submodule's `layer_idx` is renumbered
     to the new position, `config.num_hidden_layers` (or `n_layer` / `n_layers` / `num_layers`)
