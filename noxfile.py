@@ -173,6 +173,7 @@ def build(session: nox.Session) -> None:
     for path in DISTS.values():
         session.run("python", "-m", "build", "--no-isolation", "-o", str(out), str(path))
     session.run("twine", "check", "--strict", *map(str, sorted(out.glob("*"))))
+    session.run("python", str(ROOT / ".ci" / "check_release_metadata.py"), str(out))
 
 
 @nox.session
