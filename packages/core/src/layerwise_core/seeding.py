@@ -34,10 +34,28 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
 
 
 def get_rng_state() -> dict[str, Any]:
-    """Snapshot of every global RNG, to be saved in a checkpoint and restored by `set_rng_state`."""
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    """Snapshot of every global RNG, to be saved in a checkpoint and restored by `set_rng_state`.
+
+    Only tensors, ints, floats, strings and None, so it saves with `torch.save` and loads with
+    `weights_only=True` (`torch_load_safe`): Python's Mersenne Twister state and NumPy's key
+    become int64 tensors.
+    """
+    version, mt, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python_version": version,
+        "python_state": torch.tensor(mt, dtype=torch.int64),  # 624 words + the position
+        "python_gauss": gauss,
+        "torch": torch.get_rng_state(),
+    }
     if _np is not None:
-        state["numpy"] = _np.random.get_state()
+        kind, key, pos, has_gauss, cached = _np.random.get_state()
+        state.update(
+            numpy_kind=str(kind),
+            numpy_key=torch.from_numpy(key.astype(_np.int64)),
+            numpy_pos=int(pos),
+            numpy_has_gauss=int(has_gauss),
+            numpy_gauss=float(cached),
+        )
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -45,13 +63,21 @@ def get_rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore a snapshot from `get_rng_state` (missing entries are left alone)."""
-    if "python" in state:
-        py = state["python"]
-        # torch.load / JSON may turn the inner tuple into a list
-        random.setstate((py[0], tuple(py[1]), py[2]))
+    if "python_state" in state:
+        mt = tuple(int(x) for x in state["python_state"].tolist())
+        random.setstate((int(state["python_version"]), mt, state["python_gauss"]))
     if "torch" in state:
         torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
-    if "numpy" in state and _np is not None:
-        _np.random.set_state(state["numpy"])
+    if "numpy_key" in state and _np is not None:
+        key = state["numpy_key"].numpy().astype(_np.uint32)
+        _np.random.set_state(
+            (
+                state["numpy_kind"],
+                key,
+                int(state["numpy_pos"]),
+                int(state["numpy_has_gauss"]),
+                float(state["numpy_gauss"]),
+            )
+        )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
