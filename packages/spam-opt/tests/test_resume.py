@@ -82,7 +82,8 @@ def test_resume_equals_uninterrupted(name, reference_quirks):
     final_state = opt.state_dict()
 
     for stop, blob in snapshots.items():
-        checkpoint = torch.load(io.BytesIO(blob), weights_only=False)
+        # weights_only=True: SPAM / Stable-SPAM state (masks, EMAs, steps) needs no pickled object
+        checkpoint = torch.load(io.BytesIO(blob), weights_only=True)
         torch.manual_seed(12345)  # whatever the new process would draw at construction
         resumed, opt2 = _make(name, checkpoint["params"], reference_quirks)
         opt2.load_state_dict(checkpoint["optimizer"])
