@@ -12,6 +12,7 @@ from layerwise_core import (
     UsageError,
     check_tokenizer_fits,
     error_line,
+    load_tokenizer_folder,
     read_json_lines,
     require_model_folder,
 )
@@ -43,7 +44,7 @@ def test_model_folder_errors_say_what_is_there_instead(tmp_path):
         f"--model '{tmp_path}' has no config.json, so it is not a saved Hugging Face model: {fix}"
     )
     (tmp_path / "weights.bin").write_bytes(b"")
-    with pytest.raises(MissingPathError, match="is a file, not a model folder"):
+    with pytest.raises(MissingPathError, match="is a file, not a folder"):
         require_model_folder(tmp_path / "weights.bin")
     with pytest.raises(MissingPathError) as info:
         require_model_folder(tmp_path / "absent")
@@ -117,8 +118,31 @@ def test_tokenizer_larger_than_the_embedding_is_refused():
         model.embed(torch.tensor([11]))
 
 
-def test_tokenizer_check_falls_back_to_config_vocab_size():
+def test_tokenizer_check_reads_configs_folders_and_counts(tmp_path):
     model = nn.Linear(2, 2)
     model.config = SimpleNamespace(vocab_size=5)
-    with pytest.raises(UsageError, match="embeds only 5"):
-        check_tokenizer_fits(list(range(6)), model, fix="pass --tokenizer")
+    (tmp_path / "config.json").write_text('{"vocab_size": 5}')
+    for described in (model, model.config, tmp_path, str(tmp_path), 5):
+        check_tokenizer_fits(list(range(5)), described)
+        with pytest.raises(UsageError, match=r"embeds only 5 .*: pass --tokenizer$"):
+            check_tokenizer_fits(list(range(6)), described, fix="pass --tokenizer")
+
+
+def test_tokenizer_folder_loads_and_its_errors_name_the_flag(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"a": 0, "b": 1, "<unk>": 2}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=words).save_pretrained(tmp_path / "tok")
+    assert len(load_tokenizer_folder(tmp_path / "tok")) == 3
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError) as info:
+        load_tokenizer_folder(tmp_path / "empty", "--tokenizer")
+    message = str(info.value)
+    assert message.startswith(
+        f"--tokenizer '{tmp_path / 'empty'}' holds no tokenizer it can load ("
+    )
+    assert message.endswith("): pass a folder that holds tokenizer.json (e.g. a run's final/)")
+    assert "\n" not in message
+    with pytest.raises(MissingPathError, match="looks like a Hugging Face hub id, and tokenizers"):
+        load_tokenizer_folder("org/name-that-is-not-here", "--tokenizer")

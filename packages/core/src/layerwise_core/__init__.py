@@ -61,6 +61,7 @@ from layerwise_core.seeding import get_rng_state, set_rng_state, set_seed
 from layerwise_core.token_inputs import TokenInputs, token_inputs
 from layerwise_core.user_inputs import (
     check_tokenizer_fits,
+    load_tokenizer_folder,
     read_json_lines,
     require_model_folder,
 )
@@ -119,6 +120,7 @@ __all__ = [
     "llama_config",
     "llama_param_count",
     "load_safetensors",
+    "load_tokenizer_folder",
     "local_tensor",
     "lock_run_folder",
     "module_param_groups",

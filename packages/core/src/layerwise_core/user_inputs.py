@@ -16,10 +16,31 @@ from torch import nn
 
 from layerwise_core.errors import MissingPathError, UsageError
 
-__all__ = ["check_tokenizer_fits", "read_json_lines", "require_model_folder"]
+__all__ = [
+    "check_tokenizer_fits",
+    "load_tokenizer_folder",
+    "read_json_lines",
+    "require_model_folder",
+]
 
 # what `from_pretrained` would take for a hub repository: "org/name", no leading "." or "/"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _require_folder(path: str | os.PathLike, what: str, holds: str, fix: str) -> Path:
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise MissingPathError(f"{what} {str(path)!r} is a file, not a folder: {fix}")
+    if _HUB_ID.fullmatch(str(path)):
+        local = f"models/{str(path).rsplit('/', 1)[1]}"
+        raise MissingPathError(
+            f"{what} {str(path)!r} is not a local folder (it looks like a Hugging Face hub id, and "
+            f"{holds} are only read from disk): download it first, e.g. `hf download {path} "
+            f"--local-dir {local}`, then pass {local}"
+        )
+    raise MissingPathError(f"{what} {str(path)!r} does not exist: {fix}")
 
 
 def require_model_folder(path: str | os.PathLike, what: str = "model") -> Path:
@@ -29,24 +50,29 @@ def require_model_folder(path: str | os.PathLike, what: str = "model") -> Path:
 
     `what` names the setting in the message: `"--model"`, `"model.path"`.
     """
-    folder = Path(path).expanduser()
-    if (folder / "config.json").is_file():
-        return folder
     fix = "pass the folder that holds config.json (e.g. a run's final/)"
-    if folder.is_dir():
+    folder = _require_folder(path, what, "models", fix)
+    if not (folder / "config.json").is_file():
         raise MissingPathError(
             f"{what} {str(path)!r} has no config.json, so it is not a saved Hugging Face model: {fix}"
         )
-    if folder.exists():
-        raise MissingPathError(f"{what} {str(path)!r} is a file, not a model folder: {fix}")
-    if _HUB_ID.fullmatch(str(path)):
-        local = f"models/{str(path).rsplit('/', 1)[1]}"
-        raise MissingPathError(
-            f"{what} {str(path)!r} is not a local folder (it looks like a Hugging Face hub id, and "
-            f"models are only read from disk): download it first, e.g. `hf download {path} "
-            f"--local-dir {local}`, then pass {local}"
-        )
-    raise MissingPathError(f"{what} {str(path)!r} does not exist: {fix}")
+    return folder
+
+
+def load_tokenizer_folder(path: str | os.PathLike, what: str = "tokenizer", fix: str = ""):
+    """`AutoTokenizer.from_pretrained(path)` for a local folder; a missing folder, a hub id or a
+    folder without tokenizer files is a `UsageError` naming `what` (`"--tokenizer"`) and `fix`."""
+    fix = fix or "pass a folder that holds tokenizer.json (e.g. a run's final/)"
+    folder = _require_folder(path, what, "tokenizers", fix)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:  # no tokenizer files, or files it cannot read
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(
+            f"{what} {str(path)!r} holds no tokenizer it can load ({reason}): {fix}"
+        ) from err
 
 
 def read_json_lines(
@@ -84,23 +110,32 @@ def read_json_lines(
     return rows
 
 
-def _embedding_rows(model: nn.Module) -> int | None:
+def _vocabulary_rows(model: Any) -> int | None:
+    if isinstance(model, int):
+        return model
+    if isinstance(model, (str, os.PathLike)):  # a saved model folder: its config.json, unloaded
+        config = json.loads((Path(model) / "config.json").read_text())
+        vocab = config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))
+        return vocab if isinstance(vocab, int) else None
     get = getattr(model, "get_input_embeddings", None)
     embedding = get() if callable(get) else None
     if isinstance(embedding, nn.Embedding):
         return embedding.num_embeddings
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    vocab = getattr(getattr(model, "config", model), "vocab_size", None)
     return vocab if isinstance(vocab, int) else None
 
 
 def check_tokenizer_fits(
-    tokenizer: Any, model: nn.Module, *, tokenizer_name: str = "tokenizer", fix: str | None = None
+    tokenizer: Any, model: Any, *, tokenizer_name: str = "tokenizer", fix: str | None = None
 ) -> None:
     """Refuse a tokenizer with more ids than the model has embedding rows: its extra ids would
     index past the embedding table deep inside the forward pass. A model with more rows than the
     tokenizer has ids (padded vocabularies) is fine.
+
+    `model`: a module (its input embedding, else `config.vocab_size`), a config, a saved model
+    folder (its config.json, so the check runs before the weights load) or the row count.
     """
-    rows = _embedding_rows(model)
+    rows = _vocabulary_rows(model)
     size = len(tokenizer)
     if rows is not None and size > rows:
         raise UsageError(

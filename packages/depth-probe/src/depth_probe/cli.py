@@ -5,18 +5,31 @@
 
 `--sweep` adds removal sweeps scored by perplexity on held-out windows of the same text; `--qa`
 (JSON lines {"prompt": ..., "answer": ...}) adds greedy exact match, the generation protocol.
+
+A mistake in the arguments (no model folder there, a missing text file, a bad JSON line, a
+tokenizer larger than the model's vocabulary) prints one line, `depth-probe: error: <what>:
+<fix>`, and exits with status 2 before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from layerwise_core import (
+    MissingPathError,
+    UsageError,
+    check_tokenizer_fits,
+    error_line,
+    load_tokenizer_folder,
+    read_json_lines,
+    require_model_folder,
+)
 
 __all__ = ["load_model", "main", "text_windows"]
 
@@ -46,8 +59,9 @@ def text_windows(tokenizer, text: str, length: int, count: int, skip: int = 0) -
         if len(windows) == count:
             break
     if not windows:
-        raise ValueError(
-            f"the text has fewer than {length * (skip + 1)} tokens; lower --max-length"
+        raise UsageError(
+            f"the text has {len(ids)} tokens, fewer than the {length * (skip + 1)} needed: give "
+            "more text or lower --max-length / --rows"
         )
     return windows
 
@@ -74,29 +88,71 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from transformers import AutoTokenizer
+def _qa_rows(path: str) -> list[dict]:
+    rows = read_json_lines(path, "--qa")
+    for number, row in rows:
+        if not isinstance(row.get("prompt"), str) or "answer" not in row:
+            raise UsageError(
+                f'{path}:{number}: expected {{"prompt": "...", "answer": ...}}, got keys '
+                f"{sorted(row)}: give every line a string prompt and an answer"
+            )
+    if not rows:
+        raise UsageError(f"--qa {path!r} holds no questions: add JSON lines or drop --qa")
+    return [row for _, row in rows]
 
+
+def _read_texts(paths: Sequence[str]) -> str:
+    for path in paths:
+        if not Path(path).is_file():
+            raise MissingPathError(f"--text {path!r} does not exist: pass a UTF-8 text file")
+    return "\n\n".join(Path(p).read_text(encoding="utf-8") for p in paths)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; a user error prints one line on stderr and returns 2 (nothing written)."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args, argv)
+    except UsageError as err:
+        print(error_line("depth-probe", err), file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from depth_probe.report import encode_texts, report
     from depth_probe.scoring import ExactMatchScorer, PerplexityScorer
 
-    model = load_model(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-    text = "\n\n".join(Path(p).read_text(encoding="utf-8") for p in args.text)
+    # every input is checked before the model loads and before the report folder is made
+    require_model_folder(args.model, "model")
+    text = _read_texts(args.text)
+    qa = _qa_rows(args.qa) if args.qa else None
+    if args.tokenizer:
+        tokenizer = load_tokenizer_folder(args.tokenizer, "--tokenizer")
+    else:
+        tokenizer = load_tokenizer_folder(
+            args.model, "model", "save its tokenizer there or pass --tokenizer FOLDER"
+        )
+    check_tokenizer_fits(
+        tokenizer,
+        args.model,  # its config.json: checked before the weights load
+        tokenizer_name=f"--tokenizer {args.tokenizer!r}" if args.tokenizer else "the tokenizer",
+        fix="pass --tokenizer with the tokenizer the model was trained with",
+    )
     texts = text_windows(tokenizer, text, args.max_length, args.rows)
-    scorers = []
+    held = None
     if args.sweep:
         held = text_windows(tokenizer, text, args.max_length, args.rows, skip=args.rows)
+    model = load_model(args.model)
+    scorers = []
+    if held is not None:
         ids, mask = encode_texts(tokenizer, held, args.max_length)
         scorers.append(PerplexityScorer(ids, mask))
-    if args.qa:
-        rows = [json.loads(line) for line in Path(args.qa).read_text().splitlines() if line.strip()]
+    if qa is not None:
         scorers.append(
             ExactMatchScorer(
                 tokenizer,
-                [r["prompt"] for r in rows],
-                [str(r["answer"]) for r in rows],
+                [r["prompt"] for r in qa],
+                [str(r["answer"]) for r in qa],
                 max_new_tokens=args.max_new_tokens,
             )
         )
