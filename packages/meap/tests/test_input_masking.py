@@ -167,3 +167,25 @@ def test_errors_name_the_fix():
         reference_mask_positions(1, 0.5, 0)
     with pytest.raises(ValueError, match="unknown MEAP mask mode"):
         mask_inputs(ids, 0.1, MASK, 0, "random")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool, torch.complex64])
+def test_non_integer_ids_are_refused(dtype):
+    # before: float ids came back with the [MASK] id written into a float tensor, and an
+    # embedding lookup failed (or truncated 3.7 to 3) far from the mistake
+    ids = torch.full((2, 10), 3.7).to(dtype)
+    with pytest.raises(ValueError) as info:
+        mask_inputs(ids, 0.1, MASK, 0)
+    assert str(info.value) == (
+        f"mask_inputs: input_ids must hold integer token ids, got dtype {dtype}; pass the "
+        "tokenizer's ids (torch.long), e.g. input_ids.long() if they are whole numbers"
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.int64])
+def test_every_integer_dtype_is_accepted_and_kept(dtype):
+    ids = torch.arange(20).view(2, 10).to(dtype)
+    masked = mask_inputs(ids, 0.3, MASK, 0)
+    assert masked.dtype == dtype
+    reference = mask_inputs(ids.long(), 0.3, MASK, 0)
+    assert torch.equal(masked.long(), reference)

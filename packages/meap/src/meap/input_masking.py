@@ -178,6 +178,15 @@ def mask_inputs(
     `masked_positions`.
     """
     input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="mask_inputs")
+    if (
+        input_ids.dtype.is_floating_point
+        or input_ids.dtype.is_complex
+        or input_ids.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"mask_inputs: input_ids must hold integer token ids, got dtype {input_ids.dtype}; "
+            "pass the tokenizer's ids (torch.long), e.g. input_ids.long() if they are whole numbers"
+        )
     if not isinstance(mask_token_id, int) or mask_token_id < 0:
         raise ValueError(
             f"mask_token_id must be a token id >= 0, got {mask_token_id!r}; "
