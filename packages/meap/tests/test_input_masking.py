@@ -171,8 +171,8 @@ def test_errors_name_the_fix():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool, torch.complex64])
 def test_non_integer_ids_are_refused(dtype):
-    # before: float ids came back with the [MASK] id written into a float tensor, and an
-    # embedding lookup failed (or truncated 3.7 to 3) far from the mistake
+    # before: float ids came back as a float tensor with the [MASK] id written in, and the
+    # model's embedding lookup failed later, far from the mistake
     ids = torch.full((2, 10), 3.7).to(dtype)
     with pytest.raises(ValueError) as info:
         mask_inputs(ids, 0.1, MASK, 0)
