@@ -29,7 +29,40 @@ def test_second_holder_is_refused_at_once_and_the_lock_comes_back(tmp_path):
         assert f"pid {os.getpid()}" in message and str(tmp_path / "run") in message
         assert "\n" not in message and isinstance(err.value, UsageError)
     with lock_run_folder(tmp_path / "run"):  # released on exit
+        (tmp_path / "run" / "metrics.jsonl").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl"]
+
+
+def test_a_refused_run_leaves_no_folder(tmp_path):
+    with pytest.raises(ValueError, match="bad input"), lock_run_folder(tmp_path / "a" / "run"):
+        raise ValueError("bad input")
+    assert not (tmp_path / "a" / "run").exists()
+    (tmp_path / "b").mkdir()  # a folder that existed stays, without a lock file
+    with lock_run_folder(tmp_path / "b"):
         pass
+    assert list((tmp_path / "b").iterdir()) == []
+
+
+def test_a_lock_file_deleted_by_its_holder_is_not_locked_by_a_late_opener(tmp_path, monkeypatch):
+    """A waiter that opened `.lock` just before the holder deleted it locks the new file."""
+    import layerwise_core.run_folder as run_folder
+
+    real_open, opened = os.open, []
+
+    def open_then_holder_finishes(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        if not opened:  # the first open: the holder deletes the file now
+            opened.append(fd)
+            os.unlink(path)
+        return fd
+
+    monkeypatch.setattr(run_folder.os, "open", open_then_holder_finishes)
+    with lock_run_folder(tmp_path) as folder:
+        monkeypatch.undo()
+        # the lock is on the file now at .lock, so a second locker is refused
+        with pytest.raises(RunFolderBusyError), lock_run_folder(folder):
+            pass
+    assert len(opened) == 1  # (the stale descriptor was closed by the retry)
 
 
 def test_lock_of_a_killed_process_is_not_stale(tmp_path):
@@ -51,8 +84,9 @@ def test_lock_of_a_killed_process_is_not_stale(tmp_path):
         with busy, lock_run_folder(tmp_path):
             pass
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL: no cleanup runs, the .lock file stays behind
         holder.wait()
+    assert (tmp_path / ".lock").is_file()
     with lock_run_folder(tmp_path):
         pass
 
