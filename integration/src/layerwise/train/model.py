@@ -22,8 +22,8 @@ def build_model(
     mask_token_id: int | None = None,
 ):
     """`LlamaForCausalLM(llama_config(preset, vocab_size, **overrides))` with N(0, init_std) weights,
-    then the norm scheme of `cfg.norm` (`ln_scaling.apply_norm_scheme`; recorded in the config, so
-    `ln_scaling.from_pretrained` reloads the saved model exactly).
+    then the norm scheme of `cfg.norm` (`ln_scaling.apply_norm_scheme`; saved as model type
+    "ln_scaling", so the Auto classes reload the model exactly once `ln_scaling` is imported).
 
     Draws from the global torch RNG: seed it first (`layerwise_core.set_seed`).
     """
@@ -42,7 +42,7 @@ def build_model(
     if objective == "mdm":
         # a masked-diffusion LM: the same Llama with bidirectional attention and a [MASK] id
         # (the tokenizer's, or one extra id past its vocabulary)
-        from layerwise_core.tiny_models import (
+        from layerwise_core.bidirectional_llama import (
             BidirectionalLlamaConfig,
             BidirectionalLlamaForMaskedDiffusion,
         )
@@ -113,12 +113,11 @@ def _build_moe_model(cfg: ModelConfig, llama):
 
 
 def load_trained_model(folder, cfg: ModelConfig):
-    """Reload a run's saved `final/` model as it was trained: the norm scheme recorded in its config
-    (`ln_scaling.from_pretrained`) and the fake quantisation of `cfg.quant`."""
+    """Reload a run's saved `final/` model as it was trained: its architecture and norm scheme
+    through the Auto classes (`ln_scaling.from_pretrained`) and the fake quantisation of
+    `cfg.quant`, which the saved weights do not record."""
     from ln_scaling import from_pretrained
 
-    if cfg.mlp != "dense":
-        import coe_moe  # noqa: F401 - registers model_type "coe" with the Auto classes
     model = from_pretrained(folder)
     _apply_quant(model, cfg)
     return model
@@ -139,23 +138,15 @@ def _run_config(folder: Path):
 def load_saved_model(path: str | Path) -> nn.Module:
     """A saved model in eval mode, as it was trained.
 
-    - a masked-diffusion model (config with `logit_shift`: `objective: mdm` runs, core's
-      bidirectional test models): the masked-LM class;
-    - a layerwise run's `RUN/final`: `load_trained_model` with the run's `model` config (norm
-      scheme, fake quantisation, dense / MoE / CoE MLP);
-    - any other causal LM folder: `ln_scaling.from_pretrained` (re-applies LNS / Mix-LN when the
-      config records them; a plain model loads as `AutoModelForCausalLM` would).
+    - a layerwise run's `RUN/final`: `load_trained_model` with the run's `model` config (adds the
+      fake quantisation of `model.quant`);
+    - any other folder: `ln_scaling.from_pretrained`, the Auto route after importing the package
+      its model type needs (LNS / Mix-LN, CoE, masked-diffusion models), which also reads
+      checkpoints saved by ln-scaling 0.1.
     """
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json: not a saved Hugging Face model")
-    from transformers import AutoConfig, AutoModelForMaskedLM
-
-    import coe_moe  # noqa: F401 - registers model_type "coe" with the Auto classes
-    import layerwise_core.tiny_models  # noqa: F401 - registers the bidirectional configs
-
-    if getattr(AutoConfig.from_pretrained(folder), "logit_shift", None) is not None:
-        return AutoModelForMaskedLM.from_pretrained(folder).eval()
     run_cfg = _run_config(folder)
     if run_cfg is not None:
         return load_trained_model(folder, run_cfg.model).eval()

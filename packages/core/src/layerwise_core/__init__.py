@@ -3,8 +3,10 @@
 Model introspection (`find_decoder`), residual-stream capture (`capture_residual_stream`), the
 papers' LLaMA presets, parameter groups, a strict pydantic config base, atomic safetensors I/O,
 seeding and distributed helpers, token ids given as a tensor or a batch mapping (`token_inputs`)
-and renamed arguments (`renamed_kwargs`). Tiny test models live in `layerwise_core.tiny_models`
-(needs transformers) and dtype tolerances in `layerwise_core.testing`.
+and renamed arguments (`renamed_kwargs`), and `load_pretrained`: a saved model through the Auto
+classes after importing the package its model type needs (`model_packages`). Tiny test models
+live in `layerwise_core.tiny_models` (needs transformers) and dtype tolerances in
+`layerwise_core.testing`.
 """
 
 from layerwise_core.__about__ import __version__
@@ -35,6 +37,14 @@ from layerwise_core.distributed import (
     local_tensor,
 )
 from layerwise_core.errors import MissingPathError, PathExistsError, UsageError, error_line
+from layerwise_core.model_packages import (
+    BASE_MODEL_TYPE_KEY,
+    MODEL_PACKAGES,
+    ModelPackage,
+    auto_model_class,
+    import_model_packages,
+    load_pretrained,
+)
 from layerwise_core.padding import pad_token_id, pad_token_rows
 from layerwise_core.param_groups import (
     decay_param_groups,
@@ -78,7 +88,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BASE_MODEL_TYPE_KEY",
     "LLAMA_PRESETS",
+    "MODEL_PACKAGES",
     "CheckpointFileError",
     "ConfigError",
     "DecoderMap",
@@ -87,6 +99,7 @@ __all__ = [
     "LayerwiseConfig",
     "LlamaPreset",
     "MissingPathError",
+    "ModelPackage",
     "PathExistsError",
     "ResidualStream",
     "RunFolderBusyError",
@@ -99,6 +112,7 @@ __all__ = [
     "apply_overrides",
     "apply_umask",
     "atomic_write",
+    "auto_model_class",
     "barrier",
     "broadcast_object",
     "capture_residual_stream",
@@ -112,6 +126,7 @@ __all__ = [
     "get_rank",
     "get_rng_state",
     "get_world_size",
+    "import_model_packages",
     "init_normal_",
     "is_distributed",
     "is_dtensor",
@@ -119,6 +134,7 @@ __all__ = [
     "layer_param_groups",
     "llama_config",
     "llama_param_count",
+    "load_pretrained",
     "load_safetensors",
     "load_tokenizer_folder",
     "local_tensor",

@@ -2,7 +2,8 @@
 
 - `tiny_llama`, `tiny_qwen2`, `tiny_mixtral`: causal LMs of the real transformers classes.
 - `tiny_bidirectional`: LLaDA-like masked-diffusion LM: a Llama whose attention is made
-  bidirectional by a 4-D all-True (key-padding aware) mask; logits at position i score token i.
+  bidirectional by a 4-D all-True (key-padding aware) mask; logits at position i score token i
+  (the classes live in `layerwise_core.bidirectional_llama`, which registers them with Auto).
 - `tiny_shifted_bidirectional`: Dream-like: the same network, but trained/decoded with logits
   shifted by one (the output at position i scores token i+1, as in the AR model Dream starts from);
   `config.logit_shift == 1` tells samplers to shift.
@@ -87,69 +88,23 @@ def tiny_mixtral(seed: int = 0, **overrides: Any):
     return _build(hf.MixtralForCausalLM, hf.MixtralConfig(**fields), seed)
 
 
-def _bidirectional_classes():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    class BidirectionalLlamaConfig(LlamaConfig):
-        """Llama config + the two facts a masked-diffusion sampler needs."""
-
-        model_type = "layerwise_bidirectional_llama"
-
-        def __init__(self, mask_token_id: int | None = None, logit_shift: int = 0, **kwargs):
-            self.mask_token_id = mask_token_id  # id of the [MASK] token
-            self.logit_shift = logit_shift  # 0: LLaDA-like, 1: Dream-like (position i scores i+1)
-            super().__init__(**kwargs)
-
-    class BidirectionalLlamaForMaskedDiffusion(LlamaForCausalLM):
-        """Llama with full (bidirectional) attention; padding keys are masked out."""
-
-        config_class = BidirectionalLlamaConfig
-
-        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
-            ref = input_ids if input_ids is not None else inputs_embeds
-            batch, length = ref.shape[0], ref.shape[1]
-            if attention_mask is None or attention_mask.dim() == 2:
-                keys = (
-                    torch.ones(batch, length, dtype=torch.bool, device=ref.device)
-                    if attention_mask is None
-                    else attention_mask.bool()
-                )
-                attention_mask = keys[:, None, None, :].expand(batch, 1, length, length)
-            kwargs.pop("use_cache", None)
-            return super().forward(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                use_cache=False,
-                **kwargs,
-            )
-
-    return BidirectionalLlamaConfig, BidirectionalLlamaForMaskedDiffusion
-
-
 def __getattr__(name: str):
-    # Classes that subclass transformers' are built on first use (transformers is an extra).
+    # The classes subclass transformers' (an extra): imported from their module on first use.
     if name in ("BidirectionalLlamaConfig", "BidirectionalLlamaForMaskedDiffusion"):
         config_cls, model_cls = _registered_bidirectional(name)
         return config_cls if name == "BidirectionalLlamaConfig" else model_cls
     raise AttributeError(name)
 
 
-_BIDIRECTIONAL: tuple | None = None
-
-
 def _registered_bidirectional(factory: str = "tiny_bidirectional"):
-    global _BIDIRECTIONAL
-    if _BIDIRECTIONAL is None:
-        _transformers(factory)
-        from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+    """The masked-diffusion Llama classes; importing their module registers them with Auto."""
+    _transformers(factory)
+    from layerwise_core import bidirectional_llama
 
-        config_cls, model_cls = _bidirectional_classes()
-        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
-        AutoModel.register(config_cls, model_cls, exist_ok=True)
-        AutoModelForMaskedLM.register(config_cls, model_cls, exist_ok=True)
-        _BIDIRECTIONAL = (config_cls, model_cls)
-    return _BIDIRECTIONAL
+    return (
+        bidirectional_llama.BidirectionalLlamaConfig,
+        bidirectional_llama.BidirectionalLlamaForMaskedDiffusion,
+    )
 
 
 def tiny_bidirectional(seed: int = 0, mask_token_id: int | None = None, **overrides: Any):

@@ -35,19 +35,19 @@ __all__ = ["load_model", "main", "text_windows"]
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
-    """A causal LM, or core's masked-diffusion test model (config with `logit_shift`), from `path`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    """The language model saved in `path`, as it was trained, in eval mode.
 
-    import layerwise_core.tiny_models as tiny_models
+    `layerwise_core.load_pretrained`: the Auto classes, after importing the package that registers
+    the saved model type (ln_scaling for LNS / Mix-LN, coe_moe for CoE, core's masked-diffusion
+    Llama), so depth-probe needs none of them installed unless the model does. A missing package is
+    a `UsageError` that names the `pip install`.
+    """
+    from layerwise_core import load_pretrained
 
-    tiny_models.BidirectionalLlamaConfig  # noqa: B018 - registers it with the Auto classes
-    config = AutoConfig.from_pretrained(path)
-    auto = (
-        AutoModelForMaskedLM
-        if getattr(config, "logit_shift", None) is not None
-        else AutoModelForCausalLM
-    )
-    return auto.from_pretrained(path, dtype=dtype).eval()
+    try:
+        return load_pretrained(path, dtype=dtype)
+    except ImportError as err:
+        raise UsageError(str(err)) from err
 
 
 def text_windows(tokenizer, text: str, length: int, count: int, skip: int = 0) -> list[str]:

@@ -3,6 +3,9 @@
 
     model = ln_scaling.apply_layernorm_scaling(model)     # h = x + Attn(Norm(x) / sqrt(l)) ...
     model.save_pretrained(path); again = ln_scaling.from_pretrained(path)
+
+Importing ln_scaling registers model type "ln_scaling" (the type such a model is saved as) with
+`AutoConfig`, so `AutoModelForCausalLM.from_pretrained(path)` also restores the scheme.
 """
 
 from ln_scaling.__about__ import __version__
@@ -16,9 +19,11 @@ from ln_scaling.layernorm_scaling import (
 from ln_scaling.mix_ln import apply_mix_ln, post_ln_layer_count
 from ln_scaling.pretrained import apply_norm_scheme, from_pretrained, norm_scheme
 from ln_scaling.residual_variance import residual_variance
+from ln_scaling.scheme_config import LNScalingConfig  # registers model type "ln_scaling"
 
 __all__ = [
     "REFERENCE_EMBEDDING_STD",
+    "LNScalingConfig",
     "__version__",
     "apply_layernorm_scaling",
     "apply_mix_ln",

@@ -20,6 +20,8 @@ from torch import nn
 
 from layerwise_core import DecoderMap, find_decoder
 from layerwise_kernels import rms_norm
+from ln_scaling.scheme_config import LNS_CONFIG_KEY as CONFIG_KEY
+from ln_scaling.scheme_config import record_scheme
 
 __all__ = [
     "apply_layernorm_scaling",
@@ -27,10 +29,6 @@ __all__ = [
     "layernorm_scale",
     "remove_layernorm_scaling",
 ]
-
-CONFIG_KEY = (
-    "layernorm_scaling"  # recorded in model.config so from_pretrained can restore the scheme
-)
 
 # RMSNorm classes whose forward is HF LlamaRMSNorm's: w * (x * rsqrt(mean(x^2) + eps)).to(dtype)
 _LLAMA_STYLE_RMSNORMS = {
@@ -107,7 +105,8 @@ def apply_layernorm_scaling(model: nn.Module, decoder_map: DecoderMap | None = N
     Mistral, Qwen2/3, Gemma/2/3, Phi3, GPT-2, GPT-NeoX, Mixtral, Qwen2/3-MoE, LLaDA-style).
     HF-style RMSNorms use the fused `layerwise_kernels.rms_norm(x, w, eps, scale)` op (Triton on
     CUDA); other norms get their output multiplied by the constant. State-dict keys are unchanged;
-    the scheme is recorded in `model.config.layernorm_scaling` for `ln_scaling.from_pretrained`.
+    the scheme is recorded in `model.config.layernorm_scaling`, and `save_pretrained` writes model
+    type "ln_scaling", so the Auto classes reload it scaled once `ln_scaling` is imported.
     Blocks turned into Post-LN by `apply_mix_ln` have no pre-norm and are left as they are.
 
     Raises:
@@ -134,6 +133,7 @@ def apply_layernorm_scaling(model: nn.Module, decoder_map: DecoderMap | None = N
     config = getattr(model, "config", None)
     if config is not None:
         setattr(config, CONFIG_KEY, True)
+        record_scheme(config)
     return model
 
 
@@ -147,4 +147,5 @@ def remove_layernorm_scaling(model: nn.Module) -> nn.Module:
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, CONFIG_KEY):
         delattr(config, CONFIG_KEY)
+        record_scheme(config)
     return model

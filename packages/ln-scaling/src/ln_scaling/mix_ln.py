@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from layerwise_core import find_decoder
+from ln_scaling.scheme_config import MIX_LN_CONFIG_KEY as CONFIG_KEY
+from ln_scaling.scheme_config import record_scheme
 
 __all__ = ["apply_mix_ln", "post_ln_layer_count"]
 
-CONFIG_KEY = "mix_ln_post_layers"  # number of leading Post-LN blocks, recorded in model.config
 # families whose decoder-layer forward (transformers 5) is Llama's: attn(hidden_states=..., **kw)
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe")
 
@@ -69,15 +70,10 @@ def apply_mix_ln(
     """Turn the first floor(post_ln_fraction * L) blocks into Post-LN blocks, in place; returns `model`.
 
     Pass `num_post_ln` to choose the count directly (the paper's 7B run used 2). The count is
-    recorded in `model.config.mix_ln_post_layers` so `ln_scaling.from_pretrained` restores it.
+    recorded in `model.config.mix_ln_post_layers`, and `save_pretrained` writes model type
+    "ln_scaling", so the Auto classes restore it once `ln_scaling` is imported.
     Apply Mix-LN before LayerNorm scaling if you combine them (LNS then scales the Pre-LN blocks).
     """
-    dmap = find_decoder(model)
-    if dmap.family not in SUPPORTED:
-        raise ValueError(
-            f"apply_mix_ln supports decoder layers with Llama's forward ({', '.join(SUPPORTED)}); "
-            f"got {dmap.family!r}"
-        )
     if getattr(getattr(model, "config", None), CONFIG_KEY, None) is not None:
         raise ValueError("Mix-LN is already applied to this model")
     if any(hasattr(m, "_lns_scale") for m in model.modules()):
@@ -85,7 +81,27 @@ def apply_mix_ln(
             "apply_mix_ln after LayerNorm scaling is not supported: apply Mix-LN first, then "
             "apply_layernorm_scaling (call ln_scaling.remove_layernorm_scaling(model) now)"
         )
-    count = post_ln_layer_count(len(dmap), post_ln_fraction) if num_post_ln is None else num_post_ln
+    num_layers = len(find_decoder(model))
+    count = (
+        post_ln_layer_count(num_layers, post_ln_fraction) if num_post_ln is None else num_post_ln
+    )
+    make_post_ln_blocks(model, count)
+    config = getattr(model, "config", None)
+    if config is not None:
+        setattr(config, CONFIG_KEY, count)
+        record_scheme(config)
+    return model
+
+
+def make_post_ln_blocks(model: nn.Module, count: int) -> None:
+    """Turn the first `count` blocks into Post-LN blocks, in place, without touching the config
+    (also used to rebuild a saved Mix-LN model before its weights load)."""
+    dmap = find_decoder(model)
+    if dmap.family not in SUPPORTED:
+        raise ValueError(
+            f"apply_mix_ln supports decoder layers with Llama's forward ({', '.join(SUPPORTED)}); "
+            f"got {dmap.family!r}"
+        )
     if not 0 <= count <= len(dmap):
         raise ValueError(f"num_post_ln must be in [0, {len(dmap)}], got {count}")
     for layer in list(dmap)[:count]:
@@ -97,7 +113,3 @@ def apply_mix_ln(
         block.input_layernorm = nn.Identity()
         block.forward = types.MethodType(_post_ln_forward, block)
         block._mix_ln_post = True
-    config = getattr(model, "config", None)
-    if config is not None:
-        setattr(config, CONFIG_KEY, count)
-    return model

@@ -1,29 +1,27 @@
-"""Save / load of LNS and Mix-LN models: the scheme lives in the model config, so a checkpoint written
-by `save_pretrained` reloads as the same model (logits equal) with `ln_scaling.from_pretrained`."""
+"""Save / load of LNS and Mix-LN models: the scheme lives in the model config, and `save_pretrained`
+writes it as model type "ln_scaling" (`ln_scaling.scheme_config`), so after `import ln_scaling`
+both `AutoModelForCausalLM.from_pretrained(path)` and `ln_scaling.from_pretrained(path)` reload the
+same model (logits equal)."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import safe_open
 from torch import nn
 
-from ln_scaling.layernorm_scaling import CONFIG_KEY as LNS_KEY
+from layerwise_core import auto_model_class, import_model_packages
 from ln_scaling.layernorm_scaling import apply_layernorm_scaling
-from ln_scaling.mix_ln import CONFIG_KEY as MIX_KEY
 from ln_scaling.mix_ln import apply_mix_ln
+from ln_scaling.scheme_config import LNS_CONFIG_KEY, MIX_LN_CONFIG_KEY, record_scheme
 
 __all__ = ["apply_norm_scheme", "from_pretrained", "norm_scheme"]
 
 
 def norm_scheme(config: Any) -> str:
     """ "pre_ln", "lns", "mix_ln" or "mix_ln+lns", read from a model config."""
-    mix = getattr(config, MIX_KEY, None) is not None
-    lns = bool(getattr(config, LNS_KEY, False))
+    mix = getattr(config, MIX_LN_CONFIG_KEY, None) is not None
+    lns = bool(getattr(config, LNS_CONFIG_KEY, False))
     return {(False, False): "pre_ln", (False, True): "lns", (True, False): "mix_ln"}.get(
         (mix, lns), "mix_ln+lns"
     )
@@ -40,59 +38,19 @@ def apply_norm_scheme(model: nn.Module, scheme: str, post_ln_fraction: float = 0
     return model
 
 
-def _checkpoint_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [path / s for s in shards]
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise FileNotFoundError(
-        f"ln_scaling.from_pretrained: no model.safetensors(.index.json) in {path}"
-    )
-
-
 def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
-    """Load a causal LM saved with `save_pretrained` and re-apply its recorded norm scheme.
+    """Load a language model saved with `save_pretrained`, with its recorded norm scheme.
 
-    `kwargs` go to `AutoModelForCausalLM.from_pretrained` (dtype, device_map, ...). The extra
-    Mix-LN norms, which the stock architecture does not have, are loaded from the checkpoint after
-    the scheme has created them; every checkpoint tensor must find its parameter.
+    The Auto route: imports the package of a layerwise model type (`coe_moe`, ...), reads the
+    config with `AutoConfig` and loads with `AutoModelForCausalLM` (or `AutoModelForMaskedLM` for
+    masked-diffusion models); `kwargs` go to `from_pretrained` (dtype, device_map, ...). Also reads
+    checkpoints of ln-scaling 0.1, which recorded the scheme in a stock config (model type
+    "llama"): saving the result again writes the current format. Every Mix-LN norm must be in the
+    checkpoint (a ValueError names the missing ones).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoConfig
 
-    path = Path(path)
+    import_model_packages(path)
     config = AutoConfig.from_pretrained(path)
-    post_layers = getattr(config, MIX_KEY, None)
-    lns = bool(getattr(config, LNS_KEY, False))
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the stock class would warn about the Mix-LN norms
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    for key in (MIX_KEY, LNS_KEY):
-        if hasattr(model.config, key):
-            delattr(model.config, key)
-    if post_layers is not None:
-        apply_mix_ln(model, num_post_ln=int(post_layers))
-        _load_missing(model, path)
-    if lns:
-        apply_layernorm_scaling(model)
-    return model
-
-
-@torch.no_grad()
-def _load_missing(model: nn.Module, path: Path) -> None:
-    params = dict(model.named_parameters())
-    wanted = {n for n in params if ".post_feedforward_layernorm." in n}
-    found: set[str] = set()
-    for file in _checkpoint_files(path):
-        with safe_open(str(file), framework="pt") as handle:
-            for name in wanted & set(handle.keys()):
-                params[name].copy_(handle.get_tensor(name))
-                found.add(name)
-    if found != wanted:
-        raise ValueError(f"checkpoint {path} lacks the Mix-LN norms {sorted(wanted - found)[:4]}")
+    record_scheme(config)  # a 0.1 checkpoint: the stock config with scheme keys
+    return auto_model_class(config).from_pretrained(path, config=config, **kwargs)
