@@ -124,10 +124,13 @@ def build_method(
 def _load(cfg: FinetuneConfig):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from layerwise_core import load_pretrained
+
     if not cfg.model.path:
         raise ValueError("model.path is empty: point it at a Hugging Face model folder")
     dtype = getattr(torch, cfg.model.dtype)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype)
+    # the Auto classes after importing the saved model type's package (LNS / Mix-LN, CoE)
+    model = load_pretrained(cfg.model.path, dtype=dtype, auto_class=AutoModelForCausalLM)
     return model, AutoTokenizer.from_pretrained(cfg.model.path)
 
 

@@ -136,12 +136,17 @@ def auto_model_class(config: Any):
 
 
 def load_pretrained(
-    path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, **kwargs: Any
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    auto_class: Any = None,
+    **kwargs: Any,
 ) -> torch.nn.Module:
     """A saved language model through the Auto classes, as it was trained, in eval mode.
 
     Imports the package its model type needs (`import_model_packages`), then loads it with
-    `auto_model_class(config).from_pretrained(path, dtype=dtype, **kwargs)`.
+    `auto_class.from_pretrained(path, dtype=dtype, **kwargs)`; `auto_class` defaults to
+    `auto_model_class(config)` (pass `AutoModelForCausalLM` to refuse masked-diffusion models).
 
     Raises:
         ImportError: the model type's package is not installed (the message names it).
@@ -153,5 +158,6 @@ def load_pretrained(
     config_dict = import_model_packages(path)
     _refuse_legacy_scheme(config_dict, str(path))
     config = AutoConfig.from_pretrained(path)
-    model = auto_model_class(config).from_pretrained(path, config=config, dtype=dtype, **kwargs)
+    auto = auto_class or auto_model_class(config)
+    model = auto.from_pretrained(path, config=config, dtype=dtype, **kwargs)
     return model.eval()

@@ -9,7 +9,14 @@ import sys
 
 import torch
 
-__all__ = ["TOLERANCES", "assert_close", "markdown_python_blocks", "run_torchrun", "tolerance"]
+__all__ = [
+    "TOLERANCES",
+    "assert_close",
+    "markdown_python_blocks",
+    "run_python",
+    "run_torchrun",
+    "tolerance",
+]
 
 # (atol, rtol) per dtype for comparing two implementations of the same maths
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
@@ -55,6 +62,23 @@ def run_torchrun(
     if result.returncode != 0:
         raise AssertionError(
             f"{' '.join(command)} exited with {result.returncode}:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def run_python(code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (`python -c code args...`, this environment) and return
+    the finished process; raise AssertionError with the tail of stderr if it failed.
+
+    For what a new process sees: nothing imported or registered by the test session (e.g. a model
+    type registered with the Auto classes only as a side effect of the test that saved the model).
+    """
+    command = [sys.executable, "-c", code, *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"python -c <code> {' '.join(map(str, args))} exited with {result.returncode}:\n"
+            f"{result.stderr[-4000:]}"
         )
     return result
 
