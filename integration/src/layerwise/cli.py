@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     quick.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="QuickstartConfig overrides"
     )
+    quick.add_argument(
+        "--overwrite", action="store_true", help="replace a quickstart already in --out"
+    )
 
     pre = sub.add_parser("pretrain", help="pre-train a Llama from a YAML config")
     pre.add_argument("--config", required=True, help="PretrainConfig YAML file")
@@ -102,12 +105,15 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--skip-effect", action="store_true", help="add Csordas et al.'s skip effect (L+1 passes)"
     )
+    probe.add_argument(
+        "--overwrite", action="store_true", help="replace a depth report already in --out"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from layerwise_core import ConfigError
+    from layerwise_core import UsageError
 
     try:
         if args.command == "pretrain":
@@ -182,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows=args.rows,
                     sweep=not args.no_sweep,
                     skip_effect=args.skip_effect,
+                    overwrite=args.overwrite,
                     command="layerwise " + shlex.join(sys.argv[1:] if argv is None else argv),
                 )
             except (FileNotFoundError, ValueError) as err:  # no model there; text too short
@@ -198,9 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cfg = QuickstartConfig.from_yaml(args.config, overrides=args.overrides)
             else:
                 cfg = QuickstartConfig.from_dict({}, overrides=args.overrides)
-            run_quickstart(cfg, args.out)
+            run_quickstart(cfg, args.out, overwrite=args.overwrite)
             return 0
-    except ConfigError as err:
+    except UsageError as err:  # config errors, a run folder in use or holding a run, a resume
+        # that would change the run, a refused checkpoint file: one line, exit status 2
         print(f"layerwise {args.command}: {err}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse admits no other

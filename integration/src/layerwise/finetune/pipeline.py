@@ -6,12 +6,17 @@ seed); each micro-batch's mean answer-token loss is scaled by 1/grad_accum befor
 with a linear warm-up over `warmup_ratio` of the steps and a linear decay to zero (LIFT's setup);
 after every optimizer step, LIFT refreshes its masks and SEFT updates its topology when due.
 Optionally the model is pruned first (`finetune.prune`), e.g. Wanda 50% then SEFT or LoRA.
+
+`train.out_dir` is locked for the whole run (a second writer is refused at once), and a folder
+that already holds a run (an adapter, a model, metrics) is refused unless `train.overwrite=true`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +34,13 @@ from layerwise.finetune.instruction_data import (
     read_jsonl,
 )
 from layerwise.train.metrics import MetricsLog
-from layerwise_core import set_seed
+from layerwise_core import (
+    PathExistsError,
+    atomic_write,
+    lock_run_folder,
+    remove_temp_leftovers,
+    set_seed,
+)
 
 __all__ = ["FinetuneResult", "build_method", "finetune", "linear_warmup_decay"]
 
@@ -134,14 +145,47 @@ def _load(cfg: FinetuneConfig):
     return model, AutoTokenizer.from_pretrained(cfg.model.path)
 
 
+# what a fine-tuning run writes into its folder (train.overwrite=true deletes these, nothing else)
+_RUN_OUTPUTS = ("adapter", "final", "metrics.jsonl", "eval.json", "config.yaml", "tensorboard")
+
+
+def _claim_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds a fine-tuning run unless `overwrite` (then delete its files);
+    call while holding the folder's lock."""
+    remove_temp_leftovers(out)
+    previous = [name for name in _RUN_OUTPUTS if (out / name).exists()]
+    if not previous:
+        return
+    if not overwrite:
+        raise PathExistsError(
+            f"{out} already holds a fine-tuning run ({', '.join(previous)}): set "
+            "train.overwrite=true to replace it, or choose another train.out_dir"
+        )
+    doomed = out / ".replaced-run.tmp"  # a temp name: a kill mid-delete is cleared next start
+    shutil.rmtree(doomed, ignore_errors=True)
+    doomed.mkdir()
+    for name in previous:
+        os.rename(out / name, doomed / name)
+    shutil.rmtree(doomed)
+
+
 def finetune(
     cfg: FinetuneConfig, *, model: nn.Module | None = None, tokenizer=None
 ) -> FinetuneResult:
-    """Run `cfg`; `model` / `tokenizer` replace loading `cfg.model.path` (already-loaded models)."""
-    t0 = time.perf_counter()
-    tc, oc = cfg.train, cfg.optim
+    """Run `cfg`; `model` / `tokenizer` replace loading `cfg.model.path` (already-loaded models).
+
+    Holds the lock of `train.out_dir` throughout; refuses a folder that holds a run unless
+    `train.overwrite=true`."""
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither (then model.path is loaded)")
+    with lock_run_folder(cfg.train.out_dir) as out:
+        _claim_folder(out, cfg.train.overwrite)
+        return _finetune(cfg, model, tokenizer)
+
+
+def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> FinetuneResult:
+    t0 = time.perf_counter()
+    tc, oc = cfg.train, cfg.optim
     if model is None:
         model, tokenizer = _load(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -233,17 +277,17 @@ def finetune(
             batch_size=cfg.eval.batch_size,
         )
         log.log({"step": total, "split": "eval", "accuracy": result_eval.accuracy})
-        (out / "eval.json").write_text(
-            json.dumps(
+        with atomic_write(out / "eval.json", "w") as handle:
+            json.dump(
                 {
                     "accuracy": result_eval.accuracy,
                     "correct": result_eval.correct,
                     "total": result_eval.total,
                     "records": result_eval.records,
                 },
+                handle,
                 indent=1,
             )
-        )
     log.close()
     return FinetuneResult(
         out_dir=out,
@@ -258,6 +302,9 @@ def finetune(
 
 
 def _save(model: nn.Module, tokenizer, method: str, out: Path) -> None:
-    folder = out / ("final" if method == "full" else "adapter")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    """The model (full) or adapter, written atomically into `final/` or `adapter/`."""
+    from layerwise.data.cache import atomic_directory
+
+    with atomic_directory(out / ("final" if method == "full" else "adapter")) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)

@@ -4,10 +4,13 @@
 
 The fields `objective`, `optimizer` and `model.norm` are the switches through which methods
 enter a run (ARCHITECTURE.md); each is a `Literal` that lists what is implemented today.
+
+`RESUME_SAFE_CHANGES` (below the schema) lists the only fields a resumed run may change.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -16,6 +19,7 @@ from layerwise.data.config import DataConfig
 from layerwise_core import LLAMA_PRESETS, LayerwiseConfig
 
 __all__ = [
+    "RESUME_SAFE_CHANGES",
     "DataConfig",
     "ModelConfig",
     "OptimConfig",
@@ -24,6 +28,7 @@ __all__ = [
     "SpectralConfig",
     "StableSpamConfig",
     "TrainConfig",
+    "resume_changes",
 ]
 
 
@@ -125,9 +130,23 @@ class TrainConfig(LayerwiseConfig):
     eval_batches: int | None = Field(20, ge=1)
     save_every: int = Field(500, ge=0)  # checkpoint every N steps (0: only at the end)
     log_every: int = Field(10, ge=1)  # one metrics record per N steps (mean train loss over them)
-    out_dir: str = "runs/pretrain"  # metrics.jsonl, checkpoints/, final/
+    # step checkpoints kept (the newest N; older ones deleted once a newer one is complete);
+    # null: keep all
+    keep_last: int | None = Field(None, ge=1)
+    # metrics.jsonl, config.yaml, history.jsonl, checkpoints/, final/
+    out_dir: str = "runs/pretrain"
     resume: bool = False  # continue from out_dir/checkpoints/latest if there is one
+    overwrite: bool = False  # replace a run already in out_dir (deletes it); else it is refused
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a bf16 GPU, else fp32
+
+    @model_validator(mode="after")
+    def _resume_or_overwrite(self) -> TrainConfig:
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "train.resume and train.overwrite are both true: set one (continue the run in "
+                "out_dir, or replace it)"
+            )
+        return self
 
 
 class PretrainConfig(LayerwiseConfig):
@@ -161,3 +180,55 @@ class PretrainConfig(LayerwiseConfig):
                 f"({self.train.steps}); lower it"
             )
         return self
+
+
+# The fields a resumed run (train.resume=true) may change; any other difference from the
+# checkpoint's configuration refuses the resume (layerwise.train.pretrain). "any": any new value;
+# "increase": a value >= the stored one. Allowed changes are recorded in out_dir/history.jsonl.
+RESUME_SAFE_CHANGES: dict[str, Literal["any", "increase"]] = {
+    # train longer: the cosine LR schedule (and Stable-SPAM's / LLR's, which follow train.steps)
+    # is stretched to the new length from the resumed step on
+    "train.steps": "increase",
+    "train.eval_every": "any",  # cadences: what is logged and saved when, not what is trained
+    "train.save_every": "any",
+    "train.log_every": "any",
+    "train.keep_last": "any",
+    "train.out_dir": "any",  # the run folder was moved or copied
+    "train.resume": "any",
+    "train.overwrite": "any",
+    "data.cache_dir": "any",  # caches are keyed by content: another cache holds the same data
+}
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_changes(
+    stored: PretrainConfig, new: PretrainConfig
+) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
+    """(allowed, refused) differences `{dotted field: (stored value, new value)}` between the
+    configuration a checkpoint was written with and the one resuming it (`RESUME_SAFE_CHANGES`)."""
+    old, now = _flatten(stored.to_dict()), _flatten(new.to_dict())
+    missing = object()
+    allowed, refused = {}, {}
+    for key in sorted(old.keys() | now.keys()):
+        before, after = old.get(key, missing), now.get(key, missing)
+        if before == after:
+            continue
+        pair = (None if before is missing else before, None if after is missing else after)
+        rule = RESUME_SAFE_CHANGES.get(key)
+        ok = rule == "any" or (
+            rule == "increase"
+            and before is not missing
+            and after is not missing
+            and after >= before
+        )
+        (allowed if ok else refused)[key] = pair
+    return allowed, refused

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from layerwise_core import CheckpointFileError, atomic_write
+
 __all__ = ["MetricsLog", "read_metrics"]
 
 
@@ -32,7 +34,8 @@ class MetricsLog:
         if not (self.enabled and self.path.is_file()):
             return
         keep = [r for r in read_metrics(self.path) if r["step"] <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        with atomic_write(self.path, "w") as handle:  # a kill now keeps the old log whole
+            handle.write("".join(json.dumps(r) + "\n" for r in keep))
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -52,7 +55,26 @@ class MetricsLog:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of `metrics.jsonl` (or of a run folder's); a line that is not a JSON record
+    with a "step" raises a one-line `CheckpointFileError` naming the file and line."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise CheckpointFileError(
+                f"{path}:{number}: not a JSON metrics record ({str(err).splitlines()[0]}); "
+                "delete that line or restore the file"
+            ) from None
+        if not isinstance(record, dict) or "step" not in record:
+            raise CheckpointFileError(
+                f"{path}:{number}: not a metrics record (no 'step'); delete that line or "
+                "restore the file"
+            )
+        records.append(record)
+    return records

@@ -9,32 +9,66 @@ Each micro-batch loss is the mean over its B*T tokens, scaled by 1/grad_accum be
 and DDP averages gradients over processes, so the update equals that of the mean loss over the
 whole global batch: a 2-process run with half the per-process batch takes the same steps as a
 1-process run (up to fp32 summation order).
+
+The run folder (`train.out_dir`) is locked for the whole call (`layerwise_core.lock_run_folder`):
+a second writer is refused at once. A folder that already holds a run is refused unless
+`train.resume` (continue it) or `train.overwrite` (replace it). A resume compares the
+configuration with the checkpoint's and refuses any change outside `RESUME_SAFE_CHANGES`; the
+allowed ones are appended to `history.jsonl`, and `config.yaml` keeps the configuration the run
+was started with. See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
+import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch.nn import functional as F
 
 from layerwise.data.packing import BlockSampler
 from layerwise.data.prepare import PreparedData, prepare_data
 from layerwise.eval.perplexity import PerplexityResult, perplexity
-from layerwise.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from layerwise.train.config import PretrainConfig
+from layerwise.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint_file,
+    recover_checkpoints,
+    save_checkpoint,
+)
+from layerwise.train.config import RESUME_SAFE_CHANGES, PretrainConfig, resume_changes
 from layerwise.train.mdm import mdm_loss, mdm_validation
 from layerwise.train.metrics import MetricsLog
 from layerwise.train.model import build_model
 from layerwise.train.optimizers import build_optimizer, build_spectral_controller
 from layerwise.train.schedule import warmup_cosine_scheduler
-from layerwise_core import all_reduce_sum, set_seed
+from layerwise_core import (
+    PathExistsError,
+    RunFolderError,
+    all_reduce_sum,
+    lock_run_folder,
+    remove_temp_leftovers,
+    set_rng_state,
+    set_seed,
+)
 
-__all__ = ["PretrainResult", "pretrain"]
+__all__ = ["HISTORY", "PretrainResult", "ResumeDriftError", "pretrain"]
+
+HISTORY = "history.jsonl"  # one record per start / resume of the run, with the allowed changes
+# what a run writes into its folder (train.overwrite=true deletes these, nothing else)
+_RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "config.yaml", HISTORY, "tensorboard")
+
+
+class ResumeDriftError(RunFolderError):
+    """A resume whose configuration differs from the checkpoint's in fields that must not change."""
 
 
 @dataclass
@@ -55,12 +89,61 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
-def _ensure_fresh(out: Path) -> None:
-    if (out / "checkpoints").exists() or (out / "metrics.jsonl").exists():
-        raise FileExistsError(
-            f"{out} already holds a run; set train.resume=true to continue it, or choose another "
-            "train.out_dir (or delete the folder)"
+def _ensure_fresh(out: Path, overwrite: bool, main: bool) -> bool:
+    """Refuse a folder that holds a run, unless `overwrite` (then the main process deletes the
+    run's files). True when a previous run was replaced."""
+    if not ((out / "checkpoints").exists() or (out / "metrics.jsonl").exists()):
+        return False
+    if not overwrite:
+        raise PathExistsError(
+            f"{out} already holds a run: set train.resume=true to continue it, "
+            "train.overwrite=true to replace it, or choose another train.out_dir"
         )
+    if main:  # moved aside first: a kill mid-delete leaves a temp folder, cleared at next start
+        doomed = out / ".replaced-run.tmp"
+        shutil.rmtree(doomed, ignore_errors=True)
+        doomed.mkdir()
+        for name in _RUN_OUTPUTS:
+            if (out / name).exists():
+                os.rename(out / name, doomed / name)
+        shutil.rmtree(doomed)
+    return True
+
+
+def _checkpoint_config(folder: Path) -> PretrainConfig:
+    return read_checkpoint_file(
+        folder / "config.yaml", lambda text: PretrainConfig.from_dict(yaml.safe_load(text) or {})
+    )
+
+
+def _check_resume(stored: PretrainConfig, cfg: PretrainConfig, folder: Path) -> dict:
+    """The allowed changes `{field: [old, new]}` of a resume; refuses any other change."""
+    allowed, refused = resume_changes(stored, cfg)
+    if refused:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        safe = ", ".join(
+            f"{k} ({rule})" if rule != "any" else k for k, rule in RESUME_SAFE_CHANGES.items()
+        )
+        raise ResumeDriftError(
+            f"cannot resume {folder}: the configuration differs from the checkpoint's in "
+            f"{listed}; a resume may change only {safe}: resume with the checkpoint's values, or "
+            "start a new run (another train.out_dir, or train.overwrite=true)"
+        )
+    return {k: [old, new] for k, (old, new) in allowed.items()}
+
+
+def _record_history(out: Path, record: dict) -> None:
+    """Append one event to the run's history (fsynced: it records what the files cannot)."""
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **record,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    with (out / HISTORY).open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def pretrain(
@@ -76,18 +159,37 @@ def pretrain(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    tc, oc = cfg.train, cfg.optim
     # cpu=True without CUDA: otherwise accelerate ignores a torchrun (gloo) launch on CPU and
     # every process trains alone
     accelerator = Accelerator(
-        mixed_precision=_mixed_precision(tc.precision), cpu=not torch.cuda.is_available()
+        mixed_precision=_mixed_precision(cfg.train.precision), cpu=not torch.cuda.is_available()
     )
+    with lock_run_folder(cfg.train.out_dir):  # rank 0 holds it; every rank learns a refusal
+        return _pretrain(cfg, accelerator, stop_at, data, t0, tqdm)
+
+
+def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) -> PretrainResult:
+    tc, oc = cfg.train, cfg.optim
     main = accelerator.is_main_process
     out = Path(tc.out_dir)
     ckpt_root = out / "checkpoints"
+    if main:  # what a killed writer left: temp files and folders, a checkpoint half-replaced
+        remove_temp_leftovers(out)
+        recover_checkpoints(ckpt_root)
+    accelerator.wait_for_everyone()
+    # every process checks, so that none waits forever for a refused one; nothing is written
+    # to the run folder before these checks pass
     resume_from = latest_checkpoint(ckpt_root) if tc.resume else None
-    if not tc.resume:  # every process checks, so that none waits forever for a failed one
-        _ensure_fresh(out)
+    changes, ckpt = {}, None
+    if resume_from is not None:
+        changes = _check_resume(_checkpoint_config(resume_from), cfg, resume_from)
+        # every file read (and refused if unsafe) now; the RNG state is put back further down,
+        # after model construction has drawn from the seeded generators
+        ckpt = load_checkpoint(resume_from, restore_rng=False)
+    replaced = False
+    if not tc.resume:
+        replaced = _ensure_fresh(out, tc.overwrite, main)
+        accelerator.wait_for_everyone()
     if data is None:
         with accelerator.main_process_first():  # one process fills the caches, the others read
             data = prepare_data(cfg.data, tc.block_size)
@@ -117,8 +219,8 @@ def pretrain(
     sampler = BlockSampler(len(data.train), tc.seed)
     log = MetricsLog(out, enabled=main)
     step, pending_loss, pending_steps = 0, 0.0, 0
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
+    if ckpt is not None:
+        set_rng_state(ckpt.rng_state)
         model.load_state_dict(ckpt.model_state)
         optimizer.load_state_dict(ckpt.optimizer_state["optimizer"])
         scheduler.load_state_dict(ckpt.optimizer_state["scheduler"])
@@ -133,7 +235,14 @@ def pretrain(
     already_finished = step == tc.steps
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(out / "config.yaml")
+        if resume_from is None:  # config.yaml: the configuration the run was started with
+            cfg.to_yaml(out / "config.yaml")
+            _record_history(out, {"event": "start", "step": 0, "replaced_run": replaced})
+        else:  # never rewritten: what a resume changed (only safe fields) goes to the history
+            where = str(resume_from.relative_to(out))
+            _record_history(
+                out, {"event": "resume", "step": step, "checkpoint": where, "changes": changes}
+            )
     num_parameters = sum(p.numel() for p in model.parameters())
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -167,6 +276,7 @@ def pretrain(
                 "spectral": None if spectral is None else spectral.state_dict(),
             },
             config_yaml=cfg.to_yaml(),
+            keep_last=tc.keep_last,
         )
 
     bar = tqdm(total=tc.steps, initial=step, disable=not main, desc=out.name, dynamic_ncols=True)
@@ -221,7 +331,8 @@ def pretrain(
         final_eval = evaluate()
         if not already_finished:  # resuming a finished run logs nothing twice
             log.log(_validation_record(step, final_eval))
-        _save_final(accelerator, model, data.tokenizer, out / "final")
+        # a resumed run that trained further replaces final/; a finished one only completes it
+        _save_final(accelerator, model, data.tokenizer, out / "final", replace=not already_finished)
     log.close()
     accelerator.wait_for_everyone()
     return PretrainResult(
@@ -273,11 +384,18 @@ def _meap_loss(cfg, model, blocks, step, row_offset, global_batch, mask_id) -> t
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), blocks[:, 1:].reshape(-1))
 
 
-def _save_final(accelerator, model, tokenizer, folder: Path) -> None:
-    """The trained model as a Hugging Face folder (`from_pretrained` loads it), written atomically."""
+def _save_final(accelerator, model, tokenizer, folder: Path, replace: bool) -> None:
+    """The trained model as a Hugging Face folder (`from_pretrained` loads it), written atomically;
+    with `replace`, an existing `folder` (of fewer steps) gives way once the new one is complete."""
     from layerwise.data.cache import atomic_directory
 
-    if accelerator.is_main_process and not folder.exists():
-        with atomic_directory(folder) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+    if not accelerator.is_main_process or (folder.exists() and not replace):
+        return
+    old = folder.parent / f".{folder.name}.replaced.tmp"  # a temp name: cleared if killed
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(folder, old)
+    with atomic_directory(folder) as tmp:
+        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    shutil.rmtree(old, ignore_errors=True)

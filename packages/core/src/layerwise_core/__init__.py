@@ -74,6 +74,7 @@ from layerwise_core.user_inputs import (
     load_tokenizer_folder,
     read_json_lines,
     require_model_folder,
+    vocabulary_size,
 )
 
 
@@ -154,5 +155,6 @@ __all__ = [
     "token_inputs",
     "torch_load_safe",
     "torch_save_atomic",
+    "vocabulary_size",
     "warn_renamed",
 ]

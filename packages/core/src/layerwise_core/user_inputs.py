@@ -21,6 +21,7 @@ __all__ = [
     "load_tokenizer_folder",
     "read_json_lines",
     "require_model_folder",
+    "vocabulary_size",
 ]
 
 # what `from_pretrained` would take for a hub repository: "org/name", no leading "." or "/"
@@ -110,7 +111,10 @@ def read_json_lines(
     return rows
 
 
-def _vocabulary_rows(model: Any) -> int | None:
+def vocabulary_size(model: Any) -> int | None:
+    """Rows of `model`'s token embedding: an `int` itself, a saved model folder's config.json
+    `vocab_size` (nothing loaded), a module's input embedding (else `config.vocab_size`), or a
+    config's `vocab_size`; None when none of these tells."""
     if isinstance(model, int):
         return model
     if isinstance(model, (str, os.PathLike)):  # a saved model folder: its config.json, unloaded
@@ -135,7 +139,7 @@ def check_tokenizer_fits(
     `model`: a module (its input embedding, else `config.vocab_size`), a config, a saved model
     folder (its config.json, so the check runs before the weights load) or the row count.
     """
-    rows = _vocabulary_rows(model)
+    rows = vocabulary_size(model)
     size = len(tokenizer)
     if rows is not None and size > rows:
         raise UsageError(
