@@ -1,7 +1,7 @@
 """dlm-decode: decoding for masked diffusion language models.
 
     from dlm_decode import generate, LLaDA, Prophet, FastDLLM, Dream, SOAR
-    out = generate(model, prompt_ids, Prophet(steps=256, block_length=32, answer_start=204),
+    out = generate(model, input_ids, Prophet(steps=256, block_length=32, answer_start=204),
                    gen_length=256, constraints=anchor)
     out.sequences, out.stats.nfe, out.exit_step
 

@@ -49,8 +49,8 @@ class Canvas:
     ):
         if prompt_ids.dim() != 2:
             raise ValueError(
-                f"prompt_ids must be (batch, prompt_length), got shape {tuple(prompt_ids.shape)}: "
-                "use prompt_ids[None] for one prompt"
+                "input_ids (the prompts) must be (batch, prompt_length), got shape "
+                f"{tuple(prompt_ids.shape)}: use input_ids[None] for one prompt"
             )
         if gen_length < 1:
             raise ValueError(f"gen_length must be >= 1, got {gen_length}")
@@ -75,7 +75,7 @@ class Canvas:
             attention_mask = attention_mask.to(device)
             if attention_mask.shape != prompt_ids.shape:
                 raise ValueError(
-                    f"attention_mask {tuple(attention_mask.shape)} must match prompt_ids "
+                    f"attention_mask {tuple(attention_mask.shape)} must match input_ids "
                     f"{tuple(prompt_ids.shape)}"
                 )
             real = attention_mask.bool()

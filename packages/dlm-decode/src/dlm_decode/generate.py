@@ -1,6 +1,6 @@
-"""`generate(model, prompt_ids, strategy)`: the one entry point of every sampler.
+"""`generate(model, input_ids, strategy)`: the one entry point of every sampler.
 
-out = generate(model, prompt_ids, Prophet(steps=256, block_length=32), gen_length=256)
+out = generate(model, input_ids, Prophet(steps=256, block_length=32), gen_length=256)
 out.sequences          (B, P + G) prompt and decoded tokens
 out.stats.nfe          forward evaluations per row (CFG counted twice)
 out.exit_step          Prophet's exit step per row (-1: ran the whole schedule)
@@ -19,6 +19,7 @@ from dlm_decode.adapters import MaskedDiffusionLM, as_masked_diffusion_lm
 from dlm_decode.canvas import Canvas, StepEvent
 from dlm_decode.counters import DecodeStats
 from dlm_decode.strategies import LLaDA, Strategy
+from layerwise_core import TokenInputs, renamed_kwargs, token_inputs
 
 __all__ = ["GenerationOutput", "generate"]
 
@@ -44,9 +45,10 @@ class GenerationOutput:
 
 
 @torch.no_grad()
+@renamed_kwargs(prompt_ids="input_ids")
 def generate(
     model: nn.Module | MaskedDiffusionLM,
-    prompt_ids: torch.Tensor,
+    input_ids: TokenInputs,
     strategy: Strategy | None = None,
     *,
     gen_length: int = 128,
@@ -63,7 +65,9 @@ def generate(
     Args:
         model: a transformers model (LLaDA / Dream remote code, or a bidirectional model whose
             config has `mask_token_id` and `logit_shift`) or a `MaskedDiffusionLM`.
-        prompt_ids: (B, P) token ids, left-padded when lengths differ.
+        input_ids: the prompts, (B, P) token ids left-padded when lengths differ, or a batch
+            mapping with "input_ids" and "attention_mask" (e.g. a tokenizer's output with
+            `padding_side="left"`). Formerly `prompt_ids` (deprecated alias).
         strategy: `LLaDA()` (default), `Prophet(...)`, `FastDLLM(...)`, `Dream(...)`, `SOAR(...)`.
         gen_length: tokens to generate (G).
         attention_mask: (B, P), 1 for real prompt tokens, 0 for left padding.
@@ -75,12 +79,15 @@ def generate(
         generator: torch.Generator for Gumbel / random-remasking draws (global RNG when None).
         mask_token_id, logit_shift: override what the model's config says.
     """
+    input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="generate")
+    if input_ids is None:
+        raise ValueError("generate: pass the prompts as input_ids (B, P)")
     lm = as_masked_diffusion_lm(model, mask_token_id=mask_token_id, logit_shift=logit_shift)
     strategy = LLaDA() if strategy is None else strategy
     cfg_scale = getattr(strategy, "cfg_scale", 0.0)
     canvas = Canvas(
         lm,
-        prompt_ids,
+        input_ids,
         gen_length,
         attention_mask=attention_mask,
         constraints=constraints,

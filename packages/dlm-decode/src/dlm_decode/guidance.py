@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import torch
 
+from layerwise_core import renamed_kwargs
+
 __all__ = ["guided_logits", "unconditional_input"]
 
 
-def unconditional_input(x: torch.Tensor, prompt_index: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """x with every prompt position replaced by [MASK]."""
-    return x.masked_fill(prompt_index, mask_id)
+@renamed_kwargs(mask_id="mask_token_id")
+def unconditional_input(
+    x: torch.Tensor, prompt_index: torch.Tensor, mask_token_id: int
+) -> torch.Tensor:
+    """x with every prompt position replaced by [MASK] (`mask_token_id`)."""
+    return x.masked_fill(prompt_index, mask_token_id)
 
 
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float) -> torch.Tensor:
