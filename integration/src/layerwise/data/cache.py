@@ -42,7 +42,11 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        apply_umask(tmp)  # mkdtemp makes it 0o700; the entry gets what mkdir would give
+        # mkdtemp makes the folder 0o700 and safetensors writes files 0o600: everything gets what
+        # mkdir / open would give under the user's umask
+        for path in (tmp, *tmp.rglob("*")):
+            if not path.is_symlink():
+                apply_umask(path)
         try:
             os.rename(tmp, target)
         except OSError:

@@ -184,8 +184,9 @@ class PretrainConfig(LayerwiseConfig):
 
 # The fields a resumed run (train.resume=true) may change; any other difference from the
 # checkpoint's configuration refuses the resume (layerwise.train.pretrain). "any": any new value;
-# "increase": a value >= the stored one. Allowed changes are recorded in out_dir/history.jsonl.
-RESUME_SAFE_CHANGES: dict[str, Literal["any", "increase"]] = {
+# "increase": a value >= the stored one; "ignored": how this invocation runs, not what the run
+# is. Allowed changes are recorded in out_dir/history.jsonl.
+RESUME_SAFE_CHANGES: dict[str, Literal["any", "increase", "ignored"]] = {
     # train longer: the cosine LR schedule (and Stable-SPAM's / LLR's, which follow train.steps)
     # is stretched to the new length from the resumed step on
     "train.steps": "increase",
@@ -194,16 +195,19 @@ RESUME_SAFE_CHANGES: dict[str, Literal["any", "increase"]] = {
     "train.log_every": "any",
     "train.keep_last": "any",
     "train.out_dir": "any",  # the run folder was moved or copied
-    "train.resume": "any",
-    "train.overwrite": "any",
+    "train.resume": "ignored",
+    "train.overwrite": "ignored",
     "data.cache_dir": "any",  # caches are keyed by content: another cache holds the same data
 }
+
+
+UNSET = "<unset>"  # a field one of two configurations does not have (model.overrides keys)
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping):
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -214,21 +218,19 @@ def resume_changes(
     stored: PretrainConfig, new: PretrainConfig
 ) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
     """(allowed, refused) differences `{dotted field: (stored value, new value)}` between the
-    configuration a checkpoint was written with and the one resuming it (`RESUME_SAFE_CHANGES`)."""
+    configuration a checkpoint was written with and the one resuming it (`RESUME_SAFE_CHANGES`);
+    a field only one of them has (a `model.overrides` key) shows as `UNSET` on the other side."""
     old, now = _flatten(stored.to_dict()), _flatten(new.to_dict())
-    missing = object()
     allowed, refused = {}, {}
     for key in sorted(old.keys() | now.keys()):
-        before, after = old.get(key, missing), now.get(key, missing)
+        before, after = old.get(key, UNSET), now.get(key, UNSET)
         if before == after:
             continue
-        pair = (None if before is missing else before, None if after is missing else after)
         rule = RESUME_SAFE_CHANGES.get(key)
+        if rule == "ignored":
+            continue
         ok = rule == "any" or (
-            rule == "increase"
-            and before is not missing
-            and after is not missing
-            and after >= before
+            rule == "increase" and UNSET not in (before, after) and after >= before
         )
-        (allowed if ok else refused)[key] = pair
+        (allowed if ok else refused)[key] = (before, after)
     return allowed, refused

@@ -44,7 +44,12 @@ from layerwise.train.checkpoint import (
     recover_checkpoints,
     save_checkpoint,
 )
-from layerwise.train.config import RESUME_SAFE_CHANGES, PretrainConfig, resume_changes
+from layerwise.train.config import (
+    RESUME_SAFE_CHANGES,
+    UNSET,
+    PretrainConfig,
+    resume_changes,
+)
 from layerwise.train.mdm import mdm_loss, mdm_validation
 from layerwise.train.metrics import MetricsLog
 from layerwise.train.model import build_model
@@ -120,9 +125,12 @@ def _check_resume(stored: PretrainConfig, cfg: PretrainConfig, folder: Path) -> 
     """The allowed changes `{field: [old, new]}` of a resume; refuses any other change."""
     allowed, refused = resume_changes(stored, cfg)
     if refused:
-        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        shown = {k: [v if v is UNSET else repr(v) for v in pair] for k, pair in refused.items()}
+        listed = "; ".join(f"{k}: {old} -> {new}" for k, (old, new) in shown.items())
         safe = ", ".join(
-            f"{k} ({rule})" if rule != "any" else k for k, rule in RESUME_SAFE_CHANGES.items()
+            f"{k} ({rule})" if rule == "increase" else k
+            for k, rule in RESUME_SAFE_CHANGES.items()
+            if rule != "ignored"
         )
         raise ResumeDriftError(
             f"cannot resume {folder}: the configuration differs from the checkpoint's in "
