@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from depth_probe.capture import DepthCapture, as_capture
+from layerwise_core import TokenInputs
 
 __all__ = ["AngularDistances", "angular_distance"]
 
@@ -57,7 +58,7 @@ class AngularDistances:
 
 def angular_distance(
     source: nn.Module | DepthCapture,
-    input_ids: torch.Tensor | None = None,
+    input_ids: TokenInputs | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     zero_channels: Sequence[int] | None = None,

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from depth_probe.capture import DepthCapture, as_capture
+from layerwise_core import TokenInputs
 
 __all__ = ["block_influence", "lowest_influence_layers"]
 
@@ -39,7 +40,7 @@ def _reference_block_influence(capture: DepthCapture) -> torch.Tensor:
 
 def block_influence(
     source: nn.Module | DepthCapture,
-    input_ids: torch.Tensor | None = None,
+    input_ids: TokenInputs | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     zero_channels: Sequence[int] | None = None,

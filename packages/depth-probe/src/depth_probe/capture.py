@@ -9,7 +9,9 @@
     Norm_f(h_L)  and the logits, for the logit lens
 
 plus which positions are real tokens. Every metric of this package accepts either a model (and then
-captures) or a `DepthCapture`, so `probe()` computes all of them from a single forward.
+captures) or a `DepthCapture`, so `probe()` computes all of them from a single forward. Token ids
+are a (batch, seq) tensor with `attention_mask=...`, or a batch mapping with "input_ids" (and
+"attention_mask"), e.g. a tokenizer's output (`layerwise_core.token_inputs`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerwise_core import DecoderMap, ResidualStream, capture_residual_stream, find_decoder
+from layerwise_core import (
+    DecoderMap,
+    ResidualStream,
+    TokenInputs,
+    capture_residual_stream,
+    find_decoder,
+    token_inputs,
+)
 
 __all__ = ["DepthCapture", "as_capture", "capture_depth", "logit_shift_of", "token_mask"]
 
@@ -122,7 +131,7 @@ def _attention_input_hooks(dmap: DecoderMap, store: list[torch.Tensor | None]):
 
 def capture_depth(
     model: nn.Module,
-    input_ids: torch.Tensor,
+    input_ids: TokenInputs,
     attention_mask: torch.Tensor | None = None,
     *,
     attn_inputs: bool = True,
@@ -137,6 +146,9 @@ def capture_depth(
         attn_inputs: also record the QKV input of each block (for `massive_activations`).
         logits: run the final norm and head (needed by `logit_lens`); False stops after the last block.
     """
+    input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="capture_depth")
+    if input_ids is None:
+        raise ValueError("capture_depth: input_ids is required")
     dmap = decoder_map or find_decoder(model)
     store: list[torch.Tensor | None] = [None] * len(dmap)
     handles = _attention_input_hooks(dmap, store) if attn_inputs else []
@@ -164,12 +176,13 @@ def capture_depth(
 
 def as_capture(
     source: nn.Module | DepthCapture | ResidualStream,
-    input_ids: torch.Tensor | None = None,
+    input_ids: TokenInputs | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     what: str = "this metric",
 ) -> DepthCapture:
     """A `DepthCapture` from a model (one forward on `input_ids`), a capture, or a core stream."""
+    input_ids, attention_mask = token_inputs(input_ids, attention_mask, what=what)
     if isinstance(source, DepthCapture):
         return source
     if isinstance(source, ResidualStream):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from depth_probe.capture import DepthCapture, as_capture
+from layerwise_core import TokenInputs
 
 __all__ = ["cka_matrix", "linear_cka"]
 
@@ -32,7 +33,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def cka_matrix(
     source: nn.Module | DepthCapture,
-    input_ids: torch.Tensor | None = None,
+    input_ids: TokenInputs | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     zero_channels: Sequence[int] | None = None,

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from depth_probe.capture import DepthCapture, as_capture
+from layerwise_core import TokenInputs
 
 __all__ = ["LogitLens", "logit_lens"]
 
@@ -55,7 +56,7 @@ def _targets(capture: DepthCapture) -> tuple[torch.Tensor, torch.Tensor]:
 
 def logit_lens(
     source: nn.Module | DepthCapture,
-    input_ids: torch.Tensor | None = None,
+    input_ids: TokenInputs | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     chunk_size: int = 256,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from depth_probe.capture import DepthCapture, as_capture
+from layerwise_core import TokenInputs
 
 __all__ = ["MassiveActivations", "massive_activations"]
 
@@ -58,7 +59,7 @@ class MassiveActivations:
 
 def massive_activations(
     source: nn.Module | DepthCapture,
-    input_ids: torch.Tensor | None = None,
+    input_ids: TokenInputs | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     site: Literal["attn_input", "residual"] = "attn_input",

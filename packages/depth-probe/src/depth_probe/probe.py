@@ -21,6 +21,7 @@ from depth_probe.residual_contributions import (
     residual_contributions,
 )
 from depth_probe.similarity import SIMILARITY_VARIANTS, similarity_matrix
+from layerwise_core import TokenInputs
 
 __all__ = ["DepthProbe", "probe"]
 
@@ -63,7 +64,7 @@ class DepthProbe:
 
 def probe(
     source: nn.Module | DepthCapture,
-    input_ids: torch.Tensor | None = None,
+    input_ids: TokenInputs | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     zero_channels: Sequence[int] | Literal["auto"] | None = "auto",

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from depth_probe.capture import DepthCapture, as_capture
+from layerwise_core import TokenInputs
 
 __all__ = ["ResidualContributions", "output_variance", "residual_contributions"]
 
@@ -46,7 +47,7 @@ def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
 
 def residual_contributions(
     source: nn.Module | DepthCapture,
-    input_ids: torch.Tensor | None = None,
+    input_ids: TokenInputs | None = None,
     attention_mask: torch.Tensor | None = None,
 ) -> ResidualContributions:
     """Csordas et al.'s norm ratios and cosines of attention and MLP outputs, per layer.
@@ -79,7 +80,7 @@ def residual_contributions(
 
 def output_variance(
     source: nn.Module | DepthCapture,
-    input_ids: torch.Tensor | None = None,
+    input_ids: TokenInputs | None = None,
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Var over hidden units of each block's output h_{l+1} (before the final norm), averaged over

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from depth_probe.capture import logit_shift_of
-from layerwise_core import pad_token_id, pad_token_rows
+from layerwise_core import TokenInputs, pad_token_id, pad_token_rows, token_inputs
 
 __all__ = [
     "ExactMatchScorer",
@@ -142,7 +142,7 @@ class PerplexityScorer(Scorer):
 
     def __init__(
         self,
-        input_ids: torch.Tensor,
+        input_ids: TokenInputs,
         attention_mask: torch.Tensor | None = None,
         *,
         batch_size: int = 8,
@@ -150,6 +150,9 @@ class PerplexityScorer(Scorer):
         seed: int = 0,
         name: str = "perplexity",
     ):
+        input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="PerplexityScorer")
+        if input_ids is None:
+            raise ValueError("PerplexityScorer: pass the held-out token ids as input_ids")
         self.input_ids = input_ids
         self.attention_mask = (
             torch.ones_like(input_ids) if attention_mask is None else attention_mask
@@ -315,9 +318,9 @@ class MultipleChoiceScorer(Scorer):
 @torch.no_grad()
 def greedy_generate(
     model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    max_new_tokens: int,
+    input_ids: TokenInputs,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 8,
     *,
     pad_token_id: int = 0,
     eos_token_id: int | None = None,
@@ -326,9 +329,13 @@ def greedy_generate(
 
     Causal LMs: `model.generate(do_sample=False)` with the KV cache. Masked-diffusion LMs: append
     `max_new_tokens` [MASK] tokens and unmask one per step, always the most confident one (LLaDA's
-    low-confidence remasking with one token per step), taking its argmax.
+    low-confidence remasking with one token per step), taking its argmax. `input_ids` may be a
+    batch mapping with "input_ids" and "attention_mask" (no mask: every token is real).
     """
     device = _device(model)
+    input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="greedy_generate")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     if not is_masked_diffusion(model):
         out = model.generate(

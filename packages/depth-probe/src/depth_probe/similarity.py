@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from depth_probe.capture import DepthCapture, as_capture
+from layerwise_core import TokenInputs
 
 __all__ = ["SIMILARITY_VARIANTS", "similarity_matrix"]
 
@@ -31,7 +32,7 @@ SIMILARITY_VARIANTS: tuple[SimilarityVariant, ...] = ("pooled", "per_token", "pe
 
 def similarity_matrix(
     source: nn.Module | DepthCapture,
-    input_ids: torch.Tensor | None = None,
+    input_ids: TokenInputs | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     variant: SimilarityVariant = "per_token",

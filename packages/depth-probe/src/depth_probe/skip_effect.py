@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from layerwise_core import capture_residual_stream, find_decoder
+from layerwise_core import TokenInputs, capture_residual_stream, find_decoder, token_inputs
 
 __all__ = ["SkipEffect", "skip_effect", "skip_layer_before"]
 
@@ -73,7 +73,7 @@ def skip_layer_before(
 
 def skip_effect(
     model: nn.Module,
-    input_ids: torch.Tensor,
+    input_ids: TokenInputs,
     attention_mask: torch.Tensor | None = None,
     *,
     positions: Sequence[int] | None = None,
@@ -88,6 +88,7 @@ def skip_effect(
         no_skip_front: the first positions are never skipped (the attention sink).
         layers: which blocks to skip (default: all). Costs 1 + len(layers) * len(positions) forwards.
     """
+    input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="skip_effect")
     dmap = find_decoder(model)
     num = len(dmap)
     length = input_ids.shape[1]

@@ -9,16 +9,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from layerwise_core import capture_residual_stream
+from layerwise_core import TokenInputs, capture_residual_stream, token_inputs
 
 __all__ = ["residual_variance"]
 
 
 def residual_variance(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: nn.Module, input_ids: TokenInputs, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Var over hidden units of h_l, averaged over tokens, for l = 0..L (h_L = last block output,
-    before the final norm). Returns a float32 tensor of shape [L + 1]; one forward pass."""
+    """Var over hidden units of h_l, averaged over real tokens, for l = 0..L (h_L = last block
+    output, before the final norm). Returns a float32 tensor of shape [L + 1]; one forward pass.
+
+    `input_ids`: (batch, seq) token ids with `attention_mask=...`, or a batch mapping with
+    "input_ids" (and "attention_mask").
+    """
+    input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="residual_variance")
+    if input_ids is None:
+        raise ValueError("residual_variance: input_ids is required")
     stream = capture_residual_stream(
         model,
         input_ids,
