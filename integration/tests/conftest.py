@@ -63,7 +63,7 @@ def _tiny_run(out_dir, *overrides: str):
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a plain factory: usable by module fixtures
 def tiny_run():
     """`tiny_run(out_dir, "a.b=c", ...)`: a PretrainConfig of llama-tiny (hidden 64, 2 layers) on
     the corpus of `small_data`, 10 steps of 4 blocks, logging every step."""

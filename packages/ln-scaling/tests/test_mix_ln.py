@@ -80,3 +80,24 @@ def test_combination_and_errors():
     gpt2 = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4))
     with pytest.raises(ValueError, match="gpt2"):
         apply_mix_ln(gpt2)
+
+
+def test_hooks_on_the_identity_input_norm_see_the_block_input():
+    # tools that hook a block's input norm (depth-probe's attention-input capture) keep working
+    model = apply_mix_ln(tiny_llama(num_hidden_layers=4), 0.5)
+    seen, inputs = {}, {}
+    for index, layer in enumerate(model.model.layers):
+        layer.input_layernorm.register_forward_hook(
+            lambda m, a, out, index=index: seen.__setitem__(index, out)
+        )
+        layer.register_forward_pre_hook(
+            lambda m, a, kw, index=index: inputs.__setitem__(
+                index, (*a, kw.get("hidden_states"))[0]
+            ),
+            with_kwargs=True,
+        )
+    with torch.no_grad():
+        model(torch.randint(0, 128, (1, 5)))
+    assert sorted(seen) == [0, 1, 2, 3]
+    for index in (0, 1):  # Post-LN blocks: the attention input is the block input itself
+        assert torch.equal(seen[index], inputs[index])

@@ -48,8 +48,10 @@ def _post_ln_forward(
     position_embeddings=None,
     **kwargs,
 ) -> torch.Tensor:
+    # input_layernorm is the identity here; calling it keeps its forward hooks (e.g. depth-probe's
+    # capture of the attention input) working on Post-LN blocks
     attn_out, _ = self.self_attn(
-        hidden_states=hidden_states,
+        hidden_states=self.input_layernorm(hidden_states),
         attention_mask=attention_mask,
         position_ids=position_ids,
         past_key_values=past_key_values,
