@@ -54,6 +54,16 @@ def test_without_a_scheme_the_config_is_saved_as_the_family_again(tmp_path):
     assert saved["model_type"] == "llama" and "base_model_type" not in saved
 
 
+def test_the_scheme_config_pickles_and_deep_copies_as_itself():
+    import copy
+    import pickle
+
+    config = apply_norm_scheme(tiny_llama(num_hidden_layers=4), "mix_ln+lns", 0.5).config
+    for again in (pickle.loads(pickle.dumps(config)), copy.deepcopy(config)):
+        assert type(again) is type(config) and again == config
+        assert again.to_dict()["model_type"] == "ln_scaling" and norm_scheme(again) == "mix_ln+lns"
+
+
 def test_a_masked_diffusion_model_with_lns_loads_as_a_masked_lm(tmp_path):
     from transformers import AutoModelForMaskedLM
 

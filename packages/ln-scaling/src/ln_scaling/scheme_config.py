@@ -64,12 +64,16 @@ def scheme_config_class(family: type) -> type:
             output["model_type"] = MODEL_TYPE
             return output
 
+        def __reduce__(self):  # pickled as the family's class, which pickle can find by name
+            return (_unpickle_scheme_config, (family, self.__dict__))
+
         config_cls = type(
             f"LNScaling{family.__name__}",
             (family,),
             {
                 "__init__": __init__,
                 "to_dict": to_dict,
+                "__reduce__": __reduce__,
                 "__module__": __name__,
                 "__doc__": f"`{family.__name__}` of a model with LayerNorm scaling / Mix-LN.",
                 "_ln_scaling_family": family,
@@ -78,6 +82,13 @@ def scheme_config_class(family: type) -> type:
         _SCHEME_CONFIGS[family] = config_cls
         _register_models(family, config_cls)
     return _SCHEME_CONFIGS[family]
+
+
+def _unpickle_scheme_config(family: type, state: dict[str, Any]):
+    config = family.__new__(family)
+    config.__dict__.update(state)
+    config.__class__ = scheme_config_class(family)
+    return config
 
 
 class _RestoresScheme:
