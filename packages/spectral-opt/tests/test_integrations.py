@@ -9,7 +9,7 @@ from torch import nn
 from layerwise_core import module_param_groups, tiny_llama
 
 transformers = pytest.importorskip("transformers")
-from spectral_opt.integrations import SpectralCallback  # noqa: E402
+from spectral_opt.integrations import SpectralCallback, trainer_optimizer  # noqa: E402
 
 SIZE = dict(hidden_size=64, intermediate_size=128, vocab_size=96)
 
@@ -114,3 +114,68 @@ def test_resume_restores_the_controller(tmp_path):
     a, b = controller(full), controller(resumed)
     assert [t for t, _ in b.history] == [0, 1, 3, 5]  # steps 0, 1 come from the checkpoint
     assert b.state_dict() == a.state_dict()
+
+
+def trainer_args(tmp_path, steps=4):
+    return transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        weight_decay=0.1,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+
+
+def test_trainer_default_optimizer_gets_an_error_that_names_the_fix(tmp_path):
+    model = tiny_llama(seed=0, **SIZE)
+    trainer = transformers.Trainer(
+        model=model,
+        args=trainer_args(tmp_path),
+        train_dataset=Tokens(),
+        callbacks=[SpectralCallback("llr", interval=2)],
+    )
+    with pytest.raises(
+        ValueError, match=r"trainer_optimizer\(model, args, module_types=\(nn.Linear"
+    ):
+        trainer.train()
+
+
+@pytest.mark.parametrize("method", ["alphadecay", "llr"])
+def test_trainer_optimizer_is_the_default_one_split_per_module(tmp_path, method):
+    args = trainer_args(tmp_path)
+    types = (nn.Linear,) if method == "alphadecay" else (nn.Linear, nn.Embedding)
+    model = tiny_llama(seed=0, **SIZE)
+    default = transformers.Trainer(model=model, args=args).create_optimizer()
+    optimizer = trainer_optimizer(model, args, module_types=types)
+    assert type(optimizer) is type(default) and optimizer.defaults == default.defaults
+
+    def decayed(opt):
+        return {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+
+    assert decayed(optimizer) == decayed(default)  # the Trainer's rule: no decay on norms
+    options = {} if method == "alphadecay" else {"active_fraction": 1.0, "ramp_steps": 0}
+    callback = SpectralCallback(method, interval=2, **options)
+    trainer = transformers.Trainer(
+        model=model,
+        args=args,
+        train_dataset=Tokens(),
+        optimizers=(optimizer, None),
+        callbacks=[callback],
+    )
+    trainer.train()
+    controller = callback.controller
+    assert controller.split_modules == [] and [t for t, _ in controller.history] == [0, 1, 3]
+    key = "weight_decay" if method == "alphadecay" else "lr"
+    top = max(controller.values.values())
+    assert top == pytest.approx(3.0 * 0.1 if method == "alphadecay" else 5e-3)
+    for name, value in controller.values.items():
+        group = optimizer.param_groups[controller.group_of[name]]
+        assert group["module_name"] == name
+        if method == "alphadecay":
+            assert group[key] == value
+        else:  # the peak of the Trainer's schedule
+            assert trainer.lr_scheduler.base_lrs[controller.group_of[name]] == value

@@ -2,7 +2,8 @@
 
 - `esd(W)`: eigenvalues of W^T W (squared singular values), `hill_alpha(eigs)`: the power-law
   exponent of the ESD tail, alpha = 1 + n / (sum_{j>=i} ln lambda_j - n ln lambda_i) (TempBalance);
-  `module_alphas(model)`: every matrix at once, batched by shape, FSDP2-aware.
+  `module_alphas(model)`: every matrix at once, batched by shape, FSDP2-aware; `.skipped` of the
+  result says which matrices got no alpha and why.
 - `AlphaDecay` (arXiv 2506.14562): wd_i = interp(alpha_i, [alpha_min, alpha_max], [0.6666 wd, 3 wd]).
 - `LayerwiseLR` (LLR, "One LR Doesn't Fit All"): lr_i = interp(alpha_i, ..., [1 lr, 5 lr]).
 
@@ -20,6 +21,7 @@ from spectral_opt.esd import batched_esd, esd
 from spectral_opt.hill_alpha import FITS, PowerLawFit, fit_power_law, hill_alpha
 from spectral_opt.layerwise_lr import LayerwiseLR
 from spectral_opt.module_alphas import (
+    ModuleAlphas,
     alphas_of_modules,
     module_alphas,
     spectral_modules,
@@ -31,6 +33,7 @@ __all__ = [
     "FITS",
     "AlphaDecay",
     "LayerwiseLR",
+    "ModuleAlphas",
     "PowerLawFit",
     "__version__",
     "alphas_of_modules",

@@ -28,7 +28,9 @@ class AlphaDecay(SpectralController):
     """Set each module's `weight_decay` from its ESD alpha; works with any torch optimizer.
 
     Build the optimizer with one param group per module (`spectral_opt.module_param_groups(model,
-    weight_decay=wd)`), then call `.step()` once per training step, before `optimizer.step()`.
+    weight_decay=wd)`; shared groups, e.g. `layerwise_core.decay_param_groups(model, wd)`, are
+    split, see `spectral_opt._controller`), then call `.step()` once per training step, before
+    `optimizer.step()`. `skipped` lists the candidate modules left untuned and why.
     Alphas are recomputed at step 0 and whenever (step + 1) % interval == 0, as in the official
     code. Tuned modules: every `module_types` module in `named_modules` order (minus the first and
     the last with `exclude_first_last`, i.e. layers.0.self_attn.q_proj and lm_head of a Llama)
@@ -47,6 +49,8 @@ class AlphaDecay(SpectralController):
         min_eigs: modules with fewer eigenvalues are left untuned.
         fit, xmin_pos, reference_quirks: the power-law fit (`hill_alpha`).
         dtype: precision of the ESD (float32; float64 on request).
+        scheduler: the LR scheduler already driving the optimizer, if any; needed only when
+            shared param groups are split (the new groups must follow its schedule).
     """
 
     hyperparameter = "weight_decay"
@@ -68,6 +72,7 @@ class AlphaDecay(SpectralController):
         dtype: torch.dtype = torch.float32,
         xmin_pos: float = 2.0,
         reference_quirks: bool = False,
+        scheduler: Any = None,
     ) -> None:
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
@@ -89,6 +94,7 @@ class AlphaDecay(SpectralController):
             dtype=dtype,
             xmin_pos=xmin_pos,
             reference_quirks=reference_quirks,
+            scheduler=scheduler,
         )
 
     def _advance(self, t: int) -> bool:

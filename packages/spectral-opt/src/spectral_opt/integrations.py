@@ -1,15 +1,18 @@
 """Hugging Face `Trainer` callback: AlphaDecay or LayerwiseLR inside `Trainer.train()`.
 
-    from spectral_opt import module_param_groups
-    from spectral_opt.integrations import SpectralCallback
+    from spectral_opt.integrations import SpectralCallback, trainer_optimizer
 
-    optimizer = torch.optim.AdamW(module_param_groups(model, weight_decay=0.1), lr=1e-3)
-    trainer = Trainer(model, args, train_dataset=ds, optimizers=(optimizer, None),
+    trainer = Trainer(model, args, train_dataset=ds,
+                      optimizers=(trainer_optimizer(model, args), None),
                       callbacks=[SpectralCallback("alphadecay")])
 
 The Trainer's default optimizer puts all matrices in one param group; AlphaDecay and LayerwiseLR
-need one group per module, hence `optimizers=(optimizer, None)` (the Trainer still builds its LR
-schedule). The controller is built at `on_train_begin` (weight decay, learning rate and run length
+need one group per module. `trainer_optimizer(model, args)` builds the optimizer the Trainer would
+(its `args.optim` class and settings, no decay on biases and norms) with one group per module, and
+the Trainer still builds its LR schedule. (The callback cannot split the default optimizer's groups
+itself: the Trainer loads a checkpoint's optimizer state before any callback runs, so a resumed
+run would fail.) Any torch optimizer with one group per module works too, e.g.
+`torch.optim.AdamW(spectral_opt.module_param_groups(model, weight_decay=0.1), lr=1e-3)`. The controller is built at `on_train_begin` (weight decay, learning rate and run length
 default to the `TrainingArguments`) and stepped at `on_pre_optimizer_step` with the Trainer's global
 step. Each recompute appends `{"step", "alpha/<module>": ...}` to `state.log_history`
 (trainer_state.json). With `restore_callback_states_from_checkpoint=True` the controller state
@@ -22,6 +25,7 @@ import importlib
 from typing import Any
 
 import torch
+from torch import nn
 
 from spectral_opt.alphadecay import AlphaDecay
 from spectral_opt.layerwise_lr import LayerwiseLR
@@ -34,9 +38,52 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "spectral_opt.integrations needs transformers: pip install 'spectral-opt[hf]'"
     ) from error
 
-__all__ = ["SpectralCallback"]
+__all__ = ["SpectralCallback", "trainer_optimizer"]
 
 _METHODS = ("alphadecay", "llr")
+
+
+def trainer_optimizer(
+    model: nn.Module, args: Any, module_types: tuple[type[nn.Module], ...] = (nn.Linear,)
+) -> torch.optim.Optimizer:
+    """The optimizer the HF `Trainer` builds by default (class and settings from `args.optim`,
+    `args.weight_decay` on every parameter but biases and norms), with one param group per module
+    of `module_types` (for LayerwiseLR: `module_types=(nn.Linear, nn.Embedding)`).
+
+    Pass it as `Trainer(..., optimizers=(trainer_optimizer(model, args), None))`.
+    """
+    from transformers import Trainer
+
+    # the Trainer's decay rule; the method does not use `self`
+    decay_names = set(Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    if not isinstance(optimizer_cls, type) or {"params", "model", "optimizer_dict"} & set(kwargs):
+        raise ValueError(
+            f"trainer_optimizer builds torch-style optimizers; optim={args.optim!r} builds its own "
+            "parameter groups: pass optimizers=(torch.optim.AdamW(spectral_opt."
+            "module_param_groups(model, weight_decay=...), lr=...), None) instead"
+        )
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = {id(p) for n, p in trainable if n in decay_names}
+    groups, taken = [], set()
+    for name, module in model.named_modules():
+        if isinstance(module, module_types):
+            own = [
+                p for p in module.parameters(recurse=False) if id(p) in decay and id(p) not in taken
+            ]
+            if own:
+                taken.update(id(p) for p in own)
+                groups.append(
+                    {"params": own, "weight_decay": args.weight_decay, "module_name": name}
+                )
+    rest = [p for _, p in trainable if id(p) in decay and id(p) not in taken]
+    no_decay = [p for _, p in trainable if id(p) not in decay]
+    groups += [
+        {"params": params, "weight_decay": wd, "module_name": None}
+        for params, wd in ((rest, args.weight_decay), (no_decay, 0.0))
+        if params
+    ]
+    return optimizer_cls(groups, **kwargs)
 
 
 def _to_json(value: Any) -> Any:
@@ -89,14 +136,26 @@ class SpectralCallback(TrainerCallback, ExportableState):
         if model is None or optimizer is None:
             raise ValueError("SpectralCallback needs the Trainer's model and optimizer")
         options = dict(self.controller_kwargs)
+        options.setdefault("scheduler", kwargs.get("lr_scheduler"))
         if self.method == "alphadecay":
             options.setdefault("weight_decay", args.weight_decay)
             self.controller = AlphaDecay(optimizer, model, **options)
         else:
             options.setdefault("lr", args.learning_rate)
             options.setdefault("total_steps", state.max_steps)
-            options.setdefault("scheduler", kwargs.get("lr_scheduler"))
             self.controller = LayerwiseLR(optimizer, model, **options)
+        if self.controller.split_modules:
+            types = (
+                "" if self.method == "alphadecay" else ", module_types=(nn.Linear, nn.Embedding)"
+            )
+            self.controller = None
+            raise ValueError(
+                f"SpectralCallback({self.method!r}) sets one hyper-parameter per module, but the "
+                "Trainer's optimizer holds several modules per param group (the Trainer's default "
+                "optimizer has one group with decay and one without). Pass Trainer(..., "
+                f"optimizers=(spectral_opt.integrations.trainer_optimizer(model, args{types}), "
+                "None)): the optimizer the Trainer would build, with one group per module"
+            )
         if self.controller_state is not None:
             self.controller.load_state_dict(self.controller_state)
 

@@ -24,32 +24,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from spectral_opt._controller import SpectralController
+from spectral_opt._controller import SpectralController, _unwrap_scheduler
 from spectral_opt.module_alphas import Patterns
 from spectral_opt.temperature_balance import tb_linear_map
 
 __all__ = ["LayerwiseLR"]
 
 
-def _unwrap_scheduler(scheduler: Any) -> Any:
-    # accelerate's AcceleratedScheduler keeps the torch scheduler in `.scheduler`
-    while scheduler is not None and not hasattr(scheduler, "base_lrs"):
-        inner = getattr(scheduler, "scheduler", None)
-        if inner is None:
-            raise TypeError(
-                f"{type(scheduler).__name__} has no `base_lrs`; pass a torch LRScheduler "
-                "(LambdaLR, or any transformers get_*_schedule)"
-            )
-        scheduler = inner
-    return scheduler
-
-
 class LayerwiseLR(SpectralController):
     """Set each module's peak learning rate from its ESD alpha (LLR); works with any torch optimizer.
 
     Build the optimizer with one param group per module (`spectral_opt.module_param_groups(model,
-    module_types=(nn.Linear, nn.Embedding))`), then call `.step()` once per training step, before
-    `optimizer.step()` (and before `scheduler.step()`).
+    module_types=(nn.Linear, nn.Embedding))`; shared groups, e.g. `decay_param_groups`, are split,
+    see `spectral_opt._controller`), then call `.step()` once per training step, before
+    `optimizer.step()` (and before `scheduler.step()`). `skipped` lists the candidate modules left
+    untuned and why.
 
     Args:
         optimizer: any `torch.optim.Optimizer` (AdamW, SPAM, Muon, ...).
@@ -132,6 +121,7 @@ class LayerwiseLR(SpectralController):
             dtype=dtype,
             xmin_pos=xmin_pos,
             reference_quirks=reference_quirks,
+            scheduler=self.scheduler,
         )
         if self.scheduler is None and any("initial_lr" in g for g in optimizer.param_groups):
             raise ValueError(
