@@ -19,12 +19,12 @@ def test_outlier_ratio_by_hand():
 def test_allocation_equals_formula_by_hand():
     # D = [1, 2, 4]: D~ = (D - 1) / 3 * 0.16 = [0, 0.05333, 0.16], mean 0.07111;
     # keep = D~ - 0.07111 + 0.5; S_l = 1 - keep
-    got = owl_sparsities([1.0, 2.0, 4.0], 0.5, lamda=0.08)
+    got = owl_sparsities([1.0, 2.0, 4.0], 0.5, owl_lambda=0.08)
     want = [0.5 + 0.071111111 - 0.0, 0.5 + 0.071111111 - 0.053333333, 0.5 + 0.071111111 - 0.16]
     assert got == pytest.approx(want, abs=1e-8)
     assert sum(got) / 3 == pytest.approx(0.5)
     # the official floor: a non-positive sparsity becomes 0.01
-    assert owl_sparsities([0.0, 10.0], 0.1, lamda=0.2)[1] == pytest.approx(0.01)
+    assert owl_sparsities([0.0, 10.0], 0.1, owl_lambda=0.2)[1] == pytest.approx(0.01)
     assert owl_sparsities([3.0, 3.0], 0.5) == [0.5, 0.5]
 
 
@@ -82,7 +82,7 @@ def test_prune_with_owl_uses_dense_ratios(granularity):
         owl_lambda=0.2,
         owl_threshold=3.0,
     )
-    want = owl_sparsities(ratios, 0.5, lamda=0.2)
+    want = owl_sparsities(ratios, 0.5, owl_lambda=0.2)
     got = list(result.targets.values())
     if granularity == "block":
         got = result.layer_sparsity
@@ -93,3 +93,13 @@ def test_prune_with_owl_uses_dense_ratios(granularity):
         n_in = keep.shape[1]
         zeros = (~keep).sum(1)
         assert (zeros == int(n_in * result.targets[name])).all(), name
+
+
+def test_lamda_is_a_deprecated_alias_of_owl_lambda():
+    ratios = [1.0, 2.0, 4.0]
+    with pytest.warns(FutureWarning, match="owl_sparsities: the argument `lamda`.*`owl_lambda`"):
+        old = owl_sparsities(ratios, 0.5, lamda=0.2)
+    assert old == owl_sparsities(ratios, 0.5, owl_lambda=0.2) != owl_sparsities(ratios, 0.5)
+    with pytest.warns(FutureWarning, match="layer_sparsities: the argument `lamda`"):
+        old = layer_sparsities("owl", 3, 0.5, outlier_ratios=ratios, lamda=0.2)
+    assert old == layer_sparsities("owl", 3, 0.5, outlier_ratios=ratios, owl_lambda=0.2)

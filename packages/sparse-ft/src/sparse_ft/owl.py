@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
+from layerwise_core import renamed_kwargs
+
 __all__ = ["owl_outlier_ratio", "owl_sparsities"]
 
 
@@ -33,10 +35,12 @@ def owl_outlier_ratio(
     return float((flat > threshold * flat.mean()).float().mean() * 100)
 
 
+@renamed_kwargs(lamda="owl_lambda")
 def owl_sparsities(
-    outlier_ratios: Sequence[float], sparsity: float, lamda: float = 0.08
+    outlier_ratios: Sequence[float], sparsity: float, owl_lambda: float = 0.08
 ) -> list[float]:
-    """Per-layer (or per-matrix) sparsities S_l from outlier ratios D_l (the module docstring).
+    """Per-layer (or per-matrix) sparsities S_l from outlier ratios D_l (the module docstring;
+    `owl_lambda` is its lambda, the official code's `lamda`).
 
     Equal ratios give the uniform allocation (the official code would divide by zero there).
     """
@@ -46,7 +50,7 @@ def owl_sparsities(
     spread = d.max() - d.min()
     if spread <= 0:
         return [float(sparsity)] * d.numel()
-    normalised = (d - d.min()) / spread * (2 * lamda)
+    normalised = (d - d.min()) / spread * (2 * owl_lambda)
     keep = normalised - normalised.mean() + (1 - sparsity)
     out = 1 - keep
     out = torch.where(out <= 0, torch.full_like(out, 0.01), out)

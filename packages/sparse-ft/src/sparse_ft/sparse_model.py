@@ -23,12 +23,15 @@ import dataclasses
 import json
 import os
 import re
+import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from layerwise_core import atomic_write, find_decoder, load_safetensors, save_safetensors
 from sparse_ft import seft as _seft
@@ -139,6 +142,9 @@ class SparseFTModel(nn.Module):
         # SEFT: the zero count of each matrix at wrapping, which re-pruning restores
         self.register_buffer("min_zeros", torch.tensor(min_zeros, dtype=torch.long))
         self._collectors: dict[str, Any] = {}
+        # optimizer steps over the deltas since the last after_optimizer_step (`_count_step`)
+        self._steps_without_refresh_call = 0
+        _watch_optimizer_steps(self)
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -210,6 +216,7 @@ class SparseFTModel(nn.Module):
         re-prune phases and arms the backward-time gradient collectors for the next step.
         Returns counts of what changed (empty when nothing did).
         """
+        self._steps_without_refresh_call = 0
         self.sparse_step += 1
         step = int(self.sparse_step)
         if self.method == "lift":
@@ -217,6 +224,30 @@ class SparseFTModel(nn.Module):
                 return self.refresh_masks(optimizer)
             return {}
         return self._seft_after_step(step, optimizer)
+
+    def _count_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """After any optimizer step: count it if it updated the deltas, and warn once the count
+        exceeds the refresh interval without a call to `after_optimizer_step`."""
+        interval = self.config_.update_interval
+        if interval is None:  # a static LIFT mask needs no refresh
+            return
+        ours = {id(m.values) for m in self.sparse_modules().values()}
+        if not any(id(p) in ours for g in optimizer.param_groups for p in g["params"]):
+            return
+        self._steps_without_refresh_call += 1
+        if self._steps_without_refresh_call == interval + 1:
+            missed = (
+                "the LIFT masks are never refreshed"
+                if self.method == "lift"
+                else "SEFT's drop / grow / re-prune never runs"
+            )
+            warnings.warn(
+                f"sparse_ft: {interval + 1} optimizer steps without "
+                f"model.after_optimizer_step(optimizer), more than update_interval={interval}: "
+                f"{missed}. Call model.after_optimizer_step(optimizer) after every "
+                "optimizer.step() (HF Trainer: callbacks=[sparse_ft.SparseFTCallback(model)])",
+                stacklevel=2,
+            )
 
     @torch.no_grad()
     def refresh_masks(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
@@ -287,6 +318,7 @@ class SparseFTModel(nn.Module):
 
         Parameters this wrapper froze get requires_grad back.
         """
+        _WATCHED.discard(self)
         for name, module in self.sparse_modules().items():
             module.base_layer.weight.data.copy_(module.effective_weight())
             self._replace(name, module.base_layer)
@@ -377,6 +409,25 @@ class SparseFTModel(nn.Module):
             "touched": sum(m.touched_indices.numel() for m in modules),
             "adapted_weights": sum(m.base_layer.weight.numel() for m in modules),
         }
+
+
+_WATCHED: weakref.WeakSet[SparseFTModel] = weakref.WeakSet()  # models whose steps are counted
+_STEP_HOOK: Any = None
+
+
+def _count_steps(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    for model in list(_WATCHED):
+        model._count_step(optimizer)
+
+
+def _watch_optimizer_steps(model: SparseFTModel) -> None:
+    """Let `model` count the steps of any optimizer holding its deltas (one global torch.optim
+    step post-hook for all models, held weakly), so a loop that never calls `after_optimizer_step`
+    is reported instead of silently training a stale mask."""
+    global _STEP_HOOK
+    _WATCHED.add(model)
+    if _STEP_HOOK is None:
+        _STEP_HOOK = register_optimizer_step_post_hook(_count_steps)
 
 
 def get_sparse_model(model: nn.Module, config: LiftConfig | SeftConfig) -> SparseFTModel:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from layerwise_core import renamed_kwargs
 from sparse_ft.owl import owl_sparsities
 
 __all__ = ["ALLOCATIONS", "Allocation", "layer_sparsities"]
@@ -22,6 +23,7 @@ Allocation = Literal["uniform", "owl", "deeper_sparser", "earlier_sparser"]
 ALLOCATIONS: tuple[str, ...] = ("uniform", "owl", "deeper_sparser", "earlier_sparser")
 
 
+@renamed_kwargs(lamda="owl_lambda")
 def layer_sparsities(
     allocation: Allocation,
     num_layers: int,
@@ -29,11 +31,11 @@ def layer_sparsities(
     *,
     epsilon: float = 0.08,
     outlier_ratios: Sequence[float] | None = None,
-    lamda: float = 0.08,
+    owl_lambda: float = 0.08,
 ) -> list[float]:
     """Sparsity of each of `num_layers` units under `allocation` (equations in the module docstring).
 
-    `outlier_ratios` (one per unit) is needed for "owl" only.
+    `outlier_ratios` (one per unit) and `owl_lambda` are for "owl" only.
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
@@ -53,5 +55,5 @@ def layer_sparsities(
                 f"allocation='owl' needs one outlier ratio per unit ({num_layers}); compute them "
                 "with sparse_ft.owl_outlier_ratio, or let sparse_ft.prune do it from calibration data"
             )
-        return owl_sparsities(outlier_ratios, sparsity, lamda)
+        return owl_sparsities(outlier_ratios, sparsity, owl_lambda)
     raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
