@@ -108,7 +108,8 @@ def test_lift_adapter_reloads_to_the_same_outputs(tiny_run_files):
 
     from sparse_ft import SparseFTModel
 
-    result = finetune(_config(tiny_run_files, "lift"))
+    out = tiny_run_files / "run-lift-reload"  # run-lift holds the run of the test above
+    result = finetune(_config(tiny_run_files, "lift", **{"train.out_dir": out}))
     base = AutoModelForCausalLM.from_pretrained(tiny_run_files / "model")
     loaded = SparseFTModel.from_pretrained(base, result.out_dir / "adapter")
     ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(0))
