@@ -178,8 +178,8 @@ class _Poison:
 def _poison(path: Path, marker: Path) -> None:
     if path.suffix == ".pt":  # torch's own (zip) format, as torch.save writes it
         torch.save({"state": _Poison(marker)}, path)
-    else:
-        path.write_bytes(pickle.dumps(_Poison(marker)))
+    else:  # a whole line (a torn last line of metrics.jsonl would be dropped, not read)
+        path.write_bytes(pickle.dumps(_Poison(marker)) + b"\n")
 
 
 RESUME_READS = [
@@ -444,6 +444,9 @@ def test_leftovers_of_killed_writes_are_recovered_at_the_next_start(run_copy, sm
     (ckpts / ".latest.x1y2.tmp").write_text("step_3")  # atomic_write's temp file
     (run_copy / ".final.ab12.tmp").mkdir()  # an atomic directory being filled
     os.rename(ckpts / "step_2", ckpts / ".step_2.old")  # killed between the two renames
+    logged = read_metrics(run_copy)
+    with (run_copy / "metrics.jsonl").open("a") as handle:  # killed in the middle of an append
+        handle.write('{"step": 3, "split": "tr')
     with pytest.raises(FileNotFoundError, match="step_2"):
         latest_checkpoint(ckpts)  # `latest` names a folder that is not there (yet)
     result = pretrain(_cfg(run_copy, "train.resume=true"), data=small_data)
@@ -451,6 +454,7 @@ def test_leftovers_of_killed_writes_are_recovered_at_the_next_start(run_copy, sm
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_1", "step_2"]
     assert not [p for p in run_copy.iterdir() if p.name.endswith(".tmp")]
     assert recover_checkpoints(ckpts) == []
+    assert read_metrics(run_copy) == logged  # the torn record is gone, the others are kept
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

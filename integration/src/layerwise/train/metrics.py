@@ -33,7 +33,8 @@ class MetricsLog:
         """Drop records of steps after `step` (a resumed run re-logs them)."""
         if not (self.enabled and self.path.is_file()):
             return
-        keep = [r for r in read_metrics(self.path) if r["step"] <= step]
+        # a last line without its newline is an append cut short by a kill: its step is redone
+        keep = [r for r in read_metrics(self.path, torn_tail=True) if r["step"] <= step]
         with atomic_write(self.path, "w") as handle:  # a kill now keeps the old log whole
             handle.write("".join(json.dumps(r) + "\n" for r in keep))
 
@@ -54,19 +55,24 @@ class MetricsLog:
             self._writer.close()
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_metrics(path: str | os.PathLike, torn_tail: bool = False) -> list[dict[str, Any]]:
     """The records of `metrics.jsonl` (or of a run folder's); a line that is not a JSON record
-    with a "step" raises a one-line `CheckpointFileError` naming the file and line."""
+    with a "step" raises a one-line `CheckpointFileError` naming the file and line. With
+    `torn_tail`, an unreadable last line that lacks its newline (an append cut short) is dropped."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
+    data = path.read_bytes()
+    lines = data.splitlines()
     records = []
-    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            if torn_tail and number == len(lines) and not data.endswith(b"\n"):
+                break
             raise CheckpointFileError(
                 f"{path}:{number}: not a JSON metrics record ({str(err).splitlines()[0]}); "
                 "delete that line or restore the file"
