@@ -2,6 +2,7 @@
 per-row blocks in a batch, and the prefix / dual KV caches."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -120,6 +121,41 @@ def test_block_kv_cache_splices_the_window():
     assert keys.flatten().tolist() == [0, 1, 7, 7, 7, 7]  # prefix: the window runs to the end
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ((), {}),  # no extras
+        (({"sin": None, "cos": None, "cache_position": None},), {}),  # <= 5.23: positional dict
+        ((), {"cache_kwargs": {"cache_position": None}}),  # the same, by keyword
+        ((), {"kwargs": {"position_ids": None}}),  # 5.25: kwargs=kwargs
+    ],
+)
+def test_block_kv_cache_takes_every_transformers_update_call(extra):
+    # Attention modules of each transformers version call `cache.update(k, v, layer_idx, ...)`
+    # with different extras; the splice must not depend on them (same hand numbers as above).
+    args, kwargs = extra
+    cache = BlockKVCache()
+    k = torch.arange(6.0).reshape(1, 1, 6, 1)
+    cache.update(k, -k, 0, *args, **kwargs)
+    cache.recording, cache.window_start = False, 2
+    keys, _ = cache.update(
+        torch.full((1, 1, 2, 1), 9.0), torch.zeros(1, 1, 2, 1), 0, *args, **kwargs
+    )
+    assert keys.flatten().tolist() == [0, 1, 9, 9, 4, 5]
+
+
+def test_cached_pass_hands_the_cache_over_under_the_backbones_own_name():
+    # transformers 5.25 renamed `past_key_values` to `cache` (old name deprecated until 5.40): a
+    # cached pass must fill our cache, not a DynamicCache made beside it, and must not warn.
+    lm = as_masked_diffusion_lm(tiny_bidirectional(seed=1, num_hidden_layers=2))
+    x = torch.randint(0, 120, (2, 8), generator=torch.Generator().manual_seed(0))
+    cache = BlockKVCache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        cached_logits(lm, x, None, cache)
+    assert sorted(cache.keys) == [0, 1] and cache.keys[0].shape[-2] == 8
+
+
 @pytest.mark.parametrize("make", [tiny_bidirectional, tiny_shifted_bidirectional])
 def test_cached_window_equals_full_logits_when_nothing_changed(make):
     lm = as_masked_diffusion_lm(make(seed=1, initializer_range=0.3))
@@ -175,6 +211,31 @@ def test_caches_decode_every_position_and_count_refreshes(cache, make):
                      attention_mask=mask)  # fmt: skip
     assert torch.equal(everything.sequences, plain.sequences)
     assert everything.stats.nfe.tolist() == [3, 3]
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("make", [tiny_bidirectional, tiny_shifted_bidirectional])
+def test_one_layer_model_decodes_the_same_with_and_without_cache(cache, make):
+    # Fast-dLLM's caches are exact when no cached K/V can move: with one layer a position's K/V
+    # depend on its own token only, the prefix is committed and the suffix is all [MASK] while a
+    # block decodes. So cached decoding must equal uncached decoding token for token, with the
+    # same number of evaluations (a refresh counts as one), padded rows included.
+    # seed 3: a random tiny model whose argmax never picks [MASK] here (at some seeds it does, and
+    # the threshold loop then re-commits [MASK] forever); the callback turns a hang into a failure
+    model = make(seed=3, initializer_range=0.5, num_hidden_layers=1)
+    prompt = torch.randint(0, 100, (3, 4), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(3, 4, dtype=torch.long)
+    mask[1, :2] = 0
+
+    def bounded(event):
+        assert event.step <= 3 * 12, "no progress: the model keeps predicting [MASK]"
+
+    kwargs = dict(gen_length=12, attention_mask=mask, callback=bounded)
+    plain = generate(model, prompt, FastDLLM(block_length=4, threshold=0.3), **kwargs)
+    cached = generate(model, prompt, FastDLLM(block_length=4, threshold=0.3, cache=cache), **kwargs)
+    assert torch.equal(cached.sequences, plain.sequences)
+    assert cached.stats.nfe.tolist() == plain.stats.nfe.tolist()
+    assert plain.stats.nfe.min() < 12  # the threshold really commits several tokens per step
 
 
 def test_cache_errors_name_the_fix(fl):

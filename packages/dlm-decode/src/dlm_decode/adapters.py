@@ -82,7 +82,7 @@ class MaskedDiffusionLM:
 
     @property
     def supports_kv_cache(self) -> bool:
-        """True for transformers decoders whose backbone takes `past_key_values` and a 4-D mask
+        """True for transformers decoders whose backbone takes a KV cache and a 4-D mask
         (Llama/Qwen2 families, the tiny test models): what Fast-dLLM's caches need."""
         return (
             self.call_style == "hf"

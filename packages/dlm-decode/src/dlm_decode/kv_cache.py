@@ -13,9 +13,11 @@ that K/V barely move within a block and reuses them:
 - Dual cache: the next steps feed only x[start:end] and attend to the cached K/V of the prefix
   *and* of the suffix x[end:], which stay frozen until the next block.
 
-`BlockKVCache` implements both with the transformers cache protocol (`update(k, v, layer)`), so any
-transformers decoder that takes a 4-D attention mask and `past_key_values` works (Llama, Qwen2,
-the bidirectional test models of layerwise_core). Keys are cached after RoPE with their absolute
+`BlockKVCache` implements both with the transformers cache protocol (`update(k, v, layer_idx, ...)`,
+as `transformers.Cache.update`), so any transformers decoder that takes a 4-D attention mask and a
+cache works (Llama, Qwen2, the bidirectional test models of layerwise_core). The cache is handed
+over under the name the backbone's `forward` takes (`cache` from transformers 5.25,
+`past_key_values` before). Keys are cached after RoPE with their absolute
 positions, which is the same as Fast-dLLM's pre-RoPE cache re-rotated each step, since a window
 keeps its positions.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from dlm_decode.adapters import MaskedDiffusionLM, align_logits, position_ids_from_mask
+from layerwise_core.hf_cache import cache_keyword
 
 __all__ = ["BlockKVCache", "cached_logits"]
 
@@ -43,7 +46,15 @@ class BlockKVCache:
         self.window_start = 0
         self.rows: torch.Tensor | None = None  # rows of the refresh batch the window pass feeds
 
-    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V that layer `layer_idx` attends to: the refresh's, with the window's spliced in.
+
+        Same protocol as `transformers.Cache.update`: whatever else the attention module passes
+        (a `cache_kwargs` dict with RoPE sin/cos and `cache_position` up to transformers 5.23,
+        `kwargs=` from 5.25) is accepted and not needed, since positions are explicit here.
+        """
         if self.recording:
             self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
             return key_states, value_states
@@ -56,7 +67,7 @@ class BlockKVCache:
         return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        # Positions are always passed explicitly; transformers asks only when they are not.
+        """0: transformers asks it to derive positions, which `cached_logits` always passes."""
         return 0
 
 
@@ -64,7 +75,7 @@ def _check(lm: MaskedDiffusionLM) -> None:
     if not lm.supports_kv_cache:
         raise ValueError(
             f"KV caches need a transformers decoder (get_decoder/get_output_embeddings) that takes "
-            f"past_key_values and a 4-D mask; this model ({type(lm.model).__name__}, call style "
+            f"a cache and a 4-D mask; this model ({type(lm.model).__name__}, call style "
             f"{lm.call_style!r}) does not: pass cache=None (Fast-dLLM's caches for LLaDA/Dream "
             "need their patched modeling files)"
         )
@@ -115,8 +126,8 @@ def cached_logits(
         input_ids=x[:, lo:hi],
         attention_mask=mask4d,
         position_ids=positions[:, lo:hi],
-        past_key_values=cache,
         use_cache=True,
+        **{cache_keyword(backbone.forward): cache},
     ).last_hidden_state
     raw = lm.model.get_output_embeddings()(hidden)
     if window is None:
