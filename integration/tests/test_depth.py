@@ -33,14 +33,16 @@ def _logits(model, ids):
 
 
 def test_saved_run_loads_as_trained(lns_run):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     final, cfg, _ = lns_run
     ids = torch.arange(3, 35).view(1, -1)
     ours = _logits(load_saved_model(final), ids)
     assert torch.equal(ours, _logits(load_trained_model(final, cfg.model).eval(), ids))
-    plain = _logits(AutoModelForCausalLM.from_pretrained(final).eval(), ids)
-    assert (ours - plain).abs().max() > 1e-3  # the stock class would silently drop LNS
+    # saved as model type "ln_scaling": with ln_scaling imported the Auto classes restore LNS
+    assert torch.equal(ours, _logits(AutoModelForCausalLM.from_pretrained(final).eval(), ids))
+    plain = _logits(LlamaForCausalLM.from_pretrained(final).eval(), ids)
+    assert (ours - plain).abs().max() > 1e-3  # the stock class by name: no LNS, other logits
 
 
 def test_saved_model_errors_name_the_folder(tmp_path):
