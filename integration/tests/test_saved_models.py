@@ -120,7 +120,7 @@ for folder in sys.argv[2:]:
 
 def test_layerwise_probe_loads_each_model_as_trained(saved, tmp_path):
     models, folders, tokenizer = saved
-    command = f"probe --model {{folder}} --out {{folder}}/report --max-length {WINDOW} --no-sweep"
+    command = f"probe --model {{folder}} --out {{folder}}/report --max-length {WINDOW}"
     names = ["mdm", "lns"]  # the masked-diffusion model first: its type is not registered yet
     run_python(_LAYERWISE, f"{command} --rows {ROWS}", *(folders[n] for n in names))
     texts = validation_windows(tokenizer, "shakespeare", WINDOW, ROWS)[0]
