@@ -1,5 +1,5 @@
 """Saved models and the Auto classes: the registry names the package to install, checkpoints of
-ln-scaling 0.1 are refused with the upgrade, and a masked-diffusion model saved here reloads in a
+pre-release ln-scaling are refused with the upgrade, and a masked-diffusion model saved here reloads in a
 fresh interpreter with its bidirectional attention (logits equal bit for bit)."""
 
 import json
@@ -39,11 +39,11 @@ def test_stock_and_unknown_types_import_nothing():
     assert "llama" not in MODEL_PACKAGES
 
 
-def test_a_checkpoint_of_ln_scaling_0_1_is_refused_with_the_upgrade(tmp_path):
+def test_a_pre_release_ln_scaling_checkpoint_is_refused_with_the_upgrade(tmp_path):
     tiny_llama().save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "llama"
-    config["layernorm_scaling"] = True  # what ln-scaling 0.1 wrote: a stock type + the scheme key
+    config["layernorm_scaling"] = True  # what pre-release ln-scaling wrote: a stock type + the key
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(UsageError, match=r"ln_scaling.from_pretrained\(path\).save_pretrained"):
         load_pretrained(tmp_path)

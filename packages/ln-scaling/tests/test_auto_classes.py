@@ -89,7 +89,7 @@ ids = torch.load(root / "ids.pt")
 folders = sorted(p for p in root.iterdir() if p.is_dir())
 for folder in folders:
     if json.loads((folder / "config.json").read_text())["model_type"] != "ln_scaling":
-        continue  # the 0.1 checkpoint: plain transformers loads it without its scheme
+        continue  # the pre-release checkpoint: plain transformers loads it without its scheme
     try:
         AutoModelForCausalLM.from_pretrained(folder)
         raise SystemExit(f"{folder.name}: loaded without ln_scaling")
@@ -104,7 +104,7 @@ for folder in folders:
     with torch.no_grad():
         ours = ln_scaling.from_pretrained(folder)
         assert torch.equal(ours(ids).logits, expected), f"{folder.name}: ln_scaling.from_pretrained"
-        if folder.name != "v0.1":
+        if folder.name != "pre-release":
             auto = AutoModelForCausalLM.from_pretrained(folder)
             assert torch.equal(auto(ids).logits, expected), f"{folder.name}: Auto"
     print(folder.name, ln_scaling.norm_scheme(ours.config))
@@ -119,18 +119,18 @@ def test_every_scheme_loads_in_a_fresh_interpreter(tmp_path):
         model.save_pretrained(tmp_path / scheme)
         with torch.no_grad():
             torch.save(model(ids).logits, tmp_path / scheme / "expected.pt")
-    # what ln-scaling 0.1 wrote: the same weights, the scheme keys in the stock config
-    (tmp_path / "v0.1").mkdir()
+    # what pre-release ln-scaling wrote: the same weights, the scheme keys in the stock config
+    (tmp_path / "pre-release").mkdir()
     for file in ("model.safetensors", "expected.pt"):
-        (tmp_path / "v0.1" / file).write_bytes((tmp_path / "mix_ln+lns" / file).read_bytes())
+        (tmp_path / "pre-release" / file).write_bytes((tmp_path / "mix_ln+lns" / file).read_bytes())
     config = json.loads((tmp_path / "mix_ln+lns" / "config.json").read_text())
     config["model_type"] = config.pop("base_model_type")
-    (tmp_path / "v0.1" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "pre-release" / "config.json").write_text(json.dumps(config))
 
     lines = run_python(_FRESH, tmp_path).stdout.split("\n")
     assert [line for line in lines if line] == [
         "lns lns",
         "mix_ln mix_ln",
         "mix_ln+lns mix_ln+lns",
-        "v0.1 mix_ln+lns",
+        "pre-release mix_ln+lns",
     ]

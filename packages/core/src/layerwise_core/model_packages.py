@@ -65,8 +65,8 @@ MODEL_PACKAGES: dict[str, ModelPackage] = {
     ),
 }
 
-# config.json keys that ln-scaling 0.1 wrote into a stock config (model_type "llama"): the Auto
-# classes load such a checkpoint without its scheme, so loaders refuse it and name the upgrade.
+# config.json keys that pre-release ln-scaling wrote into a stock config (model_type "llama"): the
+# Auto classes load such a checkpoint without its scheme, so loaders refuse it and name the upgrade.
 _LEGACY_SCHEME_KEYS = ("layernorm_scaling", "mix_ln_post_layers")
 
 
@@ -115,7 +115,7 @@ def _refuse_legacy_scheme(config: Mapping[str, Any], name: str) -> None:
     if keys and config.get("model_type") != "ln_scaling":
         raise UsageError(
             f"{name} records {', '.join(keys)} in a plain {config.get('model_type')!r} config "
-            "(saved by ln-scaling 0.1), which the Auto classes would load without its norm "
+            "(saved by a pre-release ln-scaling), which the Auto classes would load without its norm "
             "scheme: upgrade it once with `import ln_scaling; "
             "ln_scaling.from_pretrained(path).save_pretrained(path)`"
         )
@@ -150,7 +150,7 @@ def load_pretrained(
 
     Raises:
         ImportError: the model type's package is not installed (the message names it).
-        UsageError: a checkpoint that ln-scaling 0.1 saved (scheme keys in a stock config); the
+        UsageError: a checkpoint of pre-release ln-scaling (scheme keys in a stock config); the
             message gives the command that upgrades it.
     """
     from transformers import AutoConfig

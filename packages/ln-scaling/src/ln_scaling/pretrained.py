@@ -44,7 +44,7 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     The Auto route: imports the package of a layerwise model type (`coe_moe`, ...), reads the
     config with `AutoConfig` and loads with `AutoModelForCausalLM` (or `AutoModelForMaskedLM` for
     masked-diffusion models); `kwargs` go to `from_pretrained` (dtype, device_map, ...). Also reads
-    checkpoints of ln-scaling 0.1, which recorded the scheme in a stock config (model type
+    checkpoints of pre-release ln-scaling, which recorded the scheme in a stock config (model type
     "llama"): saving the result again writes the current format. Every Mix-LN norm must be in the
     checkpoint (a ValueError names the missing ones).
     """
@@ -52,5 +52,5 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
 
     import_model_packages(path)
     config = AutoConfig.from_pretrained(path)
-    record_scheme(config)  # a 0.1 checkpoint: the stock config with scheme keys
+    record_scheme(config)  # a pre-release checkpoint: the stock config with scheme keys
     return auto_model_class(config).from_pretrained(path, config=config, **kwargs)
