@@ -142,7 +142,7 @@ def load_saved_model(path: str | Path) -> nn.Module:
       fake quantisation of `model.quant`);
     - any other folder: `ln_scaling.from_pretrained`, the Auto route after importing the package
       its model type needs (LNS / Mix-LN, CoE, masked-diffusion models), which also reads
-      checkpoints saved by ln-scaling 0.1.
+      checkpoints saved by pre-release ln-scaling.
     """
     folder = Path(path)
     if not (folder / "config.json").is_file():
