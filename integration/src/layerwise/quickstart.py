@@ -32,6 +32,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from layerwise.__about__ import __version__
+from layerwise._progress import silenced
 from layerwise.data.prepare import PreparedData, prepare_data
 from layerwise.eval.perplexity import perplexity
 from layerwise.train.config import PretrainConfig
@@ -301,10 +302,13 @@ def run_quickstart(
     out: str | Path = "runs/quickstart",
     *,
     overwrite: bool = False,
+    quiet: bool = False,
 ) -> list[RunResult]:
     """Run every arm of the recipe and write the report; returns one result per run.
 
     `out` is locked throughout; a folder that holds a quickstart is refused unless `overwrite`.
+    Long steps (download, tokenizer training, training, evaluation, depth reports) show progress
+    on stderr when it is a terminal, unless `quiet`.
     """
     cfg = cfg or QuickstartConfig()
     names = [run.name for run in cfg.runs]
@@ -312,7 +316,8 @@ def run_quickstart(
         raise ValueError(f"quickstart run names must be distinct, got {names}")
     with lock_run_folder(out) as folder:
         _claim_output(folder, cfg, overwrite)
-        return _run_quickstart(cfg, folder)
+        with silenced(quiet):  # every bar below too: download, tokenizer, training
+            return _run_quickstart(cfg, folder)
 
 
 def _run_quickstart(cfg: QuickstartConfig, out: Path) -> list[RunResult]:
@@ -345,7 +350,9 @@ def _run_quickstart(cfg: QuickstartConfig, out: Path) -> list[RunResult]:
         max_blocks = None
         if not cfg.eval_all_validation and run_cfg.train.eval_batches is not None:
             max_blocks = run_cfg.train.eval_batches * run_cfg.train.batch_size
-        scored = perplexity(model, data.validation, run_cfg.train.batch_size, max_blocks)
+        scored = perplexity(
+            model, data.validation, run_cfg.train.batch_size, max_blocks, progress=True
+        )
         result = RunResult(
             run.name,
             trained.num_parameters,

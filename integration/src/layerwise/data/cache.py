@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from layerwise._progress import stage
 from layerwise_core import apply_umask
 
 __all__ = ["atomic_directory", "cache_root", "pip_download"]
@@ -73,6 +74,7 @@ def pip_download(
     *,
     sha256: str,
     sdist: bool = False,
+    quiet: bool = False,
 ) -> Path:
     """`downloads/filename`, the file that `pip download --no-deps requirement` fetches, checked
     against `sha256` (fetched once; later calls check and return the cached file).
@@ -81,7 +83,8 @@ def pip_download(
     to `downloads` and the file is moved in only when complete and its hash matches, so an
     interrupted or tampered download leaves nothing. A cached file whose hash does not match is
     deleted and reported (run again to download it afresh). `sdist=True` asks for the source
-    distribution. On failure the error gives pip's reason and the manual fix.
+    distribution. On failure the error gives pip's reason and the manual fix. A download says so
+    on stderr when it is a terminal, unless `quiet`.
     """
     if "==" not in requirement:
         raise ValueError(f"pip_download: pin one version, e.g. 'name==1.0', got {requirement!r}")
@@ -102,7 +105,8 @@ def pip_download(
         cmd = [sys.executable, "-m", "pip", "download", *flags, "--disable-pip-version-check"]
         cmd += ["-q", requirement, "-d", tmp]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            with stage(f"downloading {requirement} from the package index (once)", quiet):
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as err:
             proc, reason = None, str(err)
         else:

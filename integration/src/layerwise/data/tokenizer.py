@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from layerwise._progress import shows_progress
 from layerwise.data.cache import atomic_directory, cache_root
 from layerwise.data.corpus import Corpus
 
@@ -25,8 +26,11 @@ MASK_TOKEN = "[MASK]"
 _BPE_FORMAT = "bpe-v1"  # bump when the training recipe changes, to invalidate cached tokenizers
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
-    """Train a byte-level BPE on `texts`; returns a `PreTrainedTokenizerFast`."""
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, *, quiet: bool = False
+):
+    """Train a byte-level BPE on `texts`; returns a `PreTrainedTokenizerFast`. Shows the trainer's
+    progress on stderr when it is a terminal, unless `quiet`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -45,7 +49,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_freque
         min_frequency=min_frequency,
         special_tokens=specials,
         initial_alphabet=byte_alphabet,
-        show_progress=False,
+        show_progress=shows_progress(quiet),
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
@@ -62,8 +66,11 @@ def load_tokenizer(
     corpus: Corpus | None = None,
     vocab_size: int = 4096,
     cache: str | os.PathLike | None = None,
+    *,
+    quiet: bool = False,
 ):
-    """`name="bpe"`: the BPE trained on `corpus`'s train split (cached); else any HF tokenizer.
+    """`name="bpe"`: the BPE trained on `corpus`'s train split (cached; training shows progress
+    on a terminal unless `quiet`); else any HF tokenizer.
 
     A hub tokenizer without an EOS token gets none invented: packing needs one, so we refuse it.
     """
@@ -88,7 +95,7 @@ def load_tokenizer(
     folder = (Path(cache) if cache is not None else cache_root()) / "tokenizers"
     folder = folder / f"bpe{vocab_size}-{key.hexdigest()[:20]}"
     if not folder.is_dir():
-        tokenizer = train_bpe_tokenizer(corpus.texts("train"), vocab_size)
+        tokenizer = train_bpe_tokenizer(corpus.texts("train"), vocab_size, quiet=quiet)
         with atomic_directory(folder) as tmp:
             tokenizer.save_pretrained(tmp)
     return AutoTokenizer.from_pretrained(folder)

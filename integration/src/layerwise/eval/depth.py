@@ -14,6 +14,8 @@ from pathlib import Path
 
 from torch import nn
 
+from layerwise._progress import progress_bar
+
 __all__ = ["REPORT_FILES", "probe_model", "probe_saved_model", "validation_windows"]
 
 REPORT_FILES = ("depth_probe.json", "depth_probe.md")  # what marks a folder holding a report
@@ -42,6 +44,21 @@ def validation_windows(
     return windows[:rows], windows[rows:]
 
 
+class _CountedScorer:
+    """A depth_probe scorer that advances a progress bar each time it scores a (pruned) model."""
+
+    def __init__(self, scorer, bar) -> None:
+        self._scorer, self._bar = scorer, bar
+
+    def __getattr__(self, name: str):
+        return getattr(self._scorer, name)  # name, protocol, higher_is_better
+
+    def __call__(self, model: nn.Module) -> float:
+        score = self._scorer(model)
+        self._bar.update(1)
+        return score
+
+
 def probe_model(
     model: nn.Module,
     tokenizer,
@@ -53,26 +70,29 @@ def probe_model(
     title: str = "Depth report",
     command: str | None = None,
     skip_effect: bool = False,
+    quiet: bool = False,
 ):
-    """depth_probe.report on `texts`; removal sweeps scored by perplexity on `held_out` if given."""
+    """depth_probe.report on `texts`; removal sweeps scored by perplexity on `held_out` if given.
+    The sweeps count their scored models on stderr (on a terminal) unless `quiet`."""
     from depth_probe import PerplexityScorer, report
     from depth_probe.report import encode_texts
 
-    scorers = None
-    if held_out:
-        ids, mask = encode_texts(tokenizer, held_out, max_length)
-        scorers = [PerplexityScorer(ids, mask, name="val_ppl")]
-    return report(
-        model,
-        tokenizer,
-        texts,
-        out_dir,
-        max_length=max_length,
-        scorers=scorers,
-        title=title,
-        command=command,
-        with_skip_effect=skip_effect,
-    )
+    with progress_bar(desc="depth report: pruned models scored", quiet=quiet) as bar:
+        scorers = None
+        if held_out:
+            ids, mask = encode_texts(tokenizer, held_out, max_length)
+            scorers = [_CountedScorer(PerplexityScorer(ids, mask, name="val_ppl"), bar)]
+        return report(
+            model,
+            tokenizer,
+            texts,
+            out_dir,
+            max_length=max_length,
+            scorers=scorers,
+            title=title,
+            command=command,
+            with_skip_effect=skip_effect,
+        )
 
 
 def probe_saved_model(
@@ -87,6 +107,7 @@ def probe_saved_model(
     skip_effect: bool = False,
     command: str | None = None,
     overwrite: bool = False,
+    quiet: bool = False,
 ):
     """`layerwise probe`: load `model_path` as trained and write its depth report into `out_dir`.
 
@@ -120,4 +141,5 @@ def probe_saved_model(
             title=f"Depth report: {Path(model_path)}",
             command=command,
             skip_effect=skip_effect,
+            quiet=quiet,
         )

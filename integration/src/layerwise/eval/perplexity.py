@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from layerwise._progress import progress_bar
 from layerwise.data.packing import PackedBlocks
 from layerwise_core import all_reduce_sum, get_rank, get_world_size
 
@@ -48,8 +49,12 @@ def perplexity(
     batch_size: int = 8,
     max_blocks: int | None = None,
     device: torch.device | str | None = None,
+    *,
+    progress: bool = False,
 ) -> PerplexityResult:
-    """Score the first `max_blocks` blocks (all if None), `batch_size` blocks per forward pass."""
+    """Score the first `max_blocks` blocks (all if None), `batch_size` blocks per forward pass.
+
+    `progress`: a bar over the batches on stderr (on a terminal, main process only)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     count = len(blocks) if max_blocks is None else min(len(blocks), max_blocks)
     if count == 0:
@@ -58,7 +63,7 @@ def perplexity(
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of NLL, tokens]
     starts = range(get_rank() * batch_size, count, get_world_size() * batch_size)
-    for start in starts:
+    for start in progress_bar(starts, desc="validation perplexity", quiet=not progress):
         batch = blocks.gather(range(start, min(start + batch_size, count))).to(device)
         total[0] += next_token_loss(model, batch, reduction="sum").double()
         total[1] += batch[:, 1:].numel()

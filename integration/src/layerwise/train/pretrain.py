@@ -34,6 +34,7 @@ import torch
 import yaml
 from torch.nn import functional as F
 
+from layerwise._progress import is_silenced
 from layerwise.data.packing import BlockSampler
 from layerwise.data.prepare import PreparedData, prepare_data
 from layerwise.eval.perplexity import PerplexityResult, perplexity
@@ -287,7 +288,8 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
             keep_last=tc.keep_last,
         )
 
-    bar = tqdm(total=tc.steps, initial=step, disable=not main, desc=out.name, dynamic_ncols=True)
+    quiet = not main or is_silenced()  # e.g. run_quickstart(quiet=True)
+    bar = tqdm(total=tc.steps, initial=step, disable=quiet, desc=out.name, dynamic_ncols=True)
     model.train()
     while step < end:
         indices = sampler.next_indices(global_batch)
