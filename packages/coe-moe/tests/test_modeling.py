@@ -1,12 +1,15 @@
 """CoEConfig / CoEModel / CoEForCausalLM: config validation, Auto classes, the decoder block's
 residual wiring, C=1 vs transformers' Qwen2-MoE, the auxiliary loss, save/load and generation."""
 
+import warnings
+
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 
 from coe_moe import CoEConfig, CoEForCausalLM, CoELayer, CoEModel, load_balancing_loss
 from layerwise_core import find_decoder, set_seed
+from layerwise_core.hf_cache import cache_keyword
 
 VOCAB = 64
 
@@ -158,27 +161,49 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(base(ids).last_hidden_state, model.model(ids).last_hidden_state)
 
 
-def test_generate_with_cache_equals_without():
-    model = _model(dtype=torch.float32)
+def _greedy_by_hand(model, prompt, steps):
+    """Greedy decoding without any cache: the argmax of a full forward, one token at a time."""
+    ids = prompt
+    for _ in range(steps):
+        ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_cached_generate_equals_uncached_token_for_token(padded):
+    # transformers 5.25 hands generate()'s cache over as `cache=`: a model that reads only
+    # `past_key_values` builds a second, empty cache beside it and masks against that one.
+    model = _model()
     prompt = _ids(batch=2, seq=5)
-    cached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
-    uncached = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
+    mask = torch.ones_like(prompt)
+    if padded:
+        mask[1, :2] = 0  # left padding: the mask and the positions must follow the cache
+    kwargs = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated cache keyword on the way
+        cached = model.generate(prompt, use_cache=True, **kwargs)
+    uncached = model.generate(prompt, use_cache=False, **kwargs)
     assert cached.shape == (2, 13)
     assert torch.equal(cached, uncached)
+    if not padded:
+        assert torch.equal(cached, _greedy_by_hand(model, prompt, 8))
 
 
-def test_incremental_decoding_equals_full_forward_fp64():
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_incremental_decoding_equals_full_forward_fp64(name):
+    # either name of the cache argument (5.25's `cache`, the older `past_key_values`) works
     model = _model()
     ids = _ids(batch=2, seq=10)
     full = model(ids).logits
-    out = model(ids[:, :6], use_cache=True)
+    cache = DynamicCache()
+    out = model(ids[:, :6], use_cache=True, **{name: cache})
+    assert out[cache_keyword(type(out))] is cache and cache.get_seq_length() == 6
     steps = [out.logits]
-    cache = out.past_key_values
     for t in range(6, 10):
-        out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        steps.append(out.logits)
+        steps.append(model(ids[:, t : t + 1], use_cache=True, **{name: cache}).logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="give it once"):
+        model(ids[:, :1], cache=cache, past_key_values=DynamicCache())
 
 
 def test_output_hidden_states():

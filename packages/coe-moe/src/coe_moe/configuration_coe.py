@@ -71,7 +71,10 @@ class CoEConfig(PreTrainedConfig):
     """
 
     model_type = "coe"
-    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = [
+        "cache",
+        "past_key_values",
+    ]  # 5.25 renamed it
 
     vocab_size: int = 102400
     hidden_size: int = 1024

@@ -9,6 +9,11 @@ From Llama (transformers) unchanged: grouped-query attention with RoPE (`LlamaAt
 
 and the loss: in training mode the sequence-level load-balancing loss of every router call
 (layers x iterations), times `aux_loss_coef`, is added to the LM loss.
+
+The KV cache: transformers 5.25 renamed the argument `past_key_values` to `cache` in its models,
+attention modules, mask functions and outputs. The CoE models take either name, and hand the cache
+to each transformers callable under the name that callable takes (`cache_keyword`), so cached
+generation is the same on both sides of the rename.
 """
 
 from __future__ import annotations
@@ -33,8 +38,25 @@ from transformers.utils import can_return_tuple
 from coe_moe.chain_of_experts import CoEExperts, CoELayer
 from coe_moe.configuration_coe import CoEConfig
 from coe_moe.routing import CoERouter, load_balancing_loss
+from layerwise_core.hf_cache import cache_keyword
 
 __all__ = ["CoEDecoderLayer", "CoEForCausalLM", "CoEModel", "CoEPreTrainedModel"]
+
+# The name under which the installed transformers' callables take / return the KV cache.
+_LAYER_CACHE = cache_keyword(LlamaAttention.forward)  # also what gradient checkpointing clears
+_MASK_CACHE = cache_keyword(create_causal_mask)
+_MODEL_OUTPUT_CACHE = cache_keyword(MoeModelOutputWithPast)
+_LM_OUTPUT_CACHE = cache_keyword(MoeCausalLMOutputWithPast)
+
+
+def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The KV cache, passed as `cache` (transformers >= 5.25's name) or `past_key_values`."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError(
+            "two KV caches were passed: give it once, as `cache` (transformers >= 5.25) or as "
+            "`past_key_values` (older transformers)"
+        )
+    return cache if cache is not None else past_key_values
 
 
 class CoEDecoderLayer(GradientCheckpointingLayer):
@@ -52,20 +74,16 @@ class CoEDecoderLayer(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         output_router_logits: bool = False,
         **kwargs,
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """`kwargs` (position_ids, use_cache, the KV cache under the installed transformers' name)
+        go to `LlamaAttention` as they are."""
         residual = hidden_states
         hidden_states, _ = self.self_attn(
             hidden_states=self.input_layernorm(hidden_states),
             attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
             position_embeddings=position_embeddings,
             **kwargs,
         )
@@ -82,7 +100,7 @@ class CoEPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules: ClassVar[list[str]] = ["CoEDecoderLayer"]
-    _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values"]
+    _skip_keys_device_placement: ClassVar[list[str]] = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -123,15 +141,18 @@ class CoEModel(CoEPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         output_router_logits: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> MoeModelOutputWithPast:
         """As `LlamaModel.forward`; `router_logits` holds layers x iterations tensors [B*T, E]
-        (layer-major) when `output_router_logits`."""
+        (layer-major) when `output_router_logits`. The KV cache comes as `cache` or as
+        `past_key_values` (the name generate() of transformers < 5.25 uses)."""
+        cache = _one_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if output_router_logits is None:
@@ -142,10 +163,10 @@ class CoEModel(CoEPreTrainedModel):
             use_cache = self.config.use_cache
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
             position_ids = (position_ids + past_seen).unsqueeze(0)
 
@@ -153,8 +174,8 @@ class CoEModel(CoEPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **{_MASK_CACHE: cache},
         )
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
@@ -166,9 +187,9 @@ class CoEModel(CoEPreTrainedModel):
                 attention_mask=causal_mask,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
                 output_router_logits=output_router_logits,
+                **{_LAYER_CACHE: cache},
                 **kwargs,
             )
             if output_router_logits:
@@ -183,7 +204,7 @@ class CoEModel(CoEPreTrainedModel):
             all_hidden[-1] = hidden_states  # transformers' convention: the last one is normed
         return MoeModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            **{_MODEL_OUTPUT_CACHE: cache if use_cache else None},
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
             router_logits=tuple(all_router_logits) if output_router_logits else None,
         )
@@ -223,12 +244,13 @@ class CoEForCausalLM(CoEPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_router_logits: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
         """As `LlamaForCausalLM.forward`, plus `aux_loss` and `router_logits`.
@@ -236,7 +258,8 @@ class CoEForCausalLM(CoEPreTrainedModel, GenerationMixin):
         Router logits (and with them `aux_loss`) are computed when `output_router_logits` is True,
         or when it is None and the model is in training mode with aux_loss_coef > 0 (or
         config.output_router_logits is set). `aux_loss` is added to `loss` in training mode only,
-        so an eval-mode loss is the plain LM loss.
+        so an eval-mode loss is the plain LM loss. The KV cache comes as `cache` or as
+        `past_key_values` (the name generate() of transformers < 5.25 uses).
         """
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits or (
@@ -246,7 +269,7 @@ class CoEForCausalLM(CoEPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_router_logits=output_router_logits,
@@ -274,7 +297,7 @@ class CoEForCausalLM(CoEPreTrainedModel, GenerationMixin):
             loss=loss,
             aux_loss=aux_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             router_logits=outputs.router_logits,
+            **{_LM_OUTPUT_CACHE: outputs.get(_MODEL_OUTPUT_CACHE)},
         )
