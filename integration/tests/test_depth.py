@@ -53,7 +53,7 @@ def test_saved_model_errors_name_the_folder(tmp_path):
 def test_probe_command_reports_the_trained_model(lns_run, tmp_path, capsys):
     final, cfg, data = lns_run
     out = tmp_path / "depth"
-    args = ["probe", "--model", str(final), "--out", str(out)]
+    args = ["probe", "--model", str(final), "--out", str(out), "--sweep"]
     assert main([*args, "--rows", str(ROWS), "--max-length", str(LENGTH)]) == 0
     assert str(out / "depth_probe.md") in capsys.readouterr().out
     saved = json.loads((out / "depth_probe.json").read_text())

@@ -79,7 +79,7 @@ from depth_probe.cli import load_model, main
 text, out = sys.argv[1], sys.argv[2]
 for folder, package in zip(sys.argv[3::2], sys.argv[4::2]):
     assert package not in sys.modules, f"{package} imported before {folder} was loaded"
-    args = [folder, "--text", text, "--out", f"{out}/{package}", "--max-length", "32"]
+    args = ["--model", folder, "--text", text, "--out", f"{out}/{package}", "--max-length", "32"]
     assert main([*args, "--rows", "2", "--no-figures"]) == 0
     with torch.no_grad():
         logits = load_model(folder)(torch.load(f"{folder}/ids.pt")).logits

@@ -16,18 +16,78 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from layerwise_core.command_line import HelpFormatter
+
 __all__ = ["main"]
+
+# The top-level keys of each command's config (sections hold nested keys; a test keeps these lists
+# equal to the pydantic models): (class, import path, source file, sections, values, example).
+_CONFIG_KEYS = {
+    "pretrain": (
+        "PretrainConfig",
+        "layerwise.train",
+        "layerwise/train/config.py",
+        ["data", "model", "optim", "train", "spam", "stable_spam", "spectral_options"],
+        ["objective", "mask_ratio", "mask_mode", "optimizer", "spectral"],
+        "train.steps=300 optim.lr=3e-3",
+    ),
+    "finetune": (
+        "FinetuneConfig",
+        "layerwise.finetune",
+        "layerwise/finetune/config.py",
+        ["model", "data", "finetune", "optim", "train", "eval"],
+        [],
+        "finetune.method=seft optim.lr=1e-4",
+    ),
+    "quickstart": (
+        "QuickstartConfig",
+        "layerwise.quickstart",
+        "layerwise/quickstart.py",
+        ["base"],
+        ["runs", "eval_all_validation", "depth_report", "depth_rows"],
+        "base.train.steps=50",
+    ),
+    "eval decode": (
+        "DecodeConfig",
+        "layerwise.eval.decode",
+        "layerwise/eval/decode.py",
+        [],
+        ["decode", "options", "gen_length", "batch_size", "scorer", "seed"],
+        "decode=prophet options.steps=32",
+    ),
+}
+
+
+def _config_help(command: str) -> str:
+    """The --help epilog of a command that takes a config: its top-level keys and the reference."""
+    cls, package, source, sections, values, example = _CONFIG_KEYS[command]
+    lines = [f"config file ({cls}), top-level keys:"]
+    if sections:
+        lines.append(f"  sections: {', '.join(sections)}")
+    if values:
+        lines.append(f"  values:   {', '.join(values)}")
+    lines += [
+        f"overrides: dotted KEY=VALUE pairs, e.g. {example}",
+        f"full reference (every key, its default and meaning): {cls} in {source};",
+        f'the defaults as YAML: python -c "from {package} import {cls}; print({cls}().to_yaml())"',
+    ]
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
     from layerwise.__about__ import __version__
 
-    parser = argparse.ArgumentParser(prog="layerwise", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="layerwise", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"layerwise {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     quick = sub.add_parser(
-        "quickstart", help="real corpus -> tokenizer -> small Llama trained on CPU -> report"
+        "quickstart",
+        help="real corpus -> tokenizer -> small Llama trained on CPU -> report",
+        formatter_class=HelpFormatter,
+        epilog=_config_help("quickstart"),
     )
     quick.add_argument(
         "--out", default="runs/quickstart", help="output folder (default: %(default)s)"
@@ -42,38 +102,63 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a quickstart already in --out"
     )
 
-    pre = sub.add_parser("pretrain", help="pre-train a Llama from a YAML config")
+    pre = sub.add_parser(
+        "pretrain",
+        help="pre-train a Llama from a YAML config",
+        formatter_class=HelpFormatter,
+        epilog=_config_help("pretrain"),
+    )
     pre.add_argument("--config", required=True, help="PretrainConfig YAML file")
     pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     fin = sub.add_parser(
-        "finetune", help="fine-tune a HF causal LM on instruction jsonl: full | lora | lift | seft"
+        "finetune",
+        help="fine-tune a HF causal LM on instruction jsonl: full | lora | lift | seft",
+        formatter_class=HelpFormatter,
+        epilog=_config_help("finetune"),
     )
     fin.add_argument("--config", required=True, help="FinetuneConfig YAML file")
     fin.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    ev = sub.add_parser("eval", help="evaluate a saved model")
+    ev = sub.add_parser("eval", help="evaluate a saved model", formatter_class=HelpFormatter)
     tasks = ev.add_subparsers(dest="task", required=True, metavar="TASK")
     ret = tasks.add_parser(
-        "retrieval", help="key-value retrieval (needle) exact match by context length and depth"
+        "retrieval",
+        help="key-value retrieval (needle) exact match by context length and depth",
+        formatter_class=HelpFormatter,
     )
     ret.add_argument("--model", required=True, help="Hugging Face model folder, e.g. RUN/final")
     ret.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
     ret.add_argument(
         "--source", default="shakespeare", help="corpus whose validation text is the haystack"
     )
-    ret.add_argument("--contexts", type=int, nargs="+", default=[128, 256], metavar="TOKENS")
     ret.add_argument(
-        "--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], metavar="D"
+        "--contexts",
+        type=int,
+        nargs="+",
+        default=[128, 256],
+        metavar="TOKENS",
+        help="context lengths (document + query tokens)",
+    )
+    ret.add_argument(
+        "--depths",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.25, 0.5, 0.75, 1.0],
+        metavar="D",
+        help="where the queried fact sits in the document (0 = start, 1 = end)",
     )
     ret.add_argument("--per-cell", type=int, default=20, help="examples per (context, depth)")
     ret.add_argument("--pairs", type=int, default=1, help="facts per document (1 = one needle)")
     ret.add_argument("--digits", type=int, default=3, help="digits per value")
-    ret.add_argument("--seed", type=int, default=0)
-    ret.add_argument("--batch-size", type=int, default=16)
+    ret.add_argument("--seed", type=int, default=0, help="seed of the facts and their placement")
+    ret.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
     ret.add_argument("--json", default=None, help="also write the report as JSON to this file")
 
     dec = tasks.add_parser(
-        "decode", help="masked-diffusion LM answers prompts: decode=llada|prophet|fast_dllm|..."
+        "decode",
+        help="masked-diffusion LM answers prompts: decode=llada|prophet|fast_dllm|...",
+        formatter_class=HelpFormatter,
+        epilog=_config_help("eval decode"),
     )
     dec.add_argument(
         "--model", required=True, help="masked-diffusion model folder (mdm run final/)"
@@ -86,8 +171,11 @@ def _parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. decode=prophet options.steps=32"
     )
 
+    # the flags shared with the `depth-probe` command have its names and defaults (a test checks)
     probe = sub.add_parser(
-        "probe", help="depth-probe report of a saved model on a corpus's validation text"
+        "probe",
+        help="depth-probe report of a saved model on a corpus's validation text",
+        formatter_class=HelpFormatter,
     )
     probe.add_argument("--model", required=True, help="Hugging Face model folder, e.g. RUN/final")
     probe.add_argument("--out", required=True, help="report folder (JSON, markdown, PNG figures)")
@@ -100,10 +188,16 @@ def _parser() -> argparse.ArgumentParser:
         "--rows", type=int, default=8, help="windows analysed (and as many held out for sweeps)"
     )
     probe.add_argument(
-        "--no-sweep", action="store_true", help="skip the perplexity-scored removal sweeps"
+        "--sweep",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="removal sweeps, perplexity-scored on as many held-out windows",
     )
     probe.add_argument(
-        "--skip-effect", action="store_true", help="add Csordas et al.'s skip effect (L+1 passes)"
+        "--skip-effect",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="add Csordas et al.'s skip effect (L+1 passes)",
     )
     probe.add_argument(
         "--overwrite", action="store_true", help="replace a depth report already in --out"
@@ -186,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     source=args.source,
                     max_length=args.max_length,
                     rows=args.rows,
-                    sweep=not args.no_sweep,
+                    sweep=args.sweep,
                     skip_effect=args.skip_effect,
                     overwrite=args.overwrite,
                     command="layerwise " + shlex.join(sys.argv[1:] if argv is None else argv),

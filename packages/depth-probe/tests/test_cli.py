@@ -21,7 +21,7 @@ def saved(tmp_path, tokenizer):
 def _fails(capsys, argv, out):
     """main(argv) returns 2, prints exactly one stderr line, and creates no report folder."""
     capsys.readouterr()  # what the fixtures printed
-    assert main([*argv, "--out", str(out), "--max-length", "8", "--rows", "2"]) == 2
+    assert main(["--model", *argv, "--out", str(out), "--max-length", "8", "--rows", "2"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and not out.exists()
     lines = captured.err.splitlines()
@@ -114,8 +114,6 @@ def test_unexpected_errors_keep_their_traceback(saved, monkeypatch):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(cli, "load_model", broken)
+    argv = ["--model", str(saved / "model"), "--text", str(saved / "text.txt")]
     with pytest.raises(RuntimeError, match="a bug"):
-        main(
-            [str(saved / "model"), "--text", str(saved / "text.txt"), "--out", str(saved / "o")]
-            + ["--max-length", "8", "--rows", "2"]
-        )
+        main([*argv, "--out", str(saved / "o"), "--max-length", "8", "--rows", "2"])

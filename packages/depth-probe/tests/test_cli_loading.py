@@ -31,7 +31,7 @@ def test_the_cli_probes_a_masked_diffusion_model_in_a_fresh_process(tmp_path, to
     expected = dp.probe(model, ids, mask).block_influence.tolist()
 
     args = ["--text", tmp_path / "text.txt", "--max-length", "12", "--rows", "2", "--no-figures"]
-    run_python(_FRESH_CLI, tmp_path / "model", "--out", tmp_path / "out", *args)
+    run_python(_FRESH_CLI, "--model", tmp_path / "model", "--out", tmp_path / "out", *args)
     payload = json.loads((tmp_path / "out" / "depth_probe.json").read_text())
     assert payload["probe"]["block_influence"] == expected  # bidirectional attention kept
 
@@ -43,7 +43,7 @@ def test_a_missing_package_is_one_line_naming_its_install(tmp_path, tokenizer, c
     (tmp_path / "text.txt").write_text(TEXT)
     monkeypatch.setitem(sys.modules, "coe_moe", None)  # coe-moe not installed
     args = ["--text", str(tmp_path / "text.txt"), "--max-length", "12", "--rows", "2"]
-    code = main([str(folder), *args, "--out", str(tmp_path / "o")])
+    code = main(["--model", str(folder), *args, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("depth-probe: error: ")

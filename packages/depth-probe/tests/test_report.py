@@ -69,6 +69,7 @@ def test_cli_on_a_saved_masked_diffusion_model(tmp_path, tokenizer):
     qa.write_text('{"prompt": "1 plus 2 is", "answer": "3"}\n')
     code = main(
         [
+            "--model",
             str(tmp_path / "model"),
             "--text",
             str(text),

@@ -1,7 +1,7 @@
 """The `depth-probe` command: a depth report of a saved Hugging Face model on a text file.
 
-    depth-probe MODEL_PATH --text FILE --out DIR [--max-length 256] [--rows 8]
-                [--sweep] [--qa QA.jsonl] [--max-new-tokens 8]
+    depth-probe --model DIR --text FILE --out DIR [--max-length 128] [--rows 8]
+                [--sweep] [--skip-effect] [--qa QA.jsonl] [--max-new-tokens 8]
 
 `--sweep` adds removal sweeps scored by perplexity on held-out windows of the same text; `--qa`
 (JSON lines {"prompt": ..., "answer": ...}) adds greedy exact match, the generation protocol.
@@ -29,7 +29,9 @@ from layerwise_core import (
     load_tokenizer_folder,
     read_json_lines,
     require_model_folder,
+    warn_renamed,
 )
+from layerwise_core.command_line import HelpFormatter
 
 __all__ = ["load_model", "main", "text_windows"]
 
@@ -67,25 +69,65 @@ def text_windows(tokenizer, text: str, length: int, count: int, skip: int = 0) -
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="depth-probe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="Hugging Face model folder")
+    # the flags shared with `layerwise probe` have its names and defaults (a test checks)
+    parser = argparse.ArgumentParser(
+        prog="depth-probe", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--model", default=None, help="Hugging Face model folder (required), e.g. RUN/final"
+    )
+    # deprecated: the model folder as a positional argument (depth-probe <= 0.1)
+    parser.add_argument("model_path", nargs="?", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--text", required=True, action="append", help="UTF-8 text file (repeatable)"
     )
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="report folder (JSON, markdown, PNG figures)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
-    parser.add_argument("--max-length", type=int, default=256, help="tokens per window")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per window")
     parser.add_argument(
-        "--rows", type=int, default=8, help="windows analysed (and held out for --sweep)"
+        "--rows", type=int, default=8, help="windows analysed (and as many held out for sweeps)"
     )
-    parser.add_argument("--sweep", action="store_true", help="removal sweeps, perplexity-scored")
+    parser.add_argument(
+        "--sweep",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="removal sweeps, perplexity-scored on as many held-out windows",
+    )
+    parser.add_argument(
+        "--skip-effect",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="add Csordas et al.'s skip effect (L+1 passes)",
+    )
     parser.add_argument(
         "--qa", default=None, help='JSON lines {"prompt", "answer"}: exact-match sweeps'
     )
-    parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--title", default=None)
-    parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=8, help="greedy tokens generated per --qa prompt"
+    )
+    parser.add_argument("--title", default=None, help="report title (default: from the model)")
+    parser.add_argument(
+        "--figures",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="PNG figures beside the JSON and markdown",
+    )
     return parser
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; the old positional MODEL still works (with a FutureWarning) for one release."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.model_path is not None:
+        if args.model is not None:
+            parser.error("give the model folder once, as --model DIR")
+        warn_renamed("depth-probe", "MODEL (positional)", "--model MODEL", stacklevel=3)
+        args.model = args.model_path
+    if args.model is None:
+        parser.error("the following arguments are required: --model")
+    del args.model_path
+    return args
 
 
 def _qa_rows(path: str) -> list[dict]:
@@ -110,7 +152,7 @@ def _read_texts(paths: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; a user error prints one line on stderr and returns 2 (nothing written)."""
-    args = _parser().parse_args(argv)
+    args = _parse_args(argv)
     try:
         return _run(args, argv)
     except UsageError as err:
@@ -165,7 +207,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         scorers=scorers or None,
         title=args.title or f"Depth report: {Path(args.model).name}",
         command="depth-probe " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
-        figures=not args.no_figures,
+        figures=args.figures,
+        with_skip_effect=args.skip_effect,
     )
     for path in result.files:
         print(path)
