@@ -338,7 +338,7 @@ REFUSED = {
     "model.norm=lns": "model.norm: 'pre_ln' -> 'lns'",
     "optimizer=spam": "optimizer: 'adamw' -> 'spam'",
     "train.seed=1": "train.seed: 0 -> 1",
-    "model.overrides.hidden_size=128": "model.overrides.hidden_size: <unset> -> 128",
+    "model.overrides.hidden_size=128": "model.overrides.hidden_size: None -> 128",
     "train.steps=1": "train.steps: 2 -> 1",
 }
 

@@ -201,7 +201,7 @@ RESUME_SAFE_CHANGES: dict[str, Literal["any", "increase", "ignored"]] = {
 }
 
 
-UNSET = "<unset>"  # a field one of two configurations does not have (model.overrides keys)
+_UNSET = object()  # a field one of two configurations does not have (model.overrides keys)
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -219,18 +219,19 @@ def resume_changes(
 ) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
     """(allowed, refused) differences `{dotted field: (stored value, new value)}` between the
     configuration a checkpoint was written with and the one resuming it (`RESUME_SAFE_CHANGES`);
-    a field only one of them has (a `model.overrides` key) shows as `UNSET` on the other side."""
+    a field only one of them has (a `model.overrides` key) is None on the other side."""
     old, now = _flatten(stored.to_dict()), _flatten(new.to_dict())
     allowed, refused = {}, {}
     for key in sorted(old.keys() | now.keys()):
-        before, after = old.get(key, UNSET), now.get(key, UNSET)
+        before, after = old.get(key, _UNSET), now.get(key, _UNSET)
         if before == after:
             continue
         rule = RESUME_SAFE_CHANGES.get(key)
         if rule == "ignored":
             continue
         ok = rule == "any" or (
-            rule == "increase" and UNSET not in (before, after) and after >= before
+            rule == "increase" and _UNSET not in (before, after) and after >= before
         )
-        (allowed if ok else refused)[key] = (before, after)
+        shown = tuple(None if v is _UNSET else v for v in (before, after))
+        (allowed if ok else refused)[key] = shown
     return allowed, refused

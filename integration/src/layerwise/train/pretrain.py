@@ -47,7 +47,6 @@ from layerwise.train.checkpoint import (
 )
 from layerwise.train.config import (
     RESUME_SAFE_CHANGES,
-    UNSET,
     PretrainConfig,
     resume_changes,
 )
@@ -126,8 +125,7 @@ def _check_resume(stored: PretrainConfig, cfg: PretrainConfig, folder: Path) -> 
     """The allowed changes `{field: [old, new]}` of a resume; refuses any other change."""
     allowed, refused = resume_changes(stored, cfg)
     if refused:
-        shown = {k: [v if v is UNSET else repr(v) for v in pair] for k, pair in refused.items()}
-        listed = "; ".join(f"{k}: {old} -> {new}" for k, (old, new) in shown.items())
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
         safe = ", ".join(
             f"{k} ({rule})" if rule == "increase" else k
             for k, rule in RESUME_SAFE_CHANGES.items()
