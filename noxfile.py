@@ -2,7 +2,7 @@
 
     nox -s tests                          all distributions editable in one venv, every test suite
     nox -s "tests_pkg(package='meap')"    build one wheel, install it alone, run its tests
-    nox -s lint | build | quickstart | bench | slow | gpu
+    nox -s lint | build | install_check | quickstart | bench | slow | gpu
 
 Virtual environments are plain `venv` + pip (never uv: it ignores the local CPU torch wheel and
 downloads a CUDA build). torch is installed first, pinned by constraints.txt.
@@ -174,6 +174,15 @@ def build(session: nox.Session) -> None:
         session.run("python", "-m", "build", "--no-isolation", "-o", str(out), str(path))
     session.run("twine", "check", "--strict", *map(str, sorted(out.glob("*"))))
     session.run("python", str(ROOT / ".ci" / "check_release_metadata.py"), str(out))
+
+
+@nox.session(venv_backend="none", requires=["build"])
+def install_check(session: nox.Session) -> None:
+    """Each distribution alone from the dist/ wheelhouse in a fresh venv (on one torch-only base):
+    siblings from dist/, `import` pulls only what it declares and uses, its README blocks run.
+    `-- spam-opt meap` checks only those; `-- --bench` also writes import times and install sizes
+    to docs/benchmarks.md (see .ci/install_check.py)."""
+    session.run(sys.executable, str(ROOT / ".ci" / "install_check.py"), *session.posargs)
 
 
 @nox.session

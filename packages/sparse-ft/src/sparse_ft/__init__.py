@@ -27,15 +27,20 @@ from sparse_ft.pruning import METHODS, PruneResult, prune
 from sparse_ft.seft import SeftConfig, drop_and_grow, seft_budget, sensitivity
 from sparse_ft.shira import to_shira
 from sparse_ft.sparse_delta import SparseDeltaLinear, effective_weight, remap_optimizer_state
-from sparse_ft.sparse_model import (
-    SparseFTCallback,
-    SparseFTModel,
-    get_sparse_model,
-    target_linear_names,
-)
+from sparse_ft.sparse_model import SparseFTModel, get_sparse_model, target_linear_names
 from sparse_ft.sparsegpt import HessianStatistics, sparsegpt_prune
 from sparse_ft.sparsity_allocation import ALLOCATIONS, layer_sparsities
 from sparse_ft.wanda import InputNormStatistics, wanda_prune_mask, wanda_scores
+
+
+def __getattr__(name: str):
+    # the Trainer callback imports transformers' Trainer machinery: load it on first use
+    if name == "SparseFTCallback":
+        from sparse_ft.trainer_callback import SparseFTCallback
+
+        return SparseFTCallback
+    raise AttributeError(f"module 'sparse_ft' has no attribute {name!r}")
+
 
 __all__ = [
     "ALLOCATIONS",

@@ -40,7 +40,7 @@ from sparse_ft.nm_sparsity import is_nm_sparse
 from sparse_ft.seft import SeftConfig, seft_budget
 from sparse_ft.sparse_delta import SparseDeltaLinear
 
-__all__ = ["SparseFTCallback", "SparseFTModel", "get_sparse_model", "target_linear_names"]
+__all__ = ["SparseFTModel", "get_sparse_model", "target_linear_names"]
 
 FORMAT = "sparse-ft/1"
 WEIGHTS_NAME = "sparse_delta.safetensors"
@@ -433,25 +433,3 @@ def _watch_optimizer_steps(model: SparseFTModel) -> None:
 def get_sparse_model(model: nn.Module, config: LiftConfig | SeftConfig) -> SparseFTModel:
     """Wrap `model` for sparse fine-tuning (PEFT's `get_peft_model`): LIFT or SEFT by config type."""
     return SparseFTModel(model, config)
-
-
-def _transformers_callback_base():
-    try:
-        from transformers import TrainerCallback
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return object
-    return TrainerCallback
-
-
-class SparseFTCallback(_transformers_callback_base()):
-    """HF `Trainer` callback: calls `model.after_optimizer_step(optimizer)` after each step.
-
-    trainer = Trainer(model=sparse_model, ..., callbacks=[SparseFTCallback(sparse_model)])
-    """
-
-    def __init__(self, model: SparseFTModel):
-        self.model = model
-
-    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
-        self.model.after_optimizer_step(optimizer)
-        return control
