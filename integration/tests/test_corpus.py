@@ -7,6 +7,7 @@ import json
 import pytest
 
 from layerwise.data import load_corpus, parse_source, validation_keys
+from layerwise_core import UsageError
 
 
 def test_missing_local_file_gives_a_clear_error(tmp_path):
@@ -22,7 +23,7 @@ def test_unknown_spec_and_missing_jsonl_field(tmp_path):
         parse_source("wiki")
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"body": f"doc {i}"}) + "\n" for i in range(5)))
-    with pytest.raises(KeyError, match=r"no field 'text'.*\['body'\]"):
+    with pytest.raises(UsageError, match=r"no field 'text' \(they have \['body'\]\)"):
         load_corpus(f"jsonl:{path}", cache=tmp_path)
 
 

@@ -8,6 +8,12 @@
 
 Overrides are dotted `key=value` pairs applied on top of the YAML file (values parse as YAML
 scalars: `train.steps=300`, `optim.betas=[0.9,0.95]`, `train.resume=true`).
+
+Exit status: 0 done; 2 a user error (a bad config value or path, a malformed file, a run folder
+in use or already holding a run, a resume that would change the run), reported on one line as
+`layerwise: error: <what>: <fix>` before anything is written; 3 training diverged (a NaN / inf
+loss: the run stops before applying that step and keeps its last good checkpoint). Any other
+failure is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -206,8 +212,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (see the module docstring)."""
     args = _parser().parse_args(argv)
-    from layerwise_core import UsageError
+    from layerwise.train.divergence import DIVERGED_EXIT_STATUS, TrainingDivergedError
+    from layerwise_core import UsageError, error_line
 
     try:
         if args.command == "pretrain":
@@ -272,22 +280,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from layerwise.eval.depth import probe_saved_model
 
-            try:
-                result = probe_saved_model(
-                    args.model,
-                    args.out,
-                    tokenizer_path=args.tokenizer,
-                    source=args.source,
-                    max_length=args.max_length,
-                    rows=args.rows,
-                    sweep=args.sweep,
-                    skip_effect=args.skip_effect,
-                    overwrite=args.overwrite,
-                    command="layerwise " + shlex.join(sys.argv[1:] if argv is None else argv),
-                )
-            except (FileNotFoundError, ValueError) as err:  # no model there; text too short
-                print(f"layerwise probe: {err}", file=sys.stderr)
-                return 2
+            result = probe_saved_model(
+                args.model,
+                args.out,
+                tokenizer_path=args.tokenizer,
+                source=args.source,
+                max_length=args.max_length,
+                rows=args.rows,
+                sweep=args.sweep,
+                skip_effect=args.skip_effect,
+                overwrite=args.overwrite,
+                command="layerwise " + shlex.join(sys.argv[1:] if argv is None else argv),
+            )
             influence = ", ".join(f"{v:.3f}" for v in result.probe.block_influence.tolist())
             print(f"block influence per layer: {influence}")
             print(f"report: {result.out_dir / 'depth_probe.md'}")
@@ -301,10 +305,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cfg = QuickstartConfig.from_dict({}, overrides=args.overrides)
             run_quickstart(cfg, args.out, overwrite=args.overwrite)
             return 0
-    except UsageError as err:  # config errors, a run folder in use or holding a run, a resume
-        # that would change the run, a refused checkpoint file: one line, exit status 2
-        print(f"layerwise {args.command}: {err}", file=sys.stderr)
+    except UsageError as err:  # config errors, missing paths, malformed files, a run folder in
+        # use or holding a run, a resume that would change the run, a refused checkpoint file
+        print(error_line("layerwise", err), file=sys.stderr)
         return 2
+    except TrainingDivergedError as err:  # NaN / inf loss; the last good checkpoint is kept
+        print(error_line("layerwise", err), file=sys.stderr)
+        return DIVERGED_EXIT_STATUS
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse admits no other
 
 
@@ -312,28 +319,22 @@ def _eval_decode(args) -> int:
     import json
     from pathlib import Path
 
-    from transformers import AutoTokenizer
-
     from layerwise.eval.decode import DecodeConfig, evaluate_decoding, read_prompts
-    from layerwise.train.model import load_saved_model
+    from layerwise.train.model import load_model_and_tokenizer
+    from layerwise_core import UsageError
 
     if args.config:
         cfg = DecodeConfig.from_yaml(args.config, overrides=args.overrides)
     else:
         cfg = DecodeConfig.from_dict({}, overrides=args.overrides)
-    try:
-        prompts, answers = read_prompts(args.prompts)
-        model = load_saved_model(args.model)
-        if getattr(model.config, "mask_token_id", None) is None:
-            raise ValueError(
-                f"{args.model} is not a masked-diffusion LM (its config has no mask_token_id): "
-                "train one with objective=mdm"
-            )
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-        report = evaluate_decoding(model, tokenizer, prompts, answers, cfg)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"layerwise eval decode: {err}", file=sys.stderr)
-        return 2
+    prompts, answers = read_prompts(args.prompts)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer)
+    if getattr(model.config, "mask_token_id", None) is None:
+        raise UsageError(
+            f"--model {args.model!r} is not a masked-diffusion LM (its config has no "
+            "mask_token_id): decode a model trained with objective=mdm"
+        )
+    report = evaluate_decoding(model, tokenizer, prompts, answers, cfg)
     for i, output in enumerate(report.outputs):
         verdict = "" if report.correct is None else (" ok" if report.correct[i] else " x")
         print(f"[{i}] nfe {report.nfe[i]}{verdict}: {output!r}")

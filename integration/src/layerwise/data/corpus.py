@@ -29,6 +29,7 @@ import datasets
 from layerwise.data.cache import cache_root
 from layerwise.data.shakespeare import shakespeare_texts
 from layerwise.data.split import hash_fraction, validation_keys
+from layerwise_core import MissingPathError, UsageError
 
 __all__ = ["Corpus", "CorpusSource", "load_corpus", "parse_source"]
 
@@ -60,7 +61,7 @@ def parse_source(spec: str) -> CorpusSource:
         return CorpusSource("shakespeare")
     kind, sep, rest = spec.partition(":")
     if not sep or not rest or kind not in ("text", "jsonl", "hf"):
-        raise ValueError(f"unknown corpus source {spec!r}; {_SPEC_HELP}")
+        raise UsageError(f"unknown corpus source {spec!r} in data.source: {_SPEC_HELP}")
     if kind == "text":
         return CorpusSource("text", rest)
     if kind == "jsonl":
@@ -97,16 +98,38 @@ def _local_files(source: CorpusSource) -> list[str]:
     else:
         files = sorted(glob.glob(str(path), recursive=True))
     if not files:
-        raise FileNotFoundError(
-            f"corpus source '{source.spec}': no file matches {source.location!r} "
-            f"(looked for a file, a folder or a glob from {os.getcwd()}). Fix the path, or use "
+        raise MissingPathError(
+            f"corpus source '{source.spec}': no file matches {source.location!r} (looked for a "
+            f"file, a folder or a glob from {os.getcwd()}): fix the path in data.source, or use "
             "data.source=shakespeare for the built-in corpus"
         )
     return files
 
 
+def _has_text(path: str, chunk: int = 1 << 20) -> bool:
+    """True at the first non-whitespace byte (a normal file: after reading one chunk)."""
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            if block.strip():
+                return True
+    return False
+
+
+def _empty_corpus(source: CorpusSource, files: list[str], what: str) -> UsageError:
+    count = f"{len(files)} file" + ("s" if len(files) != 1 else "")
+    return UsageError(
+        f"corpus source '{source.spec}' is empty ({count}, {what}): put text in it or point "
+        "data.source at another corpus"
+    )
+
+
 def _load_local(source: CorpusSource, hf_cache: Path) -> datasets.Dataset:
     files = _local_files(source)
+    # checked before `datasets` reads them (it fails on empty files deep inside)
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise _empty_corpus(source, files, "0 bytes")
+    if not any(_has_text(f) for f in files):
+        raise _empty_corpus(source, files, "whitespace only")
     if source.kind == "text":
         ds = datasets.load_dataset(
             "text", data_files=files, sample_by="paragraph", split="train", cache_dir=str(hf_cache)
@@ -115,13 +138,16 @@ def _load_local(source: CorpusSource, hf_cache: Path) -> datasets.Dataset:
     else:
         ds = datasets.load_dataset("json", data_files=files, split="train", cache_dir=str(hf_cache))
         if source.field not in ds.column_names:
-            raise KeyError(
-                f"corpus source '{source.spec}': the JSON lines have no field {source.field!r}; "
-                f"they have {ds.column_names}. Name the text field: jsonl:{source.location}:FIELD"
+            raise UsageError(
+                f"corpus source '{source.spec}': the JSON lines have no field {source.field!r} "
+                f"(they have {ds.column_names}): name the text field, "
+                f"data.source=jsonl:{source.location}:FIELD"
             )
         ds = ds.select_columns([source.field])
         if source.field != "text":
             ds = ds.rename_column(source.field, "text")
+    if len(ds) == 0:
+        raise _empty_corpus(source, files, "no non-blank document")
     width = len(str(max(len(ds) - 1, 0)))
     return ds.add_column("key", [f"{i:0{width}d}" for i in range(len(ds))])
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from layerwise_core import UsageError
+
 __all__ = ["BlockSampler", "DataPosition", "PackedBlocks", "epoch_permutation", "pack_documents"]
 
 
@@ -76,10 +78,17 @@ class BlockSampler:
     skipped (every global batch has the same size, so every optimizer step sees the same tokens).
     """
 
-    def __init__(self, num_blocks: int, seed: int, shuffle: bool = True):
+    def __init__(
+        self, num_blocks: int, seed: int, shuffle: bool = True, *, global_batch: int | None = None
+    ):
         if num_blocks < 1:
-            raise ValueError("no blocks to sample from: the corpus is shorter than one block")
+            raise UsageError(
+                "no blocks to sample from: the corpus is shorter than one block; add text or "
+                "lower train.block_size"
+            )
         self.num_blocks = num_blocks
+        if global_batch is not None:  # checked up front, before a run writes anything
+            self._check_batch(global_batch)
         self.seed = seed
         self.shuffle = shuffle
         self.position = DataPosition()
@@ -96,12 +105,16 @@ class BlockSampler:
         assert self._order is not None
         return self._order
 
-    def next_indices(self, global_batch: int) -> torch.Tensor:
+    def _check_batch(self, global_batch: int) -> None:
         if global_batch > self.num_blocks:
-            raise ValueError(
-                f"a global batch of {global_batch} blocks exceeds the {self.num_blocks} blocks of the "
-                "data: lower train.batch_size / grad_accum or train.block_size, or use more data"
+            raise UsageError(
+                f"a global batch of {global_batch} blocks (train.batch_size x train.grad_accum x "
+                f"processes) exceeds the {self.num_blocks} blocks of the data: lower "
+                "train.batch_size / train.grad_accum or train.block_size, or use more data"
             )
+
+    def next_indices(self, global_batch: int) -> torch.Tensor:
+        self._check_batch(global_batch)
         if self.position.index + global_batch > self.num_blocks:
             self.position = DataPosition(self.position.epoch + 1, 0)
         order = self._epoch_order()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from layerwise_core import UsageError
+
 __all__ = ["hash_fraction", "validation_keys"]
 
 
@@ -33,9 +35,9 @@ def validation_keys(
     if fraction == 0.0:
         return set()
     if len(unique) < 2:
-        raise ValueError(
-            f"cannot split {len(unique)} document(s) into train and validation; "
-            "give the corpus more documents (a folder of files, or one JSON line per document)"
+        raise UsageError(
+            f"cannot split {len(unique)} document(s) into train and validation: give the corpus "
+            "more documents (paragraphs of a text file, files of a folder, or JSON lines)"
         )
     count = min(len(unique) - 1, max(1, round(fraction * len(unique))))
     return set(sorted(unique, key=lambda k: _digest(salt, k))[:count])

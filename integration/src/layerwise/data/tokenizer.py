@@ -17,6 +17,7 @@ from pathlib import Path
 from layerwise._progress import shows_progress
 from layerwise.data.cache import atomic_directory, cache_root
 from layerwise.data.corpus import Corpus
+from layerwise_core import UsageError
 
 __all__ = ["EOS_TOKEN", "MASK_TOKEN", "PAD_TOKEN", "load_tokenizer", "train_bpe_tokenizer"]
 
@@ -79,14 +80,17 @@ def load_tokenizer(
     if name != "bpe":
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
-        except OSError as err:
-            raise OSError(
-                f"could not load tokenizer {name!r} ({err}). Fix: pass a local folder with "
-                "tokenizer.json, a hub name while online, or data.tokenizer=bpe to train one"
+        except (OSError, ValueError) as err:  # nothing there, offline, or no tokenizer files
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(
+                f"data.tokenizer {name!r}: no tokenizer could be loaded ({reason}): pass a local "
+                "folder with tokenizer.json, a hub name while online, or data.tokenizer=bpe to "
+                "train one"
             ) from err
         if tokenizer.eos_token_id is None:
-            raise ValueError(
-                f"tokenizer {name!r} has no EOS token, which packing needs between documents"
+            raise UsageError(
+                f"data.tokenizer {name!r} has no EOS token, which packing needs between "
+                "documents: use a tokenizer that defines eos_token, or data.tokenizer=bpe"
             )
         return tokenizer
     if corpus is None:

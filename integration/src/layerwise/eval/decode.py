@@ -12,7 +12,6 @@ last number, and every row's NFE and early-commit step are reported.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from layerwise_core import LayerwiseConfig, pad_token_rows
+from layerwise_core import LayerwiseConfig, UsageError, pad_token_rows, read_json_lines
 
 __all__ = ["DecodeConfig", "DecodeReport", "evaluate_decoding", "read_prompts"]
 
@@ -67,20 +66,25 @@ class DecodeReport:
 
 
 def read_prompts(path: str | Path) -> tuple[list[str], list[str] | None]:
-    """JSON lines with "prompt" and, optionally, "answer" (on every line or on none)."""
-    rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise ValueError(f"{path}:{number}: expected an object with a string 'prompt'")
-            rows.append(row)
+    """JSON lines with "prompt" and, optionally, "answer" (on every line or on none); a mistake
+    is a `UsageError` naming the file and the line."""
+    numbered = read_json_lines(path, "--prompts")
+    for number, row in numbered:
+        if not isinstance(row.get("prompt"), str):
+            raise UsageError(
+                f"{path}:{number}: expected an object with a string 'prompt', got keys "
+                f'{sorted(row)}: write {{"prompt": "..."}} on every line'
+            )
+    rows = [row for _, row in numbered]
     if not rows:
-        raise ValueError(f"{path} holds no prompts")
-    with_answer = ["answer" in row for row in rows]
-    if any(with_answer) and not all(with_answer):
-        raise ValueError(f"{path}: give an 'answer' on every line or on none")
-    answers = [str(row["answer"]) for row in rows] if all(with_answer) else None
+        raise UsageError(f"--prompts {str(path)!r} holds no prompts: add one JSON line per prompt")
+    without = [number for number, row in numbered if "answer" not in row]
+    if without and len(without) != len(rows):
+        raise UsageError(
+            f"{path}:{without[0]}: no 'answer' while other lines have one: give an 'answer' on "
+            "every line or on none"
+        )
+    answers = [str(row["answer"]) for row in rows] if not without else None
     return [row["prompt"] for row in rows], answers
 
 
@@ -94,8 +98,8 @@ def _strategy(cfg: DecodeConfig):
         return make_strategy(cfg.decode, **options)
     except TypeError as err:  # an unknown field of the strategy's dataclass
         fields = [f.name for f in dataclasses.fields(STRATEGIES[cfg.decode])]
-        raise ValueError(
-            f"decode '{cfg.decode}': bad options {sorted(cfg.options)} ({err}); its fields are "
+        raise UsageError(
+            f"decode '{cfg.decode}': bad options {sorted(cfg.options)} ({err}): use its fields, "
             f"{fields}"
         ) from None
 
@@ -103,7 +107,7 @@ def _strategy(cfg: DecodeConfig):
 def _left_padded(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if any(not r for r in rows):
-        raise ValueError("every prompt must encode to at least one token")
+        raise UsageError("a prompt encodes to no token: give every prompt some text")
     pad = next((v for v in (tokenizer.pad_token_id, tokenizer.eos_token_id) if v is not None), 0)
     return pad_token_rows(rows, pad, left=True)
 

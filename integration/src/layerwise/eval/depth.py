@@ -30,6 +30,7 @@ def validation_windows(
     lines and tokenized once."""
     from depth_probe.cli import text_windows
     from layerwise.data.corpus import load_corpus
+    from layerwise_core import UsageError
 
     corpus = load_corpus(source) if isinstance(source, str) else source
     text = "\n\n".join(corpus.texts("validation"))
@@ -37,9 +38,9 @@ def validation_windows(
     if not held_out:
         return windows, None
     if len(windows) <= rows:
-        raise ValueError(
-            f"the validation text has fewer than {(rows + 1) * length} tokens: no window is left "
-            "to hold out; lower the rows or the window length"
+        raise UsageError(
+            f"the validation text has fewer than {(rows + 1) * length} tokens, so no window is "
+            "left to hold out: lower --rows or --max-length, or pass --no-sweep"
         )
     return windows[:rows], windows[rows:]
 
@@ -113,13 +114,21 @@ def probe_saved_model(
 
     `out_dir` is locked while the report is written (a second writer is refused at once); a
     folder that already holds a report is refused unless `overwrite`."""
-    from transformers import AutoTokenizer
-
-    from layerwise.train.model import load_saved_model
-    from layerwise_core import PathExistsError, lock_run_folder, remove_temp_leftovers
+    from layerwise.train.model import load_model_and_tokenizer
+    from layerwise_core import (
+        PathExistsError,
+        UsageError,
+        lock_run_folder,
+        remove_temp_leftovers,
+    )
 
     if max_length < 2 or rows < 1:
-        raise ValueError(f"max_length must be >= 2 and rows >= 1, got {max_length} and {rows}")
+        raise UsageError(
+            f"--max-length must be >= 2 and --rows >= 1, got {max_length} and {rows}: raise them"
+        )
+    # the model and tokenizer paths and vocabularies are checked (and the model loaded) before
+    # the report folder is touched
+    model, tokenizer = load_model_and_tokenizer(model_path, tokenizer_path)
     with lock_run_folder(out_dir) as out:
         remove_temp_leftovers(out)
         existing = [name for name in REPORT_FILES if (out / name).exists()]
@@ -128,8 +137,6 @@ def probe_saved_model(
                 f"{out} already holds a depth report ({', '.join(existing)}): pass --overwrite "
                 "(overwrite=True) to replace it, or choose another --out"
             )
-        model = load_saved_model(model_path)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
         texts, held = validation_windows(tokenizer, source, max_length, rows, held_out=sweep)
         return probe_model(
             model,

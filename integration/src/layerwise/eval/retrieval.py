@@ -312,13 +312,11 @@ def evaluate_pretrained(
 ) -> RetrievalReport:
     """`layerwise eval retrieval`: a saved causal LM on documents made from `source`'s validation
     text (a `layerwise.data` corpus spec: shakespeare, text:PATH, jsonl:PATH, hf:NAME)."""
-    from transformers import AutoTokenizer
-
     from layerwise.data.corpus import load_corpus
-    from layerwise.train.model import load_saved_model
+    from layerwise.train.model import load_model_and_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
-    model = load_saved_model(model_path)  # as trained: LNS / Mix-LN / quantisation re-applied
+    # as trained (LNS / Mix-LN / quantisation re-applied); paths and vocabularies checked first
+    model, tokenizer = load_model_and_tokenizer(model_path, tokenizer_path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from layerwise.train.config import AdamBetas
 from layerwise_core import LayerwiseConfig
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
 
 
 class FinetuneModelConfig(LayerwiseConfig):
-    path: str = ""  # a Hugging Face folder with config, weights and tokenizer
+    path: str = ""  # a local Hugging Face folder with config, weights and tokenizer
     dtype: Literal["float32", "bfloat16"] = "float32"  # dtype of the frozen / trained weights
 
 
@@ -85,12 +86,12 @@ class FinetuneMethodConfig(LayerwiseConfig):
 
 
 class FinetuneOptimConfig(LayerwiseConfig):
-    lr: float = Field(2e-4, gt=0)  # peak learning rate (LIFT's math setting)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-6, gt=0)  # LIFT's SparseAdamW default
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(2e-4, gt=0, allow_inf_nan=False)  # peak learning rate (LIFT's math setting)
+    betas: AdamBetas = (0.9, 0.95)  # each in [0, 1)
+    eps: float = Field(1e-6, gt=0, allow_inf_nan=False)  # LIFT's SparseAdamW default
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)  # linear warm-up, then linear decay to 0
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)
 
 
 class FinetuneTrainConfig(LayerwiseConfig):

@@ -8,12 +8,12 @@ PROMPT is the Alpaca template that LIFT and LLM-Adapters use for math_10k.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from layerwise_core import UsageError, read_json_lines
 
 __all__ = ["PROMPT", "collate", "encode_examples", "format_prompt", "read_jsonl"]
 
@@ -28,19 +28,12 @@ def format_prompt(instruction: str) -> str:
     return PROMPT.format(instruction=instruction)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no jsonl file at {path}: set data.train / data.eval to one")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number} is not a JSON object ({err})") from err
+def read_jsonl(path: str | os.PathLike, what: str = "file") -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file; a missing or empty file, or a line that is not a
+    JSON object, is a `UsageError` naming `what` (`"data.train"`) or `path:line`."""
+    records = [row for _, row in read_json_lines(path, what)]
     if not records:
-        raise ValueError(f"{path} holds no examples")
+        raise UsageError(f"{what} {str(path)!r} holds no examples: add one JSON object per line")
     return records
 
 
@@ -53,14 +46,17 @@ def encode_examples(
 ) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) per record; the answer is truncated first when too long."""
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token: fine-tuning appends one to each answer")
+        raise UsageError(
+            "the tokenizer has no EOS token, which fine-tuning appends to each answer: use a "
+            "model folder whose tokenizer defines eos_token"
+        )
     out = []
     for i, record in enumerate(records):
         missing = [f for f in (instruction_field, answer_field) if f not in record]
         if missing:
-            raise KeyError(
-                f"example {i} lacks {missing} (keys: {list(record)}): set data.instruction_field "
-                "/ data.answer_field"
+            raise UsageError(
+                f"example {i + 1} lacks {missing} (its keys: {list(record)}): set "
+                "data.instruction_field / data.answer_field to the names your file uses"
             )
         prompt = tokenizer(format_prompt(str(record[instruction_field])), add_special_tokens=False)
         answer = tokenizer(str(record[answer_field]), add_special_tokens=False)

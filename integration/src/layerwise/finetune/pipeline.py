@@ -33,6 +33,7 @@ from layerwise.finetune.instruction_data import (
     format_prompt,
     read_jsonl,
 )
+from layerwise.train.divergence import diverged, divergence_error
 from layerwise.train.metrics import MetricsLog
 from layerwise_core import (
     PathExistsError,
@@ -133,16 +134,32 @@ def build_method(
 
 
 def _load(cfg: FinetuneConfig):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Model and tokenizer of `model.path`, checked before the weights load: a local folder (a
+    hub id is refused, with how to download it) whose tokenizer fits the model's vocabulary."""
+    from transformers import AutoModelForCausalLM
 
-    from layerwise_core import load_pretrained
+    from layerwise_core import (
+        UsageError,
+        check_tokenizer_fits,
+        load_pretrained,
+        load_tokenizer_folder,
+        require_model_folder,
+    )
 
     if not cfg.model.path:
-        raise ValueError("model.path is empty: point it at a Hugging Face model folder")
+        raise UsageError("model.path is empty: point it at a local Hugging Face model folder")
+    folder = require_model_folder(cfg.model.path, "model.path")
+    tokenizer = load_tokenizer_folder(folder, "model.path", "save the model's tokenizer there")
+    check_tokenizer_fits(
+        tokenizer,
+        folder,
+        tokenizer_name=f"the tokenizer of model.path {cfg.model.path!r}",
+        fix="save the tokenizer the model was trained with in that folder",
+    )
     dtype = getattr(torch, cfg.model.dtype)
     # the Auto classes after importing the saved model type's package (LNS / Mix-LN, CoE)
-    model = load_pretrained(cfg.model.path, dtype=dtype, auto_class=AutoModelForCausalLM)
-    return model, AutoTokenizer.from_pretrained(cfg.model.path)
+    model = load_pretrained(folder, dtype=dtype, auto_class=AutoModelForCausalLM)
+    return model, tokenizer
 
 
 # what a fine-tuning run writes into its folder (train.overwrite=true deletes these, nothing else)
@@ -186,6 +203,11 @@ def finetune(
 def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> FinetuneResult:
     t0 = time.perf_counter()
     tc, oc = cfg.train, cfg.optim
+    # every input is read and checked before the model loads and before anything is written
+    records = read_jsonl(cfg.data.train, "data.train")
+    problems = None
+    if cfg.data.eval:
+        problems = read_jsonl(cfg.data.eval, "data.eval")[: cfg.data.max_eval]
     if model is None:
         model, tokenizer = _load(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -193,7 +215,6 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> Finetu
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    records = read_jsonl(cfg.data.train)
     examples = encode_examples(
         records, tokenizer, cfg.data.instruction_field, cfg.data.answer_field, cfg.data.max_length
     )
@@ -242,7 +263,9 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> Finetu
             loss = wrapped(**batch).loss
             (loss / tc.grad_accum).backward()
             step_loss += loss.item() / tc.grad_accum
-        torch.nn.utils.clip_grad_norm_(params, clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if diverged(step_loss, grad_norm):  # before the update: never applied, never saved
+            raise divergence_error(step + 1, step_loss, grad_norm, "fine-tuning saves at the end")
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -264,8 +287,7 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> Finetu
     if tc.save:
         _save(wrapped, tokenizer, cfg.finetune.method, out)
     result_eval = None
-    if cfg.data.eval:
-        problems = read_jsonl(cfg.data.eval)[: cfg.data.max_eval]
+    if problems is not None:
         result_eval = evaluate_math_generation(
             wrapped,
             tokenizer,

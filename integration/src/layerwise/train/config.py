@@ -11,9 +11,9 @@ enter a run (ARCHITECTURE.md); each is a `Literal` that lists what is implemente
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from layerwise.data.config import DataConfig
 from layerwise_core import LLAMA_PRESETS, LayerwiseConfig
@@ -30,6 +30,18 @@ __all__ = [
     "TrainConfig",
     "resume_changes",
 ]
+
+
+def _betas_in_range(betas: tuple[float, float]) -> tuple[float, float]:
+    if not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(
+            "Adam's betas are moment decay rates and must each be in [0, 1): use e.g. [0.9, 0.95]"
+        )
+    return betas
+
+
+# (beta1, beta2) of Adam-type optimizers, each in [0, 1); shared with the fine-tuning config
+AdamBetas = Annotated[tuple[float, float], AfterValidator(_betas_in_range)]
 
 
 class ModelConfig(LayerwiseConfig):
@@ -65,6 +77,23 @@ class ModelConfig(LayerwiseConfig):
             )
         return self
 
+    @field_validator("overrides")
+    @classmethod
+    def _known_overrides(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        # a typo would otherwise be kept as an unused LlamaConfig attribute: the default model
+        if "vocab_size" in overrides:
+            raise ValueError(
+                "the vocabulary size comes from the tokenizer (data.tokenizer, data.vocab_size): "
+                "remove model.overrides.vocab_size"
+            )
+        if overrides:
+            from transformers import LlamaConfig
+
+            from layerwise_core import check_config_fields
+
+            check_config_fields(LlamaConfig, overrides, "model.overrides.")
+        return overrides
+
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, name: str) -> str:
@@ -74,13 +103,15 @@ class ModelConfig(LayerwiseConfig):
 
 
 class OptimConfig(LayerwiseConfig):
-    lr: float = Field(1e-3, gt=0.0)  # peak learning rate
-    betas: tuple[float, float] = (0.9, 0.95)  # Adam moment decay rates
-    weight_decay: float = Field(0.1, ge=0.0)  # decoupled decay, on >=2-D parameters only
-    eps: float = Field(1e-8, gt=0.0)  # Adam denominator epsilon
+    lr: float = Field(1e-3, gt=0.0, allow_inf_nan=False)  # peak learning rate
+    betas: AdamBetas = (0.9, 0.95)  # Adam moment decay rates, each in [0, 1)
+    # decoupled decay, on >=2-D parameters only
+    weight_decay: float = Field(0.1, ge=0.0, allow_inf_nan=False)
+    eps: float = Field(1e-8, gt=0.0, allow_inf_nan=False)  # Adam denominator epsilon
     warmup_steps: int = Field(100, ge=0)  # linear warm-up from lr/warmup_steps to lr
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine floor, as a fraction of lr
-    grad_clip: float | None = Field(1.0, gt=0.0)  # max global gradient norm; null: no clipping
+    # max global gradient norm; null: no clipping
+    grad_clip: float | None = Field(1.0, gt=0.0, allow_inf_nan=False)
 
 
 class SpamConfig(LayerwiseConfig):

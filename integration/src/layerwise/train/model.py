@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from layerwise.train.config import ModelConfig
-from layerwise_core import init_normal_, llama_config
+from layerwise_core import (
+    UsageError,
+    check_tokenizer_fits,
+    init_normal_,
+    llama_config,
+    load_tokenizer_folder,
+    require_model_folder,
+)
 
-__all__ = ["build_model", "load_saved_model", "load_trained_model"]
+__all__ = ["build_model", "load_model_and_tokenizer", "load_saved_model", "load_trained_model"]
 
 
 def build_model(
@@ -35,9 +43,9 @@ def build_model(
         fields.setdefault("eos_token_id", eos_token_id)
     config = llama_config(cfg.preset, vocab_size=vocab_size, **fields)
     if config.max_position_embeddings < block_size:
-        raise ValueError(
+        raise UsageError(
             f"train.block_size {block_size} exceeds model max_position_embeddings "
-            f"{config.max_position_embeddings}; raise model.overrides.max_position_embeddings"
+            f"{config.max_position_embeddings}: raise model.overrides.max_position_embeddings"
         )
     if objective == "mdm":
         # a masked-diffusion LM: the same Llama with bidirectional attention and a [MASK] id
@@ -135,7 +143,7 @@ def _run_config(folder: Path):
     return PretrainConfig.from_yaml(run / "config.yaml")
 
 
-def load_saved_model(path: str | Path) -> nn.Module:
+def load_saved_model(path: str | Path, what: str = "model") -> nn.Module:
     """A saved model in eval mode, as it was trained.
 
     - a layerwise run's `RUN/final`: `load_trained_model` with the run's `model` config (adds the
@@ -144,12 +152,37 @@ def load_saved_model(path: str | Path) -> nn.Module:
       its model type needs (LNS / Mix-LN, CoE, masked-diffusion models), which also reads
       checkpoints saved by pre-release ln-scaling.
     """
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json: not a saved Hugging Face model")
+    # not a saved model folder (nothing there, no config.json, a hub id): a MissingPathError
+    # naming `what` ("--model") and the fix
+    folder = require_model_folder(path, what)
     run_cfg = _run_config(folder)
     if run_cfg is not None:
         return load_trained_model(folder, run_cfg.model).eval()
     from ln_scaling import from_pretrained
 
     return from_pretrained(folder).eval()
+
+
+def load_model_and_tokenizer(
+    model_path: str | Path, tokenizer_path: str | Path | None = None
+) -> tuple[nn.Module, Any]:
+    """`load_saved_model(model_path)` and its tokenizer (`tokenizer_path`, default the model's
+    folder), every input checked before the weights load: the model folder (a hub id is refused
+    with how to download it), the tokenizer folder, and a tokenizer no larger than the model's
+    vocabulary. Errors are `UsageError`s naming `--model` / `--tokenizer` and the fix."""
+    folder = require_model_folder(model_path, "--model")
+    if tokenizer_path is None:
+        tokenizer = load_tokenizer_folder(
+            folder, "--model", "save the tokenizer there, or pass --tokenizer FOLDER"
+        )
+        name = "the tokenizer in the --model folder"
+    else:
+        tokenizer = load_tokenizer_folder(tokenizer_path, "--tokenizer")
+        name = f"--tokenizer {str(tokenizer_path)!r}"
+    check_tokenizer_fits(
+        tokenizer,
+        folder,  # its config.json: checked before the weights load
+        tokenizer_name=name,
+        fix="pass the tokenizer the model was trained with (--tokenizer; default: the model's)",
+    )
+    return load_saved_model(folder, "--model"), tokenizer

@@ -50,6 +50,7 @@ from layerwise.train.config import (
     PretrainConfig,
     resume_changes,
 )
+from layerwise.train.divergence import diverged, divergence_error
 from layerwise.train.mdm import mdm_loss, mdm_validation
 from layerwise.train.metrics import MetricsLog
 from layerwise.train.model import build_model
@@ -223,7 +224,9 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
     optimizer = build_optimizer(cfg, model)
     scheduler = warmup_cosine_scheduler(optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio)
     spectral = build_spectral_controller(cfg, optimizer, model, scheduler)
-    sampler = BlockSampler(len(data.train), tc.seed)
+    # a global batch larger than the data is refused here, before the run writes anything
+    global_batch = tc.batch_size * tc.grad_accum * accelerator.num_processes
+    sampler = BlockSampler(len(data.train), tc.seed, global_batch=global_batch)
     log = MetricsLog(out, enabled=main)
     step, pending_loss, pending_steps = 0, 0.0, 0
     if ckpt is not None:
@@ -304,6 +307,10 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
                 accelerator.backward(loss / A)
             step_loss += loss.detach().double()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
+        mean_loss = (all_reduce_sum(step_loss) / (A * world)).item()
+        if diverged(mean_loss, grad_norm):  # before the update: never applied, never saved
+            bar.close()
+            raise divergence_error(step + 1, mean_loss, grad_norm, latest_checkpoint(ckpt_root))
         if spectral is not None and spectral.step(step):  # alphas recomputed: log them
             alphas = {f"alpha/{name}": alpha for name, alpha in spectral.alphas.items()}
             log.log({"step": step + 1, "split": "spectral", **alphas})
@@ -312,7 +319,7 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        pending_loss += (all_reduce_sum(step_loss) / (A * world)).item()
+        pending_loss += mean_loss
         pending_steps += 1
         bar.update(1)
         if step % tc.log_every == 0 or step == tc.steps:

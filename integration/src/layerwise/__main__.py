@@ -1,0 +1,7 @@
+"""`python -m layerwise ...`: the same as the `layerwise` command."""
+
+import sys
+
+from layerwise.cli import main
+
+sys.exit(main())
