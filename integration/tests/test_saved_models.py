@@ -1,9 +1,9 @@
 """Saved models load as trained through every command, each in a fresh process: `depth-probe`,
-`layerwise probe` and `layerwise eval decode` on a model trained with `objective: mdm` (whose model
-type nothing registers before the command loads it), on an LNS + Mix-LN model and on a
-Chain-of-Experts model. What each command reports is compared with the same computation on the
-model in this, the saving, process; the logits of the loaders with those of that model, bit for
-bit."""
+`layerwise probe` and `layerwise eval decode` on a model trained with `objective: mdm` (whose
+model type nothing registers before the command loads it), and the two probes on an LNS + Mix-LN
+model and on a Chain-of-Experts model. What each command reports is compared with the same
+computation on the model in this, the saving, process; the logits of the loaders with those of
+that model, bit for bit."""
 
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ def _save_logits(model, folder, ids) -> None:
 
 @pytest.fixture(scope="module")
 def saved(small_data, tmp_path_factory, tiny_run):
-    """Three saved models with the corpus tokenizer: an mdm run's final/, LNS + Mix-LN, CoE; and
-    the models as this process holds them (the masked-diffusion one read with its own class)."""
+    """Three saved models with the corpus tokenizer: an mdm run's final/, LNS + Mix-LN, CoE; the
+    models as this process holds them (the masked-diffusion one read with its own class); a small
+    local corpus (`jsonl:PATH`, 40 documents of Shakespeare) and the windows the commands probe."""
     from coe_moe import CoEConfig, CoEForCausalLM
     from layerwise_core.bidirectional_llama import BidirectionalLlamaForMaskedDiffusion
     from ln_scaling import apply_norm_scheme
@@ -68,7 +69,14 @@ def saved(small_data, tmp_path_factory, tiny_run):
             model.save_pretrained(folders[name])
             tokenizer.save_pretrained(folders[name])
         _save_logits(model.eval(), folders[name], ids)
-    return models, folders, tokenizer
+    from layerwise.data import load_corpus
+
+    play = next(iter(load_corpus("shakespeare").texts("train")))
+    docs = [play[i * 1500 : (i + 1) * 1500] for i in range(40)]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    source = f"jsonl:{tmp_path / 'corpus.jsonl'}"
+    texts = validation_windows(tokenizer, source, WINDOW, ROWS)[0]
+    return models, folders, tokenizer, source, texts
 
 
 _DEPTH_PROBE = """
@@ -88,9 +96,8 @@ for folder, package in zip(sys.argv[3::2], sys.argv[4::2]):
 
 
 def test_depth_probe_cli_loads_each_model_as_trained(saved, tmp_path):
-    models, folders, tokenizer = saved
+    models, folders, tokenizer, _, texts = saved
     text = tmp_path / "text.txt"
-    texts = validation_windows(tokenizer, "shakespeare", WINDOW, ROWS)[0]
     text.write_text("".join(texts))  # the command cuts the same windows back out of it
     packages = {"lns": "ln_scaling", "coe": "coe_moe", "mdm": "layerwise_core.bidirectional_llama"}
     pairs = [str(x) for name in packages for x in (folders[name], packages[name])]
@@ -119,11 +126,12 @@ for folder in sys.argv[2:]:
 
 
 def test_layerwise_probe_loads_each_model_as_trained(saved, tmp_path):
-    models, folders, tokenizer = saved
-    command = f"probe --model {{folder}} --out {{folder}}/report --max-length {WINDOW}"
-    names = ["mdm", "lns"]  # the masked-diffusion model first: its type is not registered yet
-    run_python(_LAYERWISE, f"{command} --rows {ROWS}", *(folders[n] for n in names))
-    texts = validation_windows(tokenizer, "shakespeare", WINDOW, ROWS)[0]
+    models, folders, tokenizer, source, texts = saved
+    command = f"probe --model {{folder}} --out {{folder}}/report --source {source}"
+    names = ["mdm", "lns", "coe"]  # the masked-diffusion model first: nothing registers its type
+    run_python(
+        _LAYERWISE, f"{command} --max-length {WINDOW} --rows {ROWS}", *map(folders.get, names)
+    )
     for name in names:
         report = json.loads((folders[name] / "report" / "depth_probe.json").read_text())
         assert report["probe"]["block_influence"] == _block_influence(
@@ -132,7 +140,7 @@ def test_layerwise_probe_loads_each_model_as_trained(saved, tmp_path):
 
 
 def test_layerwise_eval_decode_loads_the_mdm_run_as_trained(saved, tmp_path):
-    models, folders, tokenizer = saved
+    models, folders, tokenizer, _, _ = saved
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     overrides = "options.steps=8 options.block_length=8 gen_length=8"
