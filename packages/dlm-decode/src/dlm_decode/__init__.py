@@ -23,7 +23,7 @@ from dlm_decode.canvas import StepEvent
 from dlm_decode.counters import DecodeStats
 from dlm_decode.dream import dream_sample_tokens, dream_transfer_count
 from dlm_decode.early_commit import ProphetRule, StagedThresholds, answer_anchor, top2_logit_gap
-from dlm_decode.generate import GenerationOutput, generate
+from dlm_decode.generate import GenerationOutput, check_decodable, generate
 from dlm_decode.guidance import guided_logits, unconditional_input
 from dlm_decode.kv_cache import BlockKVCache
 from dlm_decode.parallel_decoding import factor_rule, threshold_rule
@@ -60,6 +60,7 @@ __all__ = [
     "align_logits",
     "answer_anchor",
     "as_masked_diffusion_lm",
+    "check_decodable",
     "dream_sample_tokens",
     "dream_transfer_count",
     "factor_rule",

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from dlm_decode.adapters import MaskedDiffusionLM, as_masked_diffusion_lm
+from dlm_decode.adapters import _KNOWN, MaskedDiffusionLM, as_masked_diffusion_lm
 from dlm_decode.canvas import Canvas, StepEvent
 from dlm_decode.counters import DecodeStats
 from dlm_decode.strategies import LLaDA, Strategy
-from layerwise_core import TokenInputs, renamed_kwargs, token_inputs
+from layerwise_core import TokenInputs, renamed_kwargs, token_inputs, vocabulary_size
 
-__all__ = ["GenerationOutput", "generate"]
+__all__ = ["GenerationOutput", "check_decodable", "generate"]
 
 
 @dataclass
@@ -44,6 +44,40 @@ class GenerationOutput:
         return out
 
 
+def _declares_masked_diffusion(model: nn.Module) -> bool:
+    """What the adapters know: a config with `logit_shift` (layerwise's masked-diffusion models
+    and any checkpoint that stores it) or a released LLaDA / Dream model type."""
+    config = getattr(model, "config", None)
+    return getattr(config, "logit_shift", None) is not None or (
+        getattr(config, "model_type", None) in _KNOWN
+    )
+
+
+def check_decodable(lm: MaskedDiffusionLM, *, allow_causal: bool = False) -> None:
+    """Refuse, before any forward pass, what would fail deep inside a sampler or decode nonsense:
+
+    - a [MASK] id outside [0, vocabulary) (the embedding lookup would fail many frames down);
+    - a causal LM (a transformers `...ForCausalLM` that does not declare itself a masked
+      diffusion LM): position i never sees the tokens after it, so every masked position is
+      predicted from the left context alone. `allow_causal=True` decodes it anyway.
+    """
+    vocab = vocabulary_size(lm.model)
+    if vocab is not None and not 0 <= lm.mask_token_id < vocab:
+        raise ValueError(
+            f"mask_token_id {lm.mask_token_id} is outside the model's vocabulary [0, {vocab}): "
+            "pass the model's [MASK] id (config.mask_token_id; LLaDA uses 126336, Dream 151666)"
+        )
+    name = type(lm.model).__name__
+    causal = name.endswith("ForCausalLM") and not _declares_masked_diffusion(lm.model)
+    if causal and not allow_causal:
+        raise ValueError(
+            f"{name} is a causal LM (each position attends only to the left), not a masked "
+            "diffusion LM: decode a masked diffusion LM (LLaDA, Dream, a layerwise objective=mdm "
+            "run, or a model whose config sets logit_shift), or pass allow_causal=True to decode "
+            "it anyway"
+        )
+
+
 @torch.no_grad()
 @renamed_kwargs(prompt_ids="input_ids")
 def generate(
@@ -59,6 +93,7 @@ def generate(
     generator: torch.Generator | None = None,
     mask_token_id: int | None = None,
     logit_shift: int | None = None,
+    allow_causal: bool = False,
 ) -> GenerationOutput:
     """Decode `gen_length` tokens after each prompt with a masked diffusion LM.
 
@@ -78,11 +113,16 @@ def generate(
         callback: called with a `StepEvent` after every commit (streaming).
         generator: torch.Generator for Gumbel / random-remasking draws (global RNG when None).
         mask_token_id, logit_shift: override what the model's config says.
+        allow_causal: decode a causal LM anyway (e.g. to show how a masked-diffusion sampler
+            fails on an autoregressive model); refused by default, see `check_decodable`.
+
+    Raises ValueError up front for a [MASK] id outside the model's vocabulary and for a causal LM.
     """
     input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="generate")
     if input_ids is None:
         raise ValueError("generate: pass the prompts as input_ids (B, P)")
     lm = as_masked_diffusion_lm(model, mask_token_id=mask_token_id, logit_shift=logit_shift)
+    check_decodable(lm, allow_causal=allow_causal)
     strategy = LLaDA() if strategy is None else strategy
     cfg_scale = getattr(strategy, "cfg_scale", 0.0)
     canvas = Canvas(
