@@ -21,7 +21,7 @@ def saved(tmp_path, tokenizer):
 def _fails(capsys, argv, out):
     """main(argv) returns 2, prints exactly one stderr line, and creates no report folder."""
     capsys.readouterr()  # what the fixtures printed
-    assert main(["--model", *argv, "--out", str(out), "--max-length", "8", "--rows", "2"]) == 2
+    assert main([*argv, "--out", str(out), "--max-length", "8", "--rows", "2"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and not out.exists()
     lines = captured.err.splitlines()
@@ -30,25 +30,29 @@ def _fails(capsys, argv, out):
 
 
 def test_missing_model_folder(saved, capsys):
-    line = _fails(capsys, [str(saved / "nope"), "--text", str(saved / "text.txt")], saved / "out")
+    line = _fails(
+        capsys, ["--model", str(saved / "nope"), "--text", str(saved / "text.txt")], saved / "out"
+    )
     assert line == (
-        f"depth-probe: error: model '{saved / 'nope'}' does not exist: pass the folder that holds "
+        f"depth-probe: error: --model '{saved / 'nope'}' does not exist: pass the folder that holds "
         "config.json (e.g. a run's final/)"
     )
 
 
 def test_hub_id_typed_as_a_path(saved, capsys, monkeypatch):
     monkeypatch.chdir(saved)
-    line = _fails(capsys, ["Qwen/Qwen2-0.5B", "--text", "text.txt"], saved / "out")
+    line = _fails(capsys, ["--model", "Qwen/Qwen2-0.5B", "--text", "text.txt"], saved / "out")
     assert line == (
-        "depth-probe: error: model 'Qwen/Qwen2-0.5B' is not a local folder (it looks like a "
+        "depth-probe: error: --model 'Qwen/Qwen2-0.5B' is not a local folder (it looks like a "
         "Hugging Face hub id, and models are only read from disk): download it first, e.g. "
         "`hf download Qwen/Qwen2-0.5B --local-dir models/Qwen2-0.5B`, then pass models/Qwen2-0.5B"
     )
 
 
 def test_missing_text_file(saved, capsys):
-    line = _fails(capsys, [str(saved / "model"), "--text", str(saved / "none.txt")], saved / "out")
+    line = _fails(
+        capsys, ["--model", str(saved / "model"), "--text", str(saved / "none.txt")], saved / "out"
+    )
     assert line == (
         f"depth-probe: error: --text '{saved / 'none.txt'}' does not exist: pass a UTF-8 text file"
     )
@@ -59,7 +63,7 @@ def test_bad_json_line_in_qa_names_file_and_line(saved, capsys):
     qa.write_text(
         '{"prompt": "1 plus 2 is", "answer": "3"}\n{"prompt": "3 plus 4 is" "answer": 7}\n'
     )
-    argv = [str(saved / "model"), "--text", str(saved / "text.txt"), "--qa", str(qa)]
+    argv = ["--model", str(saved / "model"), "--text", str(saved / "text.txt"), "--qa", str(qa)]
     assert _fails(capsys, argv, saved / "out") == (
         f"depth-probe: error: {qa}:2: not valid JSON (Expecting ',' delimiter at column 26): fix "
         "that line (one JSON object per line)"
@@ -76,6 +80,7 @@ def test_tokenizer_larger_than_the_model_vocabulary(saved, capsys):
     line = _fails(
         capsys,
         [
+            "--model",
             str(saved / "small"),
             "--tokenizer",
             str(saved / "model"),
@@ -93,14 +98,16 @@ def test_tokenizer_larger_than_the_model_vocabulary(saved, capsys):
 
 def test_model_folder_without_a_tokenizer(saved, capsys):
     tiny_llama(vocab_size=40).save_pretrained(saved / "bare")
-    line = _fails(capsys, [str(saved / "bare"), "--text", str(saved / "text.txt")], saved / "out")
-    assert line.startswith(f"depth-probe: error: model '{saved / 'bare'}' holds no tokenizer it ")
+    line = _fails(
+        capsys, ["--model", str(saved / "bare"), "--text", str(saved / "text.txt")], saved / "out"
+    )
+    assert line.startswith(f"depth-probe: error: --model '{saved / 'bare'}' holds no tokenizer it ")
     assert line.endswith("): save its tokenizer there or pass --tokenizer FOLDER")
 
 
 def test_text_shorter_than_one_window(saved, capsys):
     (saved / "short.txt").write_text("the cat sat")
-    argv = [str(saved / "model"), "--text", str(saved / "short.txt")]
+    argv = ["--model", str(saved / "model"), "--text", str(saved / "short.txt")]
     assert _fails(capsys, argv, saved / "out") == (
         "depth-probe: error: the text has 3 tokens, fewer than the 8 needed: give more text or "
         "lower --max-length / --rows"

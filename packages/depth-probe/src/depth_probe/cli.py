@@ -165,14 +165,14 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from depth_probe.scoring import ExactMatchScorer, PerplexityScorer
 
     # every input is checked before the model loads and before the report folder is made
-    require_model_folder(args.model, "model")
+    require_model_folder(args.model, "--model")
     text = _read_texts(args.text)
     qa = _qa_rows(args.qa) if args.qa else None
     if args.tokenizer:
         tokenizer = load_tokenizer_folder(args.tokenizer, "--tokenizer")
     else:
         tokenizer = load_tokenizer_folder(
-            args.model, "model", "save its tokenizer there or pass --tokenizer FOLDER"
+            args.model, "--model", "save its tokenizer there or pass --tokenizer FOLDER"
         )
     check_tokenizer_fits(
         tokenizer,
