@@ -81,6 +81,7 @@ def _config_help(command: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from depth_probe.cli import add_report_arguments
     from layerwise.__about__ import __version__
 
     parser = argparse.ArgumentParser(
@@ -177,33 +178,16 @@ def _parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. decode=prophet options.steps=32"
     )
 
-    # the flags shared with the `depth-probe` command have its names and defaults (a test checks)
+    # the report flags are depth-probe's own definition (a test checks the rest agrees)
     probe = sub.add_parser(
         "probe",
         help="depth-probe report of a saved model on a corpus's validation text",
         formatter_class=HelpFormatter,
     )
     probe.add_argument("--model", required=True, help="Hugging Face model folder, e.g. RUN/final")
-    probe.add_argument("--out", required=True, help="report folder (JSON, markdown, PNG figures)")
-    probe.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+    add_report_arguments(probe)  # shared with the depth-probe command
     probe.add_argument(
         "--source", default="shakespeare", help="corpus whose validation text is analysed"
-    )
-    probe.add_argument("--max-length", type=int, default=128, help="tokens per window")
-    probe.add_argument(
-        "--rows", type=int, default=8, help="windows analysed (and as many held out for sweeps)"
-    )
-    probe.add_argument(
-        "--sweep",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="removal sweeps, perplexity-scored on as many held-out windows",
-    )
-    probe.add_argument(
-        "--skip-effect",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="add Csordas et al.'s skip effect (L+1 passes)",
     )
     probe.add_argument(
         "--overwrite", action="store_true", help="replace a depth report already in --out"

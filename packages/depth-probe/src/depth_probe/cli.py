@@ -33,7 +33,7 @@ from layerwise_core import (
 )
 from layerwise_core.command_line import HelpFormatter
 
-__all__ = ["load_model", "main", "text_windows"]
+__all__ = ["add_report_arguments", "load_model", "main", "text_windows"]
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
@@ -68,19 +68,9 @@ def text_windows(tokenizer, text: str, length: int, count: int, skip: int = 0) -
     return windows
 
 
-def _parser() -> argparse.ArgumentParser:
-    # the flags shared with `layerwise probe` have its names and defaults (a test checks)
-    parser = argparse.ArgumentParser(
-        prog="depth-probe", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
-    )
-    parser.add_argument(
-        "--model", default=None, help="Hugging Face model folder (required), e.g. RUN/final"
-    )
-    # deprecated: the model folder as a positional argument (depth-probe <= 0.1)
-    parser.add_argument("model_path", nargs="?", default=None, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--text", required=True, action="append", help="UTF-8 text file (repeatable)"
-    )
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a depth report that `depth-probe` and `layerwise probe` share (one definition,
+    so their names, defaults and help cannot drift apart)."""
     parser.add_argument("--out", required=True, help="report folder (JSON, markdown, PNG figures)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per window")
@@ -99,6 +89,22 @@ def _parser() -> argparse.ArgumentParser:
         default=False,
         help="add Csordas et al.'s skip effect (L+1 passes)",
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    # the flags shared with `layerwise probe` have its names and defaults (a test checks)
+    parser = argparse.ArgumentParser(
+        prog="depth-probe", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--model", default=None, help="Hugging Face model folder (required), e.g. RUN/final"
+    )
+    # deprecated: the model folder as a positional argument (depth-probe <= 0.1)
+    parser.add_argument("model_path", nargs="?", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--text", required=True, action="append", help="UTF-8 text file (repeatable)"
+    )
+    add_report_arguments(parser)
     parser.add_argument(
         "--qa", default=None, help='JSON lines {"prompt", "answer"}: exact-match sweeps'
     )
