@@ -2,6 +2,7 @@
 
     nox -s tests                          all distributions editable in one venv, every test suite
     nox -s "tests_pkg(package='meap')"    build one wheel, install it alone, run its tests
+    nox -s "compat(end='newest')"         the newest versions pip resolves (also end='oldest')
     nox -s lint | build | install_check | quickstart | bench | slow | gpu
 
 Virtual environments are plain `venv` + pip (never uv: it ignores the local CPU torch wheel and
@@ -16,6 +17,9 @@ import sys
 from pathlib import Path
 
 import nox
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -151,6 +155,89 @@ def tests_pkg(session: nox.Session, package: str) -> None:
         "-m",
         "not slow and not gpu",
         "-q",
+        *session.posargs,
+        env=_interpreter_env(),
+    )
+
+
+# The compatibility matrix (docs/development.md, "Compatibility"): each end of the version ranges
+# that the pyprojects claim is one session. torch is 2.13.0 at both ends: it is the only torch with
+# a CPU wheel on the dev/CI machines (any other resolves to a ~5.5 GB CUDA build), so it is also the
+# lower bound every pyproject declares.
+COMPAT_TORCH = "torch==2.13.0"
+
+
+def _third_party_requirements() -> list[Requirement]:
+    """Third-party requirements of every distribution: dependencies and the test extra."""
+    workspace = {canonicalize_name(name) for name in DISTS}
+    reqs: list[Requirement] = []
+    for path in DISTS.values():
+        project = tomllib.loads((path / "pyproject.toml").read_text())["project"]
+        for text in [
+            *project.get("dependencies", []),
+            *project.get("optional-dependencies", {}).get("test", []),
+        ]:
+            req = Requirement(text)
+            if canonicalize_name(req.name) not in workspace:
+                reqs.append(req)
+    return reqs
+
+
+def _oldest_constraints() -> list[str]:
+    """`name==X` for the lower bound `>=X` of every third-party requirement. Distributions that
+    require the same package must declare the same lower bound (else the lower one would go
+    untested), and every requirement needs one."""
+    lowest: dict[str, tuple[Version, str]] = {}
+    for req in _third_party_requirements():
+        bounds = [Version(s.version) for s in req.specifier if s.operator in (">=", "==", "~=")]
+        if not bounds:
+            raise ValueError(f"{req}: no lower bound to test; declare one (e.g. {req.name}>=X)")
+        name, bound = canonicalize_name(req.name), max(bounds)
+        if name in lowest and lowest[name][0] != bound:
+            raise ValueError(
+                f"{name}: lower bounds differ ({lowest[name][1]} vs {req}); the oldest session tests "
+                "one version, so declare the same lower bound in every pyproject"
+            )
+        lowest[name] = (bound, str(req))
+    return [f"{name}=={bound}" for name, (bound, _) in sorted(lowest.items())]
+
+
+@nox.session
+@nox.parametrize("end", ["oldest", "newest"])
+def compat(session: nox.Session, end: str) -> None:
+    """Every distribution and test suite at one end of the claimed version ranges.
+
+    oldest: every third-party lower bound of the pyprojects installed exactly (constraints
+    generated from them). newest: nothing pinned but torch; pip takes the newest transformers,
+    accelerate, datasets, tokenizers, peft, ... that the pyprojects allow (CI runs this one)."""
+    if end == "oldest":
+        pins = _oldest_constraints()
+        upgrade: list[str] = []
+    else:
+        pins = [COMPAT_TORCH]
+        upgrade = ["--upgrade", "--upgrade-strategy", "eager"]  # a reused venv moves up too
+    constraints = Path(session.create_tmp()) / f"{end}-constraints.txt"
+    constraints.write_text("\n".join(pins) + "\n")
+    pin = ("-c", str(constraints))
+    session.install(*pin, "pip>=23", COMPAT_TORCH)
+    session.install(*pin, *upgrade, *[arg for path in DISTS.values() for arg in ("-e", str(path))])
+    session.install(*pin, *upgrade, *_extra_requirements("test"))
+    versions = ", ".join(
+        repr(d) for d in ("torch", "transformers", "tokenizers", "huggingface-hub", "accelerate",
+                          "datasets", "peft", "safetensors", "pydantic", "triton", "numpy")
+    )  # fmt: skip
+    session.run(
+        "python", "-c",
+        f"import importlib.metadata as m; print(*(f'{{d}}=={{m.version(d)}}' for d in ({versions})))",
+    )  # fmt: skip
+    session.run(
+        "pytest",
+        *_test_paths(),
+        "-m",
+        "not slow and not gpu",
+        "-q",
+        "-p",
+        "no:cacheprovider",
         *session.posargs,
         env=_interpreter_env(),
     )
