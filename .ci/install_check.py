@@ -263,15 +263,19 @@ print(json.dumps(out))
 """
 
 
-def import_tree(python: Path, module: str) -> tuple[list[tuple[str, int, tuple[str, ...]]], str]:
-    """`python -X importtime -c "import module"` from an empty folder: (name, cumulative us,
-    chain of importers) for each module (first imports only, every importer before the modules
-    it imports), and the module's __file__."""
+Tree = list[tuple[str, int, tuple[str, ...]]]
+
+
+def import_tree(python: Path, module: str) -> tuple[Tree, str, float]:
+    """`python -X importtime -c "import module"` in a fresh process from an empty folder:
+    (name, cumulative us, chain of importers) for each module (first imports only, every
+    importer before the modules it imports), the module's __file__ and the process's wall time."""
     with tempfile.TemporaryDirectory() as cwd:
         code = f"import {module}; print({module}.__file__)"
-        result = _check(
-            _run([str(python), "-X", "importtime", "-c", code], cwd=cwd), f"import {module}"
-        )
+        start = time.perf_counter()
+        result = _run([str(python), "-X", "importtime", "-c", code], cwd=cwd)
+        wall = time.perf_counter() - start
+        _check(result, f"import {module}")
     rows = []
     for line in result.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
@@ -285,7 +289,7 @@ def import_tree(python: Path, module: str) -> tuple[list[tuple[str, int, tuple[s
         del stack[depth:]
         out.append((name, cumulative, tuple(stack)))
         stack.append(name)
-    return out, result.stdout.strip()
+    return out, result.stdout.strip(), wall
 
 
 def _path(chain: tuple[str, ...], name: str) -> str:
@@ -294,9 +298,7 @@ def _path(chain: tuple[str, ...], name: str) -> str:
     return " -> ".join(path if len(path) <= 6 else [*path[:4], "...", *path[-2:]])
 
 
-def hygiene(
-    dist: Dist, dists: dict[str, Dist], tree: list[tuple[str, int, tuple[str, ...]]], meta: dict
-) -> list[str]:
+def hygiene(dist: Dist, dists: dict[str, Dist], tree: Tree, meta: dict) -> list[str]:
     """Problems of rule 2 (see the module docstring) for one `import dist.module`."""
     modules = {d.module: d.name for d in dists.values()}
     stdlib = set(meta["stdlib"]) | {"__future__"}
@@ -381,24 +383,49 @@ def check_local_form(dist: Dist, dists: dict[str, Dist]) -> list[str]:
     return []
 
 
-def import_seconds(python: Path, module: str, repeats: int) -> float:
-    """Median wall time of `python -c "import module"` in fresh processes (after one warm-up)."""
-    times = []
-    with tempfile.TemporaryDirectory() as cwd:
-        for i in range(repeats + 1):
-            start = time.perf_counter()
-            _check(_run([str(python), "-c", f"import {module}"], cwd=cwd), f"import {module}")
-            if i:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def own_seconds(tree: Tree, module: str) -> float:
+    """The module's cumulative import time minus torch's (when torch is imported under it)."""
+    own = next(us for name, us, chain in tree if name == module and not chain)
+    own -= next((us for name, us, chain in tree if name == "torch" and chain), 0)
+    return own / 1e6
 
 
-def offenders(tree: list[tuple[str, int, tuple[str, ...]]], dist: Dist, n: int = 3) -> str:
-    """The slowest top-level packages the import pulls in (first import, cumulative)."""
-    tops = [(us, name) for name, us, chain in tree if "." not in name and name != dist.module]
-    under_torch = {name for name, _, chain in tree if "torch" in chain}
-    tops = [(us, n) for us, n in tops if n != "torch" and n not in under_torch and us >= 20_000]
-    return ", ".join(f"{name} {us / 1e6:.2f}" for us, name in sorted(tops, reverse=True)[:n])
+def slowest(tree: Tree, module: str) -> dict[str, float]:
+    """Cumulative seconds of each top-level package the import pulls in, torch's share removed."""
+    torch_us, torch_chain = next(((us, c) for n, us, c in tree if n == "torch"), (0, ()))
+    out = {}
+    for name, us, chain in tree:
+        if "." in name or name in (module, "torch") or any(m.startswith("torch") for m in chain):
+            continue  # a submodule, the module itself, torch, or what torch imports
+        out[name] = (us - (torch_us if name in torch_chain else 0)) / 1e6
+    return out
+
+
+def bench_imports(
+    targets: dict[str, tuple[Path, str]], repeats: int
+) -> dict[str, tuple[float, float, dict[str, float]]]:
+    """For each target (python, module): median wall time of a fresh `import`, median own time
+    and median per-package times. Round robin over the targets, after one warm-up round, so a
+    change of load on a shared machine shifts every target alike."""
+    samples: dict[str, list[tuple[float, Tree]]] = {key: [] for key in targets}
+    for round_ in range(repeats + 1):
+        for key, (python, module) in targets.items():
+            tree, _, wall = import_tree(python, module)
+            if round_:
+                samples[key].append((wall, tree))
+    out = {}
+    for key, runs in samples.items():
+        module = targets[key][1]
+        per_package: dict[str, list[float]] = {}
+        for _, tree in runs:
+            for name, seconds in slowest(tree, module).items():
+                per_package.setdefault(name, []).append(seconds)
+        out[key] = (
+            statistics.median(wall for wall, _ in runs),
+            statistics.median(own_seconds(tree, module) for _, tree in runs),
+            {name: statistics.median(v) for name, v in per_package.items()},
+        )
+    return out
 
 
 # --- driver ---------------------------------------------------------------------------------
@@ -439,13 +466,12 @@ def main() -> int:
         found = check_install_report(dist, dists, report)
         size = installed_size_mb(venv)
         meta = json.loads(_check(_run([str(python), "-c", _METADATA]), "metadata").stdout)
-        tree, file = import_tree(python, dist.module)
+        tree, file, _ = import_tree(python, dist.module)
         if not file.startswith(str(_site_packages(venv))):
             found.append(f"`import {dist.module}` found {file}, not the installed wheel")
         found += hygiene(dist, dists, tree, meta)
         found += check_local_form(dist, dists)
-        own_us = next(us for mod, us, chain in tree if mod == dist.module and not chain)
-        own_us -= next((us for mod, us, chain in tree if mod == "torch" and chain), 0)
+        own = own_seconds(tree, dist.module)
         t_blocks = time.perf_counter()
         if README_EXTRAS.get(name):
             pip_install(venv, f"{name}[{','.join(README_EXTRAS[name])}]")
@@ -464,20 +490,18 @@ def main() -> int:
         row = {
             "name": name,
             "size": size,
-            "own_import": own_us / 1e6,
-            "offenders": offenders(tree, dist),
+            "python": python,
+            "module": dist.module,
             "blocks": len(blocks),
             "seconds": time.perf_counter() - t0,
             "install_s": t_install,
             "readme_s": time.perf_counter() - t_blocks,
         }
-        if args.bench:
-            row["import"] = import_seconds(python, dist.module, args.repeats)
         rows.append(row)
         problems += [f"{name}: {p}" for p in found]
         status = "ok" if not found else f"{len(found)} problem(s)"
         print(
-            f"{name:18s} {size:7.1f} MB  import {own_us / 1e6:5.2f} s  "
+            f"{name:18s} {size:7.1f} MB  import {own:5.2f} s  "
             f"{len(blocks)} README block(s)  {row['seconds']:4.0f} s (pip {t_install:.0f} s, "
             f"README {row['readme_s']:.0f} s)  {status}",
             flush=True,
@@ -493,7 +517,7 @@ def main() -> int:
         meta = json.loads(_check(_run([str(python), "-c", _METADATA]), "metadata").stdout)
         found = []
         for dist in dists.values():
-            tree, _ = import_tree(python, dist.module)
+            tree, _, _ = import_tree(python, dist.module)
             found += [
                 f"{dist.name} (all extras installed): {p}" for p in hygiene(dist, dists, tree, meta)
             ]
@@ -516,7 +540,7 @@ def main() -> int:
         if result.returncode != 0:
             problems.append(f"{LOCAL_FORM}: README's `pip install {' '.join(line)}` failed")
         else:
-            tree, file = import_tree(venv / "bin" / "python", dist.module)
+            tree, file, _ = import_tree(venv / "bin" / "python", dist.module)
             if not file.startswith(str(_site_packages(venv))):
                 problems.append(f"{LOCAL_FORM}: the local-form install imports {file}")
         print(
@@ -529,12 +553,19 @@ def main() -> int:
         f"install check: {len(chosen)} distribution(s), {len(problems)} problem(s), {total:.0f} s"
     )
     if args.bench:
-        torch_s = import_seconds(base / "bin" / "python", "torch", args.repeats)
-        write_benchmarks(rows, total, args.repeats, torch_s)
+        targets = {r["name"]: (r["python"], r["module"]) for r in rows}
+        targets["torch"] = (base / "bin" / "python", "torch")
+        load = os.getloadavg()[0]
+        timings = bench_imports(targets, args.repeats)
+        load = f"{load:.1f} before, {os.getloadavg()[0]:.1f} after the timing"
+        write_benchmarks(rows, timings, total, args.repeats, load)
     return 1 if problems else 0
 
 
-def write_benchmarks(rows: list[dict], total: float, repeats: int, torch_s: float) -> None:
+def write_benchmarks(
+    rows: list[dict], timings: dict, total: float, repeats: int, load: str
+) -> None:
+    torch_s = timings["torch"][0]
     cpu = "unknown CPU"
     if Path("/proc/cpuinfo").exists():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -547,23 +578,24 @@ def write_benchmarks(rows: list[dict], total: float, repeats: int, torch_s: floa
         head,
         "",
         f"Machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {TORCH} "
-        f"(CPU build). Command: `nox -s install_check -- --bench` (runs `nox -s build` first).",
+        f"(CPU build), load average {load}. Command: `nox -s install_check -- --bench`"
+        " (runs `nox -s build` first).",
         "Each distribution is installed alone (`pip install --find-links dist <dist>`) into a venv",
         "that sees a torch-only base. *Size*: what pip added beyond torch (MB, without bytecode).",
-        f'*Import*: median wall time of {repeats} fresh `python -c "import <module>"` processes',
-        f"after one warm-up, torch included; `import torch` alone takes {torch_s:.2f} s the same way.",
-        "*Own*: the module's cumulative time in `python -X importtime` minus torch's (one run).",
-        "*Slowest imports*: the packages it pulls in besides torch, cumulative seconds in the same run",
-        "(nested: transformers includes tokenizers). Timings on a shared, loaded machine are noisy.",
+        f'*Import*: median wall time of {repeats} fresh `python -X importtime -c "import <module>"`',
+        "processes, torch included, taken round robin over all distributions after a warm-up round;",
+        f"`import torch` alone: {torch_s:.2f} s. *Own*: the module's cumulative `-X importtime` minus",
+        "torch's (median). *Slowest imports*: the packages it pulls in besides torch and what torch",
+        "imports, median cumulative seconds (nested: transformers includes tokenizers).",
         "",
         "| distribution | size (MB) | import (s) | own (s) | slowest imports (s) |",
         "|---|---:|---:|---:|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| `{r['name']}` | {r['size']:.1f} | {r['import']:.2f} | {r['own_import']:.2f} | "
-            f"{r['offenders'] or '-'} |"
-        )
+        wall, own, packages = timings[r["name"]]
+        top = sorted(((s, n) for n, s in packages.items() if s >= 0.02), reverse=True)[:3]
+        names = ", ".join(f"{n} {s:.2f}" for s, n in top) or "-"
+        lines.append(f"| `{r['name']}` | {r['size']:.1f} | {wall:.2f} | {own:.2f} | {names} |")
     lines += [
         "",
         f"The whole check took {total:.0f} s here (CI runs it without the timing repeats).",
