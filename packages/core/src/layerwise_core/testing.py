@@ -72,9 +72,12 @@ def run_python(code: str, *args: str, timeout: float = 300) -> subprocess.Comple
 
     For what a new process sees: nothing imported or registered by the test session (e.g. a model
     type registered with the Auto classes only as a side effect of the test that saved the model).
+    The child uses this process's torch thread count (OMP_NUM_THREADS), so that results computed
+    here and there can be compared bit for bit (a matmul's reduction order follows the threads).
     """
     command = [sys.executable, "-c", code, *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     if result.returncode != 0:
         raise AssertionError(
             f"python -c <code> {' '.join(map(str, args))} exited with {result.returncode}:\n"
