@@ -100,6 +100,7 @@ ALL_EXTRAS = (
 )
 LOCAL_FORM = "spam-opt"  # the distribution whose README "from a clone" command is run as written
 NOT_RUN = re.compile(r"^\s*<!--\s*not-run\b")
+TORCH_HINT = re.compile(r"any torch>=([\d.]+)")
 LOCAL_LINE = re.compile(r"^pip install (\./\S+(?: \./\S+)*)\s*$", re.M)
 BLOCK_TIMEOUT_S = 300
 
@@ -365,6 +366,21 @@ def run_block(python: Path, readme: Path, line: int, body: str) -> str | None:
     return None
 
 
+def check_torch_hint(dist: Dist) -> list[str]:
+    """The README's "any torch>=X you already have" agrees with the pyproject's torch bound."""
+    readme = dist.folder / "README.md"
+    hint = TORCH_HINT.search(readme.read_text(encoding="utf-8"))
+    project = tomllib.loads((dist.folder / "pyproject.toml").read_text())["project"]
+    spec = next((r for r in project.get("dependencies", []) if _req_name(r) == "torch"), "")
+    lower = re.search(r">=\s*([\d.]+)", spec)
+    if hint and lower and hint.group(1) != lower.group(1):
+        return [
+            f"{readme.relative_to(ROOT)}: its Install section says torch>={hint.group(1)},"
+            f" the pyproject requires {spec!r}"
+        ]
+    return []
+
+
 def check_local_form(dist: Dist, dists: dict[str, Dist]) -> list[str]:
     """The README's `pip install ./...` line names exactly the workspace closure + itself."""
     readme = dist.folder / "README.md"
@@ -470,7 +486,7 @@ def main() -> int:
         if not file.startswith(str(_site_packages(venv))):
             found.append(f"`import {dist.module}` found {file}, not the installed wheel")
         found += hygiene(dist, dists, tree, meta)
-        found += check_local_form(dist, dists)
+        found += check_local_form(dist, dists) + check_torch_hint(dist)
         own = own_seconds(tree, dist.module)
         t_blocks = time.perf_counter()
         if README_EXTRAS.get(name):
