@@ -166,3 +166,29 @@ def test_double_application_remove_and_unsupported():
     )
     with pytest.raises(ValueError, match="olmo2"):
         apply_layernorm_scaling(olmo2)
+
+
+@pytest.mark.parametrize("what", ["class_forward_back", "other_forward_bound"])
+def test_rebind_restores_the_scale_that_kernelization_drops(what):
+    # transformers >= 5.25 kernelizes after from_pretrained: on CPU it pops the instance forward
+    # (the class forward comes back); with a hub kernel it binds the kernel's forward instead
+    import types
+
+    from ln_scaling.layernorm_scaling import rebind_layernorm_scaling
+
+    torch.manual_seed(0)
+    model = apply_layernorm_scaling(tiny_llama(num_hidden_layers=3)).eval()
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.no_grad():
+        expected = model(ids).logits
+        norms = [m for m in model.modules() if hasattr(m, "_lns_scale")]
+        for norm in norms:
+            if what == "class_forward_back":
+                norm.__dict__.pop("forward")
+            else:  # the unscaled RMSNorm maths under another bound method, as a hub kernel
+                norm.forward = types.MethodType(type(norm).forward, norm)
+        dropped = model(ids).logits
+        assert (dropped - expected).abs().max() > 1e-3  # the scale is really gone
+        assert rebind_layernorm_scaling(model) == len(norms)
+        assert rebind_layernorm_scaling(model) == 0  # idempotent
+        torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ from ln_scaling.layernorm_scaling import (
     apply_layernorm_scaling,
     is_layernorm_scaled,
     layernorm_scale,
+    rebind_layernorm_scaling,
     remove_layernorm_scaling,
 )
 from ln_scaling.mix_ln import apply_mix_ln, post_ln_layer_count
@@ -34,6 +35,7 @@ __all__ = [
     "layernorm_scale",
     "norm_scheme",
     "post_ln_layer_count",
+    "rebind_layernorm_scaling",
     "remove_layernorm_scaling",
     "residual_variance",
 ]

@@ -94,6 +94,33 @@ def _unscale_norm(norm: nn.Module) -> None:
         norm.__dict__.pop(attr, None)
 
 
+def rebind_layernorm_scaling(model: nn.Module) -> int:
+    """Bind the LNS forward again on scaled norms that lost it; returns how many were rebound.
+
+    transformers >= 5.25 "kernelizes" a model after `from_pretrained`: norms declared with a hub
+    kernel (LlamaRMSNorm, ...) get the hub kernel's forward or, on CPU, the class forward back,
+    which silently drops the 1/sqrt(l) scale. A norm whose class forward came back gets its LNS
+    forward again; a norm given another forward (a hub kernel) has that forward's output scaled.
+    """
+    ours = (_fused_rms_forward, _generic_forward)
+    count = 0
+    for norm in model.modules():
+        if not hasattr(norm, "_lns_scale"):
+            continue
+        bound = norm.__dict__.get("forward")
+        if bound is not None and getattr(bound, "__func__", None) in ours:
+            continue
+        if bound is not None:  # someone else's forward (a hub kernel): scale its output
+            norm._lns_inner_forward = bound
+            norm.forward = types.MethodType(_generic_forward, norm)
+        elif "_lns_inner_forward" in norm.__dict__:
+            norm.forward = types.MethodType(_generic_forward, norm)
+        else:
+            norm.forward = types.MethodType(_fused_rms_forward, norm)
+        count += 1
+    return count
+
+
 def is_layernorm_scaled(model: nn.Module) -> bool:
     return any(hasattr(m, "_lns_scale") for m in model.modules())
 

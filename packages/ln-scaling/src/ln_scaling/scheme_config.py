@@ -112,6 +112,10 @@ class _RestoresScheme:
                 "the model again with save_pretrained after apply_mix_ln"
             )
         model.__class__ = cls._ln_scaling_family
+        # transformers >= 5.25 kernelizes after loading, which unbinds the LNS forwards
+        from ln_scaling.layernorm_scaling import rebind_layernorm_scaling
+
+        rebind_layernorm_scaling(model)
         return (model, info) if wants_info else model
 
     @classmethod
