@@ -99,7 +99,6 @@ ALL_EXTRAS = (
     "spectral-opt[plot]",
 )
 LOCAL_FORM = "spam-opt"  # the distribution whose README "from a clone" command is run as written
-NOT_RUN = re.compile(r"^\s*<!--\s*not-run\b")
 TORCH_HINT = re.compile(r"any torch>=([\d.]+)")
 LOCAL_LINE = re.compile(r"^pip install (\./\S+(?: \./\S+)*)\s*$", re.M)
 BLOCK_TIMEOUT_S = 300
@@ -337,19 +336,16 @@ def hygiene(dist: Dist, dists: dict[str, Dist], tree: Tree, meta: dict) -> list[
 
 
 def readme_blocks(core_python: Path, readme: Path) -> list[tuple[int, str]]:
-    """The runnable python blocks of a README, by the core's own markdown_python_blocks."""
+    """The runnable python blocks of a README (core's markdown_python_blocks, not_run_reason)."""
     code = (
-        "import json, sys\nfrom layerwise_core.testing import markdown_python_blocks\n"
-        "print(json.dumps(markdown_python_blocks(sys.argv[1])))"
+        "import json, sys\n"
+        "from layerwise_core.testing import markdown_python_blocks, not_run_reason\n"
+        "lines = open(sys.argv[1], encoding='utf-8').read().splitlines()\n"
+        "blocks = markdown_python_blocks(sys.argv[1])\n"
+        "print(json.dumps([b for b in blocks if not_run_reason(lines, b[0]) is None]))"
     )
     blocks = json.loads(_check(_run([str(core_python), "-c", code, str(readme)]), "blocks").stdout)
-    lines = readme.read_text(encoding="utf-8").splitlines()
-    runnable = []
-    for line, body in blocks:
-        before = [text for text in lines[: line - 1] if text.strip()]
-        if not (before and NOT_RUN.match(before[-1])):
-            runnable.append((line, body))
-    return runnable
+    return [(line, body) for line, body in blocks]
 
 
 def run_block(python: Path, readme: Path, line: int, body: str) -> str | None:

@@ -9,14 +9,13 @@ model it cannot build. A block that cannot run there (a GPU, a hub model) is pre
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from layerwise_core.testing import markdown_python_blocks
+from layerwise_core.testing import NOT_RUN_MARKER, markdown_python_blocks, not_run_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 PATTERNS = (
@@ -34,7 +33,6 @@ DEPRECATIONS_ARE_ERRORS = (
     "-W",
     "error::DeprecationWarning:__main__",
 )
-NOT_RUN = re.compile(r"^\s*<!--\s*not-run\b:?(?P<reason>.*?)-->\s*$")
 
 
 def _markdown_files() -> list[Path]:
@@ -42,21 +40,12 @@ def _markdown_files() -> list[Path]:
     return sorted(files)
 
 
-def _not_run_reason(lines: list[str], fence_line: int) -> str | None:
-    """The reason of a `<!-- not-run: ... -->` on the last non-blank line before the fence."""
-    for line in reversed(lines[: fence_line - 1]):
-        if line.strip():
-            match = NOT_RUN.match(line)
-            return match.group("reason").strip() if match else None
-    return None
-
-
 def _read(path: Path, root: Path) -> tuple[list[tuple[str, int, str, str | None]], list[str]]:
     """The blocks of one file, (file, fence line, code, not-run reason or None), and what is wrong
     with its not-run markers: no reason, no run block right after, or no block under the marker."""
     rel = path.relative_to(root).as_posix()
     lines = path.read_text(encoding="utf-8").splitlines()
-    blocks = [(rel, n, code, _not_run_reason(lines, n)) for n, code in markdown_python_blocks(path)]
+    blocks = [(rel, n, code, not_run_reason(lines, n)) for n, code in markdown_python_blocks(path)]
     problems = []
     for i, (_, line, _, reason) in enumerate(blocks):
         if reason is None:
@@ -66,7 +55,7 @@ def _read(path: Path, root: Path) -> tuple[list[tuple[str, int, str, str | None]
         if i + 1 == len(blocks) or blocks[i + 1][3] is not None:
             problems.append(f"{rel}:{line}: a not-run block needs a CPU twin block right after it")
     marked = sum(reason is not None for *_, reason in blocks)
-    markers = [n for n, text in enumerate(lines, start=1) if NOT_RUN.match(text)]
+    markers = [n for n, text in enumerate(lines, start=1) if NOT_RUN_MARKER.match(text)]
     if len(markers) != marked:
         problems.append(
             f"{rel}: {len(markers)} not-run markers (lines {markers}) but {marked} marked "

@@ -75,3 +75,28 @@ def test_a_file_without_python_blocks(tmp_path):
     path = tmp_path / "doc.md"
     path.write_text("# Only prose\n\n```bash\nls\n```\n")
     assert markdown_python_blocks(path) == []
+
+
+def test_not_run_reason_reads_the_marker_right_before_the_fence():
+    from layerwise_core.testing import not_run_reason
+
+    lines = [
+        "<!-- not-run: needs a CUDA GPU -->",  # 1
+        "```python",  # 2: marked, with its reason
+        "```",
+        "",
+        "<!-- not-run -->",  # 5
+        "",
+        "```python",  # 7: marked (blank lines skipped), no reason
+        "```",
+        "<!-- not-run: above prose -->",  # 9
+        "Some prose.",
+        "```python",  # 11: the marker is not the last non-blank line: runs
+        "```",
+        "```python",  # 13: first line of nothing marked
+    ]
+    assert not_run_reason(lines, 2) == "needs a CUDA GPU"
+    assert not_run_reason(lines, 7) == ""
+    assert not_run_reason(lines, 11) is None
+    assert not_run_reason(lines, 13) is None
+    assert not_run_reason(["```python"], 1) is None

@@ -4,15 +4,18 @@ the Python blocks of markdown files (so READMEs are executed by tests)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import torch
 
 __all__ = [
+    "NOT_RUN_MARKER",
     "TOLERANCES",
     "assert_close",
     "markdown_python_blocks",
+    "not_run_reason",
     "run_python",
     "run_torchrun",
     "tolerance",
@@ -128,3 +131,18 @@ def markdown_python_blocks(path: str | os.PathLike) -> list[tuple[int, str]]:
     if fence is not None:
         raise ValueError(f"{path}:{fence[2]}: code fence {fence[0]!r} is never closed - close it")
     return blocks
+
+
+# `<!-- not-run: REASON -->` on the last non-blank line before a fence: a block that cannot run on
+# CPU offline (a GPU, a hub model); the README-block tests skip it and want a CPU twin after it
+NOT_RUN_MARKER = re.compile(r"^\s*<!--\s*not-run\b:?(?P<reason>.*?)-->\s*$")
+
+
+def not_run_reason(lines: list[str], fence_line: int) -> str | None:
+    """The reason of the not-run marker of the block whose fence is on 1-based `fence_line` of
+    `lines` ("" for a marker without a reason), or None when the block is to be run."""
+    for line in reversed(lines[: fence_line - 1]):
+        if line.strip():
+            match = NOT_RUN_MARKER.match(line)
+            return match.group("reason").strip() if match else None
+    return None
