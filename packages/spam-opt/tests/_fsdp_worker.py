@@ -88,8 +88,9 @@ def main() -> None:
     if dist.get_rank() == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(results, f, indent=1)
-    dist.barrier()
-    dist.destroy_process_group()
+    from layerwise_core.testing import exit_torchrun_worker
+
+    exit_torchrun_worker()  # barrier, then exit without gloo's flaky teardown
 
 
 if __name__ == "__main__":
