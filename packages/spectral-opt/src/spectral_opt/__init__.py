@@ -11,12 +11,15 @@
     decay = spectral_opt.AlphaDecay(optimizer, model, weight_decay=0.1)
     for batch in data: loss.backward(); decay.step(); optimizer.step()
 
+Configs with the papers' defaults: `AlphaDecayConfig().build(optimizer, model)`,
+`LayerwiseLRConfig().build(optimizer, model, total_steps=...)`; `.param_groups(model, wd)`.
 Plots: `spectral_opt.plots` (`[plot]` extra); HF Trainer: `spectral_opt.integrations.SpectralCallback`.
 """
 
 from layerwise_core import module_param_groups
 from spectral_opt.__about__ import __version__
 from spectral_opt.alphadecay import AlphaDecay
+from spectral_opt.config import AlphaDecayConfig, LayerwiseLRConfig
 from spectral_opt.esd import batched_esd, esd
 from spectral_opt.hill_alpha import FITS, PowerLawFit, fit_power_law, hill_alpha
 from spectral_opt.layerwise_lr import LayerwiseLR
@@ -32,7 +35,9 @@ from spectral_opt.temperature_balance import tb_linear_map
 __all__ = [
     "FITS",
     "AlphaDecay",
+    "AlphaDecayConfig",
     "LayerwiseLR",
+    "LayerwiseLRConfig",
     "ModuleAlphas",
     "PowerLawFit",
     "__version__",
