@@ -88,3 +88,142 @@ def test_config_errors_are_usage_errors():
     from layerwise_core import UsageError
 
     assert issubclass(ConfigError, UsageError) and issubclass(ConfigError, ValueError)
+
+
+# --- tagged choices -------------------------------------------------------------------------
+
+from pydantic import Field, model_validator  # noqa: E402
+
+from layerwise_core import TaggedChoice, tagged_choice  # noqa: E402
+
+
+class Adam(LayerwiseConfig):
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def build(self) -> str:
+        return f"adam at {self.lr}"
+
+
+class Spam(LayerwiseConfig):
+    lr: float = 1e-3
+    threshold: float = 5000.0
+
+
+class Norm(LayerwiseConfig):
+    """Accepts a bare scheme name, as ln_scaling.NormConfig does."""
+
+    scheme: Literal["pre_ln", "lns"] = "pre_ln"
+    fraction: float = 0.25
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scheme_shorthand(cls, data):
+        return {"scheme": data} if isinstance(data, str) else data
+
+
+class Run(LayerwiseConfig):
+    steps: int = 3
+    optimizer: tagged_choice({"adamw": Adam, "spam": Spam}, default="adamw")
+    spectral: tagged_choice({"none": None, "spam_like": Spam}, default="none")
+    norm: Norm = Field(default_factory=Norm)
+
+
+def test_a_tagged_choice_takes_a_mapping_a_bare_name_no_name_or_an_instance():
+    assert Run.from_dict({"optimizer": {"name": "spam", "lr": 2.0}}).optimizer.lr == 2.0
+    bare = Run.from_dict({"optimizer": "spam"}).optimizer
+    assert (bare.name, bare.lr, bare.threshold) == ("spam", 1e-3, 5000.0)  # Spam's defaults
+    unnamed = Run.from_dict({"optimizer": {"lr": 0.5}}).optimizer  # the default choice's
+    assert (unnamed.name, unnamed.lr, unnamed.betas) == ("adamw", 0.5, (0.9, 0.999))
+    given = Run(optimizer=Spam(threshold=7.0)).optimizer  # a package config instance
+    assert (given.name, given.threshold) == ("spam", 7.0)
+    assert Run().optimizer == Run.from_dict({"optimizer": "adamw"}).optimizer
+
+
+def test_the_held_config_is_the_package_class_with_its_methods():
+    held = Run().optimizer
+    assert isinstance(held, Adam) and held.build() == "adam at 0.001"
+    assert type(held) is type(Run.from_dict({"optimizer": {"lr": 2.0}}).optimizer)  # one class
+    choice = next(m for m in Run.model_fields["optimizer"].metadata if isinstance(m, TaggedChoice))
+    assert choice.configs == {"adamw": Adam, "spam": Spam} and choice.default == "adamw"
+    assert choice.classes["spam"].model_fields["name"].default == "spam"
+    assert list(Spam.model_fields) == ["lr", "threshold"]  # the package class has no tag
+
+
+def test_the_dump_puts_the_name_first_and_round_trips(tmp_path):
+    cfg = Run.from_dict({"optimizer": {"name": "spam", "threshold": 9.0}, "spectral": "none"})
+    data = cfg.to_dict()
+    assert data["optimizer"] == {"name": "spam", "lr": 1e-3, "threshold": 9.0}
+    assert list(data["optimizer"]) == ["name", "lr", "threshold"]
+    assert data["spectral"] == {"name": "none"}  # a choice without fields
+    path = tmp_path / "run.yaml"
+    cfg.to_yaml(path)
+    assert "optimizer:\n  name: spam\n  lr: 0.001\n  threshold: 9.0\n" in path.read_text()
+    assert Run.from_yaml(path) == cfg and Run.from_dict(data) == cfg
+
+
+def test_overrides_reach_inside_a_tagged_choice(tmp_path):
+    assert Run.from_dict({}, ["optimizer.lr=3e-3"]).to_dict()["optimizer"] == {
+        "name": "adamw",
+        "lr": 3e-3,
+        "betas": [0.9, 0.999],
+    }
+    switched = Run.from_dict({}, ["optimizer.name=spam", "optimizer.lr=0.5"]).optimizer
+    assert (switched.name, switched.lr, switched.threshold) == ("spam", 0.5, 5000.0)
+    path = tmp_path / "run.yaml"
+    path.write_text("optimizer: spam\nnorm: lns\n")  # shorthands, opened for the overrides
+    cfg = Run.from_yaml(path, ["optimizer.threshold=4", "norm.fraction=0.5"])
+    assert (cfg.optimizer.name, cfg.optimizer.threshold) == ("spam", 4.0)
+    assert (cfg.norm.scheme, cfg.norm.fraction) == ("lns", 0.5)
+    assert Run.from_yaml(path, ["optimizer=adamw"]).optimizer.name == "adamw"
+    with pytest.raises(ConfigError, match="'steps' is a value, not a section"):
+        Run.from_dict({"steps": 3}, ["steps.x=1"])
+    cfg = Run()
+    cfg.optimizer = Spam(lr=2.0)  # assignment validates into the tagged class too
+    assert (cfg.optimizer.name, cfg.optimizer.lr) == ("spam", 2.0)
+
+
+def test_an_unknown_name_names_the_closest_and_every_choice():
+    with pytest.raises(ConfigError) as info:
+        Run.from_dict({}, ["optimizer=spamm"])
+    assert str(info.value) == (
+        "invalid Run: field 'optimizer': unknown name 'spamm' (did you mean 'spam'?): "
+        "choose one of adamw, spam (got 'spamm')"
+    )
+    with pytest.raises(ConfigError, match=r"unknown name 'sgd': choose one of adamw, spam"):
+        Run.from_dict({"optimizer": {"name": "sgd"}})
+    with pytest.raises(ConfigError, match="expected a choice name or a mapping"):
+        Run.from_dict({"optimizer": 3})
+
+
+def test_errors_inside_a_tagged_choice_name_the_dotted_field_without_the_tag():
+    with pytest.raises(ConfigError) as info:
+        Run.from_dict({}, ["optimizer.name=spam", "optimizer.treshold=1"])
+    assert str(info.value) == (
+        "invalid Run: unknown field 'optimizer.treshold' (did you mean 'optimizer.threshold'?); "
+        "valid fields here: ['name', 'lr', 'threshold']"
+    )
+    with pytest.raises(ConfigError, match=r"^invalid Run: field 'optimizer.lr': Input should be"):
+        Run.from_dict({}, ["optimizer.lr=-1"])
+    with pytest.raises(ConfigError) as info:  # a field of another choice
+        Run.from_dict({}, ["spectral.threshold=3"])
+    assert "'threshold' is a field of spectral.name=spam_like, not of 'none'" in str(info.value)
+
+
+def test_a_required_choice_and_a_config_with_its_own_name_field():
+    class Needs(LayerwiseConfig):
+        optimizer: tagged_choice({"adamw": Adam, "spam": Spam})
+
+    with pytest.raises(ConfigError, match="field 'optimizer': Field required"):
+        Needs.from_dict({})
+    with pytest.raises(ConfigError, match="no 'name' given: choose one of adamw, spam"):
+        Needs.from_dict({"optimizer": {"lr": 1.0}})
+    assert Needs.from_dict({"optimizer": "spam"}).optimizer.name == "spam"
+
+    class Named(LayerwiseConfig):
+        name: str = "x"
+
+    with pytest.raises(TypeError, match="has a field 'name'"):
+        tagged_choice({"named": Named})
+    with pytest.raises(ValueError, match="default 'sgd' is not one of"):
+        tagged_choice({"adamw": Adam}, default="sgd")

@@ -1,8 +1,8 @@
 """layerwise-core: the small shared core of the layerwise packages.
 
 Model introspection (`find_decoder`), residual-stream capture (`capture_residual_stream`), the
-papers' LLaMA presets, parameter groups, a strict pydantic config base, atomic safetensors I/O,
-seeding and distributed helpers, token ids given as a tensor or a batch mapping (`token_inputs`)
+papers' LLaMA presets, parameter groups, a strict pydantic config base with tagged choices
+(`tagged_choice`) and `AdamWConfig`, atomic safetensors I/O, seeding and distributed helpers, token ids given as a tensor or a batch mapping (`token_inputs`)
 and renamed arguments (`renamed_kwargs`), and `load_pretrained`: a saved model through the Auto
 classes after importing the package its model type needs (`model_packages`). Tiny test models
 live in `layerwise_core.tiny_models` (needs transformers) and dtype tolerances in
@@ -10,6 +10,7 @@ live in `layerwise_core.tiny_models` (needs transformers) and dtype tolerances i
 """
 
 from layerwise_core.__about__ import __version__
+from layerwise_core.adamw import AdamBetas, AdamWConfig
 from layerwise_core.atomic_io import (
     CheckpointFileError,
     apply_umask,
@@ -20,7 +21,14 @@ from layerwise_core.atomic_io import (
     torch_load_safe,
     torch_save_atomic,
 )
-from layerwise_core.config import ConfigError, LayerwiseConfig, apply_overrides, parse_override
+from layerwise_core.config import (
+    ConfigError,
+    LayerwiseConfig,
+    TaggedChoice,
+    apply_overrides,
+    parse_override,
+    tagged_choice,
+)
 from layerwise_core.decoder_map import DecoderMap, DecoderSpec, LayerMap, find_decoder
 from layerwise_core.deprecation import renamed_kwargs, warn_renamed
 from layerwise_core.distributed import (
@@ -92,6 +100,8 @@ __all__ = [
     "BASE_MODEL_TYPE_KEY",
     "LLAMA_PRESETS",
     "MODEL_PACKAGES",
+    "AdamBetas",
+    "AdamWConfig",
     "CheckpointFileError",
     "ConfigError",
     "DecoderMap",
@@ -105,6 +115,7 @@ __all__ = [
     "ResidualStream",
     "RunFolderBusyError",
     "RunFolderError",
+    "TaggedChoice",
     "TokenInputs",
     "UsageError",
     "__version__",
@@ -152,6 +163,7 @@ __all__ = [
     "save_safetensors",
     "set_rng_state",
     "set_seed",
+    "tagged_choice",
     "token_inputs",
     "torch_load_safe",
     "torch_save_atomic",

@@ -2,28 +2,48 @@
 
     class TrainConfig(LayerwiseConfig):
         lr: float = 1e-3          # peak learning rate
-    cfg = TrainConfig.from_yaml("run.yaml", overrides=["lr=3e-4"])
+        optimizer: tagged_choice({"adamw": AdamWConfig, "spam": SPAMConfig}, default="adamw")
+    cfg = TrainConfig.from_yaml("run.yaml", overrides=["lr=3e-4", "optimizer.name=spam"])
 
-Every error names the dotted field and, for a typo, the closest valid name.
+A *tagged choice* is a section that holds one of several configs, told apart by its key `name`
+(`optimizer: {name: spam, lr: 1e-3}`; the bare string `optimizer: spam` means `{name: spam}`).
+The configs themselves carry no tag: `tagged_choice` adds it. Every error names the dotted field
+(`optimizer.lr`, never the tag) and, for a typo, the closest valid name or key.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_serializer,
+)
 
 from layerwise_core.atomic_io import atomic_write
 from layerwise_core.errors import UsageError
 
-__all__ = ["ConfigError", "LayerwiseConfig", "apply_overrides", "parse_override"]
+__all__ = [
+    "ConfigError",
+    "LayerwiseConfig",
+    "TaggedChoice",
+    "apply_overrides",
+    "parse_override",
+    "tagged_choice",
+]
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -50,56 +70,132 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Return a deep copy of `data` with each `a.b=value` override applied."""
+def apply_overrides(
+    data: Mapping[str, Any],
+    overrides: Iterable[str],
+    config_class: type[BaseModel] | None = None,
+) -> dict[str, Any]:
+    """Return a deep copy of `data` with each `a.b=value` override applied.
+
+    With `config_class` (the config `data` is meant for), a value given in a shorthand is opened
+    into its mapping before an override reaches inside it: `optimizer: spam` with
+    `optimizer.lr=1e-3` becomes `{name: spam, lr: 1e-3}`.
+    """
     out = copy.deepcopy(dict(data))
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
+        node, owner = out, config_class
         for i, key in enumerate(keys[:-1]):
             child = node.get(key)
             if child is None:
                 child = node[key] = {}
             elif not isinstance(child, dict):
-                raise ConfigError(
-                    f"override {text!r}: '{'.'.join(keys[: i + 1])}' is a value, not a section"
-                )
+                opened = _open_shorthand(owner, key, child)
+                if opened is None:
+                    raise ConfigError(
+                        f"override {text!r}: '{'.'.join(keys[: i + 1])}' is a value, not a section"
+                    )
+                child = node[key] = opened
+            owner = _section_of(owner, key, child)
             node = child
         node[keys[-1]] = value
     return out
 
 
-def _model_at(cls: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
-    current: Any = cls
-    for key in path:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(str(key))
+def _choice_of(field: Any) -> TaggedChoice | None:
+    """The `TaggedChoice` of a pydantic field, if the field is a tagged choice."""
+    return next((m for m in getattr(field, "metadata", ()) if isinstance(m, TaggedChoice)), None)
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    """The config class of a section's annotation (`Section`, `Section | None`), else None."""
+    if get_origin(annotation) is not None:  # Optional[Section] and friends
+        inner = [
+            a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        annotation = inner[0] if len(inner) == 1 else None
+    return (
+        annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    )
+
+
+def _section_of(owner: type[BaseModel] | None, key: str, value: Any) -> type[BaseModel] | None:
+    """The config class that validates `value`, the field `key` of `owner` (None if unknown)."""
+    if owner is None or key not in owner.model_fields:
+        return None
+    field = owner.model_fields[key]
+    choice = _choice_of(field)
+    if choice is not None:
+        name = value.get("name", choice.default) if isinstance(value, Mapping) else None
+        return choice.classes.get(name) if isinstance(name, str) else None
+    return _model_class(field.annotation)
+
+
+def _open_shorthand(owner: type[BaseModel] | None, key: str, value: Any) -> dict | None:
+    """The mapping that a shorthand value of section `key` of `owner` stands for (`"spam"` ->
+    `{"name": "spam"}`, `"lns"` -> `{"scheme": "lns"}` where the section accepts it), else None."""
+    if owner is None or key not in owner.model_fields:
+        return None
+    field = owner.model_fields[key]
+    choice = _choice_of(field)
+    if choice is not None:
+        return {"name": value} if isinstance(value, str) else None
+    section = _model_class(field.annotation)
+    if section is None:
+        return None
+    try:
+        return section.model_validate(value).model_dump(exclude_unset=True)
+    except ValidationError:
+        return None
+
+
+def _resolve(
+    cls: type[BaseModel], loc: tuple[Any, ...]
+) -> tuple[list[str], type[BaseModel] | None, TaggedChoice | None]:
+    """Walk an error location: (the dotted path without the tags of tagged choices, the config
+    class at the end, the tagged choice that class was chosen from)."""
+    shown: list[str] = []
+    current: type[BaseModel] | None = cls
+    parts, chosen_from = list(loc), None
+    while parts:
+        key = parts.pop(0)
+        shown.append(str(key))
+        field = current.model_fields.get(str(key)) if current is not None else None
         if field is None:
-            return None
-        current = field.annotation
-        if get_origin(current) is not None:  # Optional[Section] and friends
-            inner = [
-                a for a in get_args(current) if isinstance(a, type) and issubclass(a, BaseModel)
-            ]
-            current = inner[0] if inner else None
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+            current, chosen_from = None, None
+            continue
+        choice = _choice_of(field)
+        if choice is not None:
+            tag = parts.pop(0) if parts else None  # pydantic puts the tag into the location
+            current, chosen_from = choice.classes.get(tag), choice
+        else:
+            current, chosen_from = _model_class(field.annotation), None
+    return shown, current, chosen_from
 
 
 def _format_errors(cls: type[BaseModel], err: ValidationError) -> str:
     lines = []
     for item in err.errors():
         loc = tuple(item["loc"])
-        dotted = ".".join(str(p) for p in loc) or "<root>"
         if item["type"] == "extra_forbidden":
-            owner = _model_at(cls, loc[:-1])
+            shown, owner, choice = _resolve(cls, loc[:-1])
+            key, dotted = str(loc[-1]), ".".join([*shown, str(loc[-1])])
             names = list(owner.model_fields) if owner else []
-            close = difflib.get_close_matches(str(loc[-1]), names, n=1)
-            hint = (
-                f" (did you mean '{'.'.join(map(str, (*loc[:-1], close[0])))}'?)" if close else ""
-            )
+            if choice is not None:  # the tag first, as in the YAML
+                names = ["name", *(n for n in names if n != "name")]
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{'.'.join([*shown, close[0]])}'?)" if close else ""
+            if choice is not None and owner is not None and not close:
+                others = [n for n, c in choice.classes.items() if key in c.model_fields]
+                if others:
+                    current = owner.model_fields["name"].default
+                    hint = (
+                        f" ('{key}' is a field of {'.'.join(shown)}.name={' | '.join(others)}, "
+                        f"not of {current!r})"
+                    )
             lines.append(f"unknown field '{dotted}'{hint}; valid fields here: {names}")
         else:
+            dotted = ".".join(_resolve(cls, loc)[0]) or "<root>"
             message = item["msg"].removeprefix("Value error, ")  # our validators' own words
             lines.append(f"field '{dotted}': {message} (got {item.get('input')!r})")
     return f"invalid {cls.__name__}: " + "; ".join(lines)
@@ -112,7 +208,7 @@ class LayerwiseConfig(BaseModel):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None, overrides: Iterable[str] = ()):
-        merged = apply_overrides(data or {}, overrides)
+        merged = apply_overrides(data or {}, overrides, cls)
         try:
             return cls.model_validate(merged)
         except ValidationError as err:
@@ -151,3 +247,113 @@ class LayerwiseConfig(BaseModel):
 
     def with_overrides(self, overrides: Iterable[str]):
         return type(self).from_dict(self.to_dict(), overrides)
+
+
+class _Tagged(LayerwiseConfig):
+    """Mixed into the classes `tagged_choice` makes: the tag `name` comes first when dumped."""
+
+    @model_serializer(mode="wrap")
+    def _name_first(self, handler):
+        data = handler(self)
+        if isinstance(data, dict) and "name" in data:
+            data = {"name": data.pop("name"), **data}
+        return data
+
+
+@functools.cache
+def _tagged_class(name: str, config: type[BaseModel] | None) -> type[LayerwiseConfig]:
+    """`config` with the field `name: Literal[name]` added (a subclass: it builds what `config`
+    builds); a config without fields for None. One class per (name, config)."""
+    if config is not None and "name" in config.model_fields:
+        raise TypeError(
+            f"{config.__name__} has a field 'name', which tagged_choice uses as the tag: rename it"
+        )
+    tag = (Literal[name], Field(name, description="which choice this section holds"))
+    if config is None:
+        title = "".join(part.title() for part in re.split(r"[^0-9a-zA-Z]+", name)) or "Choice"
+        return create_model(f"{title}Choice", __base__=_Tagged, name=tag)
+    return create_model(
+        config.__name__, __base__=(config, _Tagged), __module__=config.__module__, name=tag
+    )
+
+
+class TaggedChoice:
+    """What `tagged_choice` knows about a field (kept in the field's metadata): the choices, the
+    class that validates each (`classes`: the given config with its tag), the default name."""
+
+    def __init__(self, choices: Mapping[str, type[BaseModel] | None], default: str | None) -> None:
+        if not choices:
+            raise ValueError("tagged_choice needs at least one choice")
+        if default is not None and default not in choices:
+            raise ValueError(f"tagged_choice default {default!r} is not one of {list(choices)}")
+        self.configs = dict(choices)  # name -> the package's config class, or None
+        self.classes = {n: _tagged_class(n, c) for n, c in choices.items()}
+        self.default = default
+
+    def __repr__(self) -> str:
+        return f"TaggedChoice({list(self.classes)}, default={self.default!r})"
+
+    def name_of(self, config: BaseModel) -> str | None:
+        """The name under which a config instance (tagged or the package's own) is a choice."""
+        for name, cls in self.classes.items():
+            if type(config) is cls or (self.configs[name] is type(config)):
+                return name
+        return None
+
+    def normalise(self, value: Any) -> Any:
+        """Before validation: a bare name -> `{name: ...}`; a mapping without `name` -> the
+        default's; a package config instance -> its tagged mapping; an unknown name -> an error
+        with the closest name and the choices."""
+        if isinstance(value, BaseModel):
+            if type(value) in self.classes.values():
+                return value
+            name = self.name_of(value)
+            if name is None:
+                raise ValueError(
+                    f"a {type(value).__name__} is none of the choices: "
+                    f"give one of {self._listing()}"
+                )
+            return {"name": name, **{k: getattr(value, k) for k in type(value).model_fields}}
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, Mapping):
+            raise ValueError(
+                f"expected a choice name or a mapping with its 'name', got {value!r}: "
+                f"give one of {self._listing()}"
+            )
+        name = value.get("name", self.default)
+        if name is None:
+            raise ValueError(f"no 'name' given: choose one of {self._listing()}")
+        if not isinstance(name, str) or name not in self.classes:
+            close = difflib.get_close_matches(str(name), list(self.classes), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown name {name!r}{hint}: choose one of {self._listing()}")
+        return {**value, "name": name}
+
+    def _listing(self) -> str:
+        return ", ".join(self.classes)
+
+
+def tagged_choice(choices: Mapping[str, type[BaseModel] | None], default: str | None = None) -> Any:
+    """The annotation of a section that holds one of several configs, told apart by `name`.
+
+        optimizer: tagged_choice({"adamw": AdamWConfig, "spam": SPAMConfig}, default="adamw")
+        spectral: tagged_choice({"none": None, "llr": LayerwiseLRConfig}, default="none")
+
+    `choices` maps each name to the config class of that choice (None: a choice without
+    fields, dumped as `{name: none}`). The field accepts `{name: spam, lr: 1e-3}`, the bare
+    string `spam` (`{name: spam}`), a mapping without `name` (the default's), or an instance of a
+    listed config class; it holds an instance of a subclass of the listed class with the field
+    `name` added, so `cfg.optimizer.build(...)` is the package's own `build`. An unknown name is an
+    error naming the closest one and every choice. `default`: the name whose default config the
+    field takes when left out (None: the field is required).
+    """
+    choice = TaggedChoice(choices, default)
+    members = tuple(choice.classes.values())
+    union = members[0] if len(members) == 1 else Union[members]  # noqa: UP007 (a runtime tuple)
+    extras: list[Any] = [BeforeValidator(choice.normalise), choice]
+    if len(members) > 1:
+        extras.insert(0, Field(discriminator="name"))
+    if default is not None:
+        extras.append(Field(default_factory=choice.classes[default]))
+    return Annotated[(union, *extras)]
