@@ -41,12 +41,18 @@ def test_lift_warns_after_interval_plus_one_steps_without_the_call(fused):
 def test_no_warning_when_called_for_a_static_mask_or_for_other_optimizers():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sparse = get_sparse_model(tiny_llama(seed=0), LiftConfig(1, 2, update_interval=2))
+        sparse = get_sparse_model(
+            tiny_llama(seed=0), LiftConfig(lora_rank=1, filter_rank=2, update_interval=2)
+        )
         train(sparse, torch.optim.SGD(sparse.trainable_parameters(), lr=1e-3), 8, call_hook=True)
-        static = get_sparse_model(tiny_llama(seed=0), LiftConfig(1, 2, update_interval=None))
+        static = get_sparse_model(
+            tiny_llama(seed=0), LiftConfig(lora_rank=1, filter_rank=2, update_interval=None)
+        )
         train(static, torch.optim.SGD(static.trainable_parameters(), lr=1e-3), 4, call_hook=False)
         # an optimizer that does not hold the deltas is not counted
-        sparse = get_sparse_model(tiny_llama(seed=0), LiftConfig(1, 2, update_interval=2))
+        sparse = get_sparse_model(
+            tiny_llama(seed=0), LiftConfig(lora_rank=1, filter_rank=2, update_interval=2)
+        )
         other = torch.nn.Parameter(torch.zeros(3))
         unrelated = torch.optim.SGD([other], lr=1e-3)
         for _ in range(5):

@@ -5,6 +5,7 @@
     model.save_pretrained("adapter"); merged = model.merge_and_unload()
 
     sparse_ft.prune(model, "wanda", 0.5, allocation="owl", calibration=token_ids)
+    sparse_ft.PruneConfig(method="wanda", allocation="owl").apply(model, token_ids)  # as a config
 
 LIFT (arXiv 2506.00772): W' = U_r S_r V_r^T, train the top-k |W'| entries. SEFT (arXiv 2505.24037):
 drop / grow / sensitivity re-prune on a pruned model. Wanda (2306.11695): |W| * ||X||. SparseGPT
@@ -12,8 +13,14 @@ drop / grow / sensitivity re-prune on a pruned model. Wanda (2306.11695): |W| * 
 """
 
 from sparse_ft.__about__ import __version__
-from sparse_ft.calibration import BlockInputs, capture_block_inputs, run_block
-from sparse_ft.lift import LiftConfig, lift_initial_indices, lift_refresh, lift_refresh_due
+from sparse_ft.calibration import (
+    BlockInputs,
+    capture_block_inputs,
+    packed_calibration,
+    run_block,
+)
+from sparse_ft.config import LiftConfig, PruneConfig, SeftConfig
+from sparse_ft.lift import lift_initial_indices, lift_refresh, lift_refresh_due
 from sparse_ft.magnitude import lowest_fraction_mask, magnitude_prune_mask
 from sparse_ft.nm_sparsity import is_nm_sparse, nm_prune_mask, parse_nm
 from sparse_ft.owl import owl_outlier_ratio, owl_sparsities
@@ -24,7 +31,7 @@ from sparse_ft.principal_weight_mask import (
     principal_weight_mask,
 )
 from sparse_ft.pruning import METHODS, PruneResult, prune
-from sparse_ft.seft import SeftConfig, drop_and_grow, seft_budget, sensitivity
+from sparse_ft.seft import drop_and_grow, seft_budget, sensitivity
 from sparse_ft.shira import to_shira
 from sparse_ft.sparse_delta import SparseDeltaLinear, effective_weight, remap_optimizer_state
 from sparse_ft.sparse_model import SparseFTModel, get_sparse_model, target_linear_names
@@ -49,6 +56,7 @@ __all__ = [
     "HessianStatistics",
     "InputNormStatistics",
     "LiftConfig",
+    "PruneConfig",
     "PruneResult",
     "SeftConfig",
     "SparseDeltaLinear",
@@ -71,6 +79,7 @@ __all__ = [
     "nm_prune_mask",
     "owl_outlier_ratio",
     "owl_sparsities",
+    "packed_calibration",
     "parse_nm",
     "principal_weight_indices",
     "principal_weight_mask",

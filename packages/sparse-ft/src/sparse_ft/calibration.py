@@ -23,6 +23,7 @@ __all__ = [
     "calibration_batches",
     "capture_block_inputs",
     "linear_inputs",
+    "packed_calibration",
     "run_block",
 ]
 
@@ -62,6 +63,26 @@ def calibration_batches(
     if not batches:
         raise ValueError("calibration holds no sequences")
     return batches
+
+
+def packed_calibration(
+    documents: Iterable[Sequence[int]], sequences: int, length: int = 128
+) -> torch.Tensor:
+    """Token ids [count, length'] for calibration: the documents concatenated and cut into blocks.
+
+    length' = min(length, max(8, total tokens // sequences)) and count = min(sequences, total
+    tokens // length'): short corpora give shorter blocks before they give fewer. The tail that
+    does not fill a block is dropped.
+    """
+    stream = [int(t) for doc in documents for t in doc]
+    length = min(length, max(8, len(stream) // max(1, sequences)))
+    count = min(sequences, len(stream) // length)
+    if count == 0:
+        raise ValueError(
+            f"{len(stream)} tokens are too few for one calibration sequence of {length}: give "
+            "more documents"
+        )
+    return torch.tensor(stream[: count * length]).view(count, length)
 
 
 def _first_tensor(output: Any) -> torch.Tensor:

@@ -12,55 +12,13 @@ are folded into the frozen weight. Embeddings, norms, biases and lm_head stay fr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
+from sparse_ft.config import LiftConfig
 from sparse_ft.principal_weight_mask import lift_budget, principal_weight_indices
 from sparse_ft.sparse_delta import SparseDeltaLinear
 
 __all__ = ["LiftConfig", "lift_initial_indices", "lift_refresh", "lift_refresh_due"]
-
-
-@dataclass(frozen=True)
-class LiftConfig:
-    """LIFT hyper-parameters. Defaults: the paper's Llama-2-7B math setting."""
-
-    lora_rank: int = 128  # budget k = min((m + n) * lora_rank, m * n) per matrix: LoRA's count
-    filter_rank: int = 64  # rank r of the approximation W' whose top-k |entries| are selected
-    update_interval: int | None = 400  # optimizer steps between mask refreshes; None: static mask
-    target_modules: Sequence[str] | str | None = None  # PEFT-style; None: all Linear in blocks
-    svd: Literal["full", "lowrank"] = "full"  # full SVD, or torch.svd_lowrank with q = 2r
-    niter: int = 2  # power iterations of svd_lowrank
-    largest: bool | None = None  # None: largest (paper), or smallest under reference_quirks
-    reference_quirks: bool = False  # official code: smallest entries, refresh at (step + 1) % N
-    backend: str = "auto"  # layerwise_kernels.sddmm backend of the O(k) gradient
-
-    def __post_init__(self) -> None:
-        if self.lora_rank < 1 or self.filter_rank < 1:
-            raise ValueError(
-                f"lora_rank and filter_rank must be >= 1, got {self.lora_rank}, {self.filter_rank}"
-            )
-        if self.update_interval is not None and self.update_interval < 1:
-            raise ValueError(
-                f"update_interval must be >= 1 or None (static mask), got {self.update_interval}"
-            )
-        if self.svd not in ("full", "lowrank"):
-            raise ValueError(f"svd must be 'full' or 'lowrank', got {self.svd!r}")
-        if self.reference_quirks and self.largest:
-            raise ValueError(
-                "reference_quirks=True selects the SMALLEST entries, as the official lift_sparse "
-                "configs do; drop largest=True, or set reference_quirks=False"
-            )
-
-    @property
-    def select_largest(self) -> bool:
-        """True: the paper's top-k largest |W'|; False: the official configs' smallest."""
-        if self.largest is not None:
-            return self.largest
-        return not self.reference_quirks
 
 
 def lift_initial_indices(weight: torch.Tensor, config: LiftConfig) -> torch.Tensor:

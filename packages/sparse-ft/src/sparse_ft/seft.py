@@ -22,13 +22,9 @@ controller keeps O(k) candidates (positions and gradients) per matrix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
-from sparse_ft.nm_sparsity import parse_nm
+from sparse_ft.config import SeftConfig
 from sparse_ft.sparse_delta import SparseDeltaLinear
 
 __all__ = [
@@ -37,39 +33,6 @@ __all__ = [
     "seft_budget",
     "sensitivity",
 ]
-
-
-@dataclass(frozen=True)
-class SeftConfig:
-    """SEFT hyper-parameters."""
-
-    budget_rank: int = 8  # k = min((m + n) * budget_rank, unpruned entries) trainable per matrix
-    update_interval: int = 10  # optimizer steps between topology updates (paper: 10 or 60)
-    drop_fraction: float = 0.1  # fraction of the k entries dropped and regrown per update
-    reprune: Literal["sensitivity", "magnitude"] = "sensitivity"  # |theta * grad| or |theta|
-    pattern: str | None = None  # "2:4" etc. for N:M-pruned models: growth stays in the pattern
-    target_modules: Sequence[str] | str | None = None  # PEFT-style; None: all Linear in blocks
-    seed: int = 0  # draws the initial support (uniform over unpruned positions)
-    backend: str = "auto"  # layerwise_kernels.sddmm backend of the O(k) gradient
-
-    def __post_init__(self) -> None:
-        if self.budget_rank < 1:
-            raise ValueError(f"budget_rank must be >= 1, got {self.budget_rank}")
-        if self.update_interval < 2:
-            raise ValueError(
-                "update_interval must be >= 2: a topology update re-prunes on the step after it "
-                f"grows, got {self.update_interval}"
-            )
-        if not 0.0 < self.drop_fraction <= 1.0:
-            raise ValueError(f"drop_fraction must be in (0, 1], got {self.drop_fraction}")
-        if self.reprune not in ("sensitivity", "magnitude"):
-            raise ValueError(f"reprune must be 'sensitivity' or 'magnitude', got {self.reprune!r}")
-        if self.pattern is not None:
-            parse_nm(self.pattern)
-
-    @property
-    def nm(self) -> tuple[int, int] | None:
-        return parse_nm(self.pattern) if self.pattern is not None else None
 
 
 def seft_budget(shape: torch.Size | tuple[int, int], unpruned: int, budget_rank: int) -> int:

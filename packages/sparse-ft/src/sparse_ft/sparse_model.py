@@ -19,7 +19,6 @@ weights are bit-identical to the saved model's.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -78,14 +77,20 @@ def target_linear_names(
 
 
 def _config_to_dict(config: LiftConfig | SeftConfig) -> dict[str, Any]:
-    data = dataclasses.asdict(config)
-    if isinstance(data.get("target_modules"), tuple):
-        data["target_modules"] = list(data["target_modules"])
-    return data
+    """The config as saved: the fields of LiftConfig / SeftConfig in JSON types (target_modules a
+    list), as the dataclass configs wrote them; fields a subclass adds (an integration's tag
+    `name`) are not saved."""
+    own = LiftConfig if isinstance(config, LiftConfig) else SeftConfig
+    return config.model_dump(mode="json", include=set(own.model_fields))
 
 
 def _config_from_dict(method: str, data: dict[str, Any]) -> LiftConfig | SeftConfig:
-    return _CONFIGS[method](**data)
+    """The config of a saved delta (also those saved while the configs were dataclasses)."""
+    if method not in _CONFIGS:
+        raise ValueError(
+            f"unknown sparse fine-tuning method {method!r}: expected one of {list(_CONFIGS)}"
+        )
+    return _CONFIGS[method].from_dict(data)
 
 
 class SparseFTModel(nn.Module):
