@@ -2,6 +2,7 @@
 (arXiv 2412.13795) for any Hugging Face decoder, without forking its modeling file.
 
     model = ln_scaling.apply_layernorm_scaling(model)     # h = x + Attn(Norm(x) / sqrt(l)) ...
+    # or by name: ln_scaling.NormConfig(scheme="mix_ln+lns").apply(model) (pre_ln|lns|mix_ln|...)
     model.save_pretrained(path); again = ln_scaling.from_pretrained(path)
 
 Importing ln_scaling registers model type "ln_scaling" (the type such a model is saved as) with
@@ -9,6 +10,7 @@ Importing ln_scaling registers model type "ln_scaling" (the type such a model is
 """
 
 from ln_scaling.__about__ import __version__
+from ln_scaling.config import SCHEMES, NormConfig, NormScheme
 from ln_scaling.initialisation import REFERENCE_EMBEDDING_STD, init_weights
 from ln_scaling.layernorm_scaling import (
     apply_layernorm_scaling,
@@ -24,7 +26,10 @@ from ln_scaling.scheme_config import LNScalingConfig  # registers model type "ln
 
 __all__ = [
     "REFERENCE_EMBEDDING_STD",
+    "SCHEMES",
     "LNScalingConfig",
+    "NormConfig",
+    "NormScheme",
     "__version__",
     "apply_layernorm_scaling",
     "apply_mix_ln",

@@ -11,8 +11,7 @@ from typing import Any
 from torch import nn
 
 from layerwise_core import auto_model_class, import_model_packages
-from ln_scaling.layernorm_scaling import apply_layernorm_scaling
-from ln_scaling.mix_ln import apply_mix_ln
+from ln_scaling.config import SCHEMES, NormConfig
 from ln_scaling.scheme_config import LNS_CONFIG_KEY, MIX_LN_CONFIG_KEY, record_scheme
 
 __all__ = ["apply_norm_scheme", "from_pretrained", "norm_scheme"]
@@ -28,14 +27,14 @@ def norm_scheme(config: Any) -> str:
 
 
 def apply_norm_scheme(model: nn.Module, scheme: str, post_ln_fraction: float = 0.25) -> nn.Module:
-    """Apply a named scheme ("pre_ln" | "lns" | "mix_ln" | "mix_ln+lns") in place; returns `model`."""
-    if scheme not in ("pre_ln", "lns", "mix_ln", "mix_ln+lns"):
-        raise ValueError(f"unknown norm scheme {scheme!r}; use pre_ln, lns, mix_ln or mix_ln+lns")
-    if scheme.startswith("mix_ln"):
-        apply_mix_ln(model, post_ln_fraction)
-    if scheme.endswith("lns"):
-        apply_layernorm_scaling(model)
-    return model
+    """Apply a named scheme ("pre_ln" | "lns" | "mix_ln" | "mix_ln+lns") in place; returns `model`.
+
+    The functional form of `NormConfig(scheme=scheme, post_ln_fraction=...).apply(model)`."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown norm scheme {scheme!r}; use {', '.join(SCHEMES)}")
+    if not 0.0 <= post_ln_fraction <= 1.0:
+        raise ValueError(f"post_ln_fraction must be in [0, 1], got {post_ln_fraction}")
+    return NormConfig(scheme=scheme, post_ln_fraction=post_ln_fraction).apply(model)
 
 
 def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
