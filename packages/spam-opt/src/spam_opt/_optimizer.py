@@ -1,14 +1,16 @@
-"""What SPAM and Stable-SPAM share: gradient checks, the choice of execution path, the CPU chunking of
+"""What SPAM and Stable-SPAM share: the checks of Adam's hyper-parameters and of gradients, the
+gathering of a param group's state (`init_group`), the choice of execution path, the CPU chunking of
 the foreach path, DTensor-aware per-tensor statistics and the dtypes of state that torch would cast.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+from torch.optim.optimizer import Optimizer
 
 from layerwise_core import all_reduce_max, all_reduce_sum, is_dtensor, local_tensor
 from layerwise_kernels import triton_available
@@ -24,6 +26,23 @@ FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 CPU_SLICE_PER_THREAD = 131072
 
 
+def check_adam_hyperparameters(group: dict[str, Any]) -> None:
+    """Reject what Adam itself rejects (torch.optim.Adam's checks and messages), and fused + foreach."""
+    lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+    if isinstance(lr, torch.Tensor) or not lr >= 0.0:
+        raise ValueError(f"Invalid learning rate: {lr!r} (a float >= 0)")
+    if not 0.0 <= beta1 < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 0: {beta1}")
+    if not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 1: {beta2}")
+    if not eps >= 0.0:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if not group["weight_decay"] >= 0.0:
+        raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}")
+    if group.get("fused") and group.get("foreach"):
+        raise RuntimeError("`fused` and `foreach` cannot both be True")
+
+
 def check_grad(name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
     """Reject what the optimizers cannot handle, with an error that names the fix."""
     if grad.is_sparse:
@@ -36,6 +55,37 @@ def check_grad(name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
             f"{name} does not support complex parameters (shape {tuple(param.shape)}, "
             f"{param.dtype}): optimise a real view instead, e.g. nn.Parameter(torch.view_as_real(z))"
         )
+
+
+def init_group(
+    optimizer: Optimizer,
+    group: dict[str, Any],
+    keys: Sequence[str],
+    init_state: Callable[[torch.Tensor, dict[str, Any], dict[str, Any]], None],
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[list[Any]]]:
+    """The parameters of `group` that have a gradient, their gradients and their state, per key.
+
+    Returns (params, grads, lists) with `lists[j][i] = state[params[i]].get(keys[j])` (None where a
+    parameter has no such entry, e.g. the mask of a dense SPAM parameter). A parameter's state is
+    created on its first gradient by `init_state(param, state, group)`, the lazy state of
+    torch.optim; parameters whose grad is None are skipped (no state, counts unchanged).
+    """
+    name = type(optimizer).__name__
+    params: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+    lists: list[list[Any]] = [[] for _ in keys]
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        check_grad(name, p, p.grad)
+        state = optimizer.state[p]
+        if "step" not in state:
+            init_state(p, state, group)
+        params.append(p)
+        grads.append(p.grad)
+        for values, key in zip(lists, keys):
+            values.append(state.get(key))
+    return params, grads, lists
 
 
 def choose_path(

@@ -1,25 +1,10 @@
 """SPAM: Spike-Aware Adam with Momentum Reset.
 
 Huang, Zhu, Jin, Liu, Wang, Liu, "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM
-Training", ICLR 2025 (arXiv:2501.06842). Adam plus three changes, all driven by two global counters,
-t (completed steps) and k (steps since the last momentum reset, starting at N + 1):
-
-    c = t + 1                                                   # this step
-    s = 1 - 0.99 * (1 + cos(pi * k / (N + 1))) / 2  if k < N else 1        # cosine warm-up after a reset
-    every param (n = its Adam count, never reset):
-        if c % dT == 0:  m = v = 0                                           # momentum reset
-        n += 1
-        if theta > 0 and c >= A and c % dT >= A:                            # spike-aware clipping,
-            g = sign(g) * sqrt(theta * v)  where g^2 > theta * v            #   off for A steps after a reset
-        m = b1 * m + (1 - b1) * g ;  v = b2 * v + (1 - b2) * g^2
-        p = p - lr * s * sqrt(1 - b2^n) / (1 - b1^n) * m / (sqrt(v) + eps)
-        p = p - lr * wd * p                                                  # decoupled, after the update
-    t += 1; k += 1; if (t + 1) % dT == 0: k = 0 (and sparse-momentum masks are redrawn)
-
-(N = warmup_steps, theta = threshold, dT = reset_interval, A = clip_delay; v in the spike test is the
-raw previous second moment, no bias correction.) A param group with `density < 1` keeps its moments on
-a random subset of its entries only ("sparse momentum"); the subset is redrawn every dT steps and
-the other entries are frozen for that window.
+Training", ICLR 2025 (arXiv:2501.06842). Adam plus spike-aware clipping, a periodic momentum reset and
+a cosine warm-up of the step after each reset. The update rule is stated once, in the docstring of
+the functional step `spam` below; the optimizer `SPAM` keeps the state and the two schedule counters
+and calls it, as `torch.optim.Adam` calls `torch.optim.adam.adam`.
 """
 
 from __future__ import annotations
@@ -33,9 +18,10 @@ from torch.optim.optimizer import Optimizer
 
 from layerwise_core import is_dtensor, local_tensor
 from spam_opt._optimizer import (
-    check_grad,
+    check_adam_hyperparameters,
     choose_path,
     group_by_device_and_dtype,
+    init_group,
     restore_state_dtypes,
     slices,
 )
@@ -44,30 +30,104 @@ __all__ = ["SPAM", "spam", "spam_warmup_scale"]
 
 
 def spam_warmup_scale(warmup_step: int, warmup_steps: int) -> float:
-    """The learning-rate multiplier k steps after a momentum reset (SPAM, Sec. 3.3).
+    """The learning-rate multiplier k updates after a momentum reset (SPAM, Sec. 3.3).
 
         s(k) = 1 - 0.99 * (1 + cos(pi * k / (N + 1))) / 2   for k < N,   1 for k >= N
 
-    0.01 at the reset step (k = 0) rising to 1 over N steps: the closed form of the official code's
-    `CosineAnnealingLR(T_max=N + 1)` on 0.99, subtracted from 1, with the same rounding.
+    0.01 at the reset update (k = 0) rising to 1 over N updates: the closed form of the official
+    code's `CosineAnnealingLR(T_max=N + 1)` on 0.99, subtracted from 1, with the same rounding.
     """
     if warmup_step >= warmup_steps:
         return 1.0
     return 1 - 0.99 * (1 + math.cos(math.pi * warmup_step / (warmup_steps + 1))) / 2
 
 
+def spam(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    state_steps: list[torch.Tensor],
+    masks: list[torch.Tensor | None] | None = None,
+    *,
+    global_step: int,
+    warmup_step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    warmup_steps: int,
+    threshold: float,
+    reset_interval: int,
+    clip_delay: int,
+    reference_quirks: bool,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+) -> None:
+    r"""One SPAM update (Huang et al., ICLR 2025, Algorithm 1) of lists of tensors, in place.
+
+    With t = global_step + 1 (this update; global_step counts the updates before it), k =
+    warmup_step (updates since the last momentum reset), n = state_steps[i] + 1 (the parameter's
+    Adam count, never reset), N = warmup_steps, theta = threshold, dT = reset_interval and
+    A = clip_delay::
+
+        s = 1 - 0.99 (1 + cos(pi k / (N + 1))) / 2   if k < N else 1    # warm-up after a reset
+        m, v = 0, 0                                   if dT > 0 and t % dT == 0      # reset
+        g = sign(g) sqrt(theta v)  where g^2 > theta v                  # spike-aware clipping,
+                                      if theta > 0, t >= A and (dT == 0 or t % dT >= A)
+        m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2
+        p = p - lr s sqrt(1 - b2^n) / (1 - b1^n) m / (sqrt(v) + eps)
+        p = p - lr wd p                                                 # decoupled, after the update
+
+    v in the spike test is the raw previous second moment (no bias correction). `masks[i]` (None
+    for dense parameters) is the boolean sparse-momentum mask of params[i]: its moments are then 1-D
+    over the masked entries and only those entries move. With `reference_quirks` the official
+    code's side effects are reproduced too: the clipped gradient is written into p.grad, and a
+    masked parameter's p.grad receives the scaled update while its weight decay is a no-op.
+
+    state_steps are incremented here; the caller advances global_step and warmup_step (`SPAM.step`:
+    both by one, and warmup_step to 0 before a reset update). Parameters may be FSDP2 DTensor
+    shards: the update is elementwise.
+    """
+    scale = spam_warmup_scale(warmup_step, warmup_steps)
+    t = global_step + 1
+    hyper = dict(
+        scale=scale,
+        reset=reset_interval > 0 and t % reset_interval == 0,
+        clip=threshold > 0
+        and t >= clip_delay
+        and (reset_interval == 0 or t % reset_interval >= clip_delay),
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        threshold=threshold,
+        reference_quirks=reference_quirks,
+    )
+    masks = masks if masks is not None else [None] * len(params)
+    lists = (params, grads, exp_avgs, exp_avg_sqs, state_steps)
+    # Sparse-momentum parameters gather and scatter through their mask: the per-tensor code, always.
+    sparse = [i for i, mask in enumerate(masks) if mask is not None]
+    if sparse:
+        _single_tensor_spam(
+            *([x[i] for i in sparse] for x in lists), [masks[i] for i in sparse], **hyper
+        )
+    dense = [i for i, mask in enumerate(masks) if mask is None]
+    for idx in group_by_device_and_dtype([params[i] for i in dense]).values():
+        sub = [[x[dense[i]] for i in idx] for x in lists]
+        path = choose_path("SPAM", foreach, fused, [local_tensor(x) for x in sub[0] + sub[1]])
+        if path == "single":
+            _single_tensor_spam(*sub, None, **hyper)
+        elif path == "foreach":
+            _multi_tensor_spam(*sub, **hyper)
+        else:
+            _fused_spam(*sub, **hyper)
+
+
 def _check_hyperparameters(group: dict[str, Any]) -> None:
-    lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-    if isinstance(lr, torch.Tensor) or not lr >= 0.0:
-        raise ValueError(f"Invalid learning rate: {lr!r} (a float >= 0)")
-    if not 0.0 <= beta1 < 1.0:
-        raise ValueError(f"Invalid beta parameter at index 0: {beta1}")
-    if not 0.0 <= beta2 < 1.0:
-        raise ValueError(f"Invalid beta parameter at index 1: {beta2}")
-    if not eps >= 0.0:
-        raise ValueError(f"Invalid epsilon value: {eps}")
-    if not group["weight_decay"] >= 0.0:
-        raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}")
+    check_adam_hyperparameters(group)
     for key in ("warmup_steps", "reset_interval", "clip_delay"):
         value = group[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -89,28 +149,42 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
         )
 
 
+# The per-parameter state that `spam` takes, in the order of its arguments.
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", "step", "mask")
+
+
+def _init_state(p: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    # n lives on the CPU as in torch.optim.Adam: its bias corrections are host scalars.
+    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+    if "mask" in state:  # sparse momentum: moments on the masked entries of the local shard only
+        nnz = int(local_tensor(state["mask"]).sum())
+        local = local_tensor(p)
+        state["exp_avg"] = local.new_zeros(nnz)
+        state["exp_avg_sq"] = local.new_zeros(nnz)
+    else:
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 class SPAM(Optimizer):
     r"""SPAM (Huang et al., ICLR 2025): Adam with spike-aware clipping and periodic momentum reset.
 
-    Update (global step c = t + 1, k steps since the last reset; see the module docstring)::
-
-        m, v = 0, 0                                   if c % reset_interval == 0
-        g    = sign(g) sqrt(theta v)  where g^2 > theta v   (c >= clip_delay, c % reset_interval >= clip_delay)
-        m    = b1 m + (1 - b1) g ;   v = b2 v + (1 - b2) g^2
-        p   -= lr s(k) sqrt(1 - b2^n) / (1 - b1^n) m / (sqrt(v) + eps) ;   p -= lr wd p
+    The update is the functional `spam` (its docstring states the rule); this class keeps the
+    state and the counters. Defaults: the paper's (`spam_opt.SPAMConfig` holds the same values).
 
     Args:
         params: parameters or param groups. A group may carry ``density < 1`` for sparse momentum
-            (moments on a random ``density`` fraction of entries, redrawn every reset interval).
+            (moments on a random ``density`` fraction of entries, redrawn every reset interval;
+            `spam_opt.sparse_momentum_groups` makes such groups).
         lr: learning rate.
         betas: (b1, b2) of Adam.
-        eps: added to sqrt(v) (1e-6, as in the official code).
+        eps: added to sqrt(v) (the official code's value, larger than Adam's).
         weight_decay: decoupled weight decay, applied after the update and not warmed up.
-        warmup_steps: N, steps of cosine warm-up of the learning rate after every momentum reset
-            (150 in the paper; the official training script passes its LR warm-up here instead).
+        warmup_steps: N, updates of cosine warm-up of the learning rate after every momentum reset
+            (the paper's value; the official training script passes its LR warm-up here instead).
         threshold: theta of the spike test g^2 > theta v; 0 turns clipping off.
-        reset_interval: dT, steps between momentum resets; 0 never resets.
-        clip_delay: A, no clipping in the first A steps of training and after every reset (v is
+        reset_interval: dT, updates between momentum resets; 0 never resets.
+        clip_delay: A, no clipping in the first A updates of training and after every reset (v is
             too young to judge a spike).
         reference_quirks: reproduce the official code bit for bit (see the package README): spikes
             are clipped in ``p.grad`` itself, weight decay of a ``density`` group is a no-op, masks
@@ -119,9 +193,9 @@ class SPAM(Optimizer):
         fused: the fused Triton step of ``layerwise_kernels``; None picks it for CUDA tensors when
             triton is installed.
 
-    All counters (global step t, warm-up position k, per-parameter Adam counts) are in
-    ``state_dict()``: t and k in every param group (``global_step``, ``warmup_step``), n in each
-    parameter's state (``step``), so a resumed run follows the uninterrupted trajectory.
+    Counters, all in ``state_dict()`` so that a resumed run follows the uninterrupted trajectory:
+    in every param group ``global_step`` (the number of completed updates, as in `StableSPAM`) and
+    ``warmup_step`` (k of the next update), in each parameter's state ``step`` (n).
     """
 
     def __init__(
@@ -149,14 +223,12 @@ class SPAM(Optimizer):
             threshold=threshold,
             reset_interval=reset_interval,
             clip_delay=clip_delay,
-            density=1.0,
+            density=1.0,  # dense unless a param group says otherwise
             reference_quirks=reference_quirks,
             foreach=foreach,
             fused=fused,
         )
         _check_hyperparameters(defaults)
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot both be True")
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -186,30 +258,6 @@ class SPAM(Optimizer):
         super().load_state_dict(state_dict)
         restore_state_dtypes(self, state_dict, {"step", "mask"})
 
-    def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, state_steps, masks) -> None:
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            check_grad("SPAM", p, p.grad)
-            state = self.state[p]
-            if "step" not in state:
-                # n lives on the CPU as in torch.optim.Adam: its bias corrections are host scalars.
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                if "mask" in state:
-                    nnz = int(local_tensor(state["mask"]).sum())
-                    local = local_tensor(p)
-                    state["exp_avg"] = local.new_zeros(nnz)
-                    state["exp_avg_sq"] = local.new_zeros(nnz)
-                else:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            state_steps.append(state["step"])
-            masks.append(state.get("mask"))
-
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimisation step; `closure` re-evaluates the model and returns the loss."""
@@ -218,21 +266,12 @@ class SPAM(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params: list[torch.Tensor] = []
-            grads: list[torch.Tensor] = []
-            exp_avgs: list[torch.Tensor] = []
-            exp_avg_sqs: list[torch.Tensor] = []
-            state_steps: list[torch.Tensor] = []
-            masks: list[torch.Tensor | None] = []
-            self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, state_steps, masks)
+            params, grads, state = init_group(self, group, _STATE_KEYS, _init_state)
             beta1, beta2 = group["betas"]
             spam(
                 params,
                 grads,
-                exp_avgs,
-                exp_avg_sqs,
-                state_steps,
-                masks,
+                *state,
                 global_step=group["global_step"],
                 warmup_step=group["warmup_step"],
                 lr=group["lr"],
@@ -252,7 +291,7 @@ class SPAM(Optimizer):
             group["warmup_step"] += 1
             interval = group["reset_interval"]
             if interval > 0 and (group["global_step"] + 1) % interval == 0:
-                # The next step resets the moments: it starts the warm-up at s = 0.01 and a new mask.
+                # The next update resets the moments: it starts the warm-up at s = 0.01 and a new mask.
                 group["warmup_step"] = 0
                 if group["density"] < 1.0:
                     self._redraw_masks(group)
@@ -301,80 +340,6 @@ def _draw_mask(p: torch.Tensor, density: float, *, bernoulli: bool) -> torch.Ten
 
         return distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
     return full
-
-
-def spam(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    state_steps: list[torch.Tensor],
-    masks: list[torch.Tensor | None] | None = None,
-    *,
-    global_step: int,
-    warmup_step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    warmup_steps: int,
-    threshold: float,
-    reset_interval: int,
-    clip_delay: int,
-    reference_quirks: bool = False,
-    foreach: bool | None = None,
-    fused: bool | None = None,
-) -> None:
-    r"""Functional SPAM step (Huang et al., ICLR 2025) on lists of tensors, in place.
-
-    With c = global_step + 1 (this step), k = warmup_step, n = state_steps[i] + 1::
-
-        s = 1 - 0.99 (1 + cos(pi k / (N + 1))) / 2   if k < N else 1
-        m, v = 0, 0                                   if dT > 0 and c % dT == 0
-        g = sign(g) sqrt(theta v) where g^2 > theta v if theta > 0, c >= A and (dT == 0 or c % dT >= A)
-        m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2
-        p = p - lr s sqrt(1 - b2^n) / (1 - b1^n) m / (sqrt(v) + eps) ;  p = p - lr wd p
-
-    `masks[i]` (None for dense parameters) is a boolean mask of params[i]'s shape; its moments are
-    then 1-D over the masked entries and only those entries move. The caller advances global_step
-    and warmup_step; state_steps are incremented here. Parameters may be FSDP2 DTensor shards (the
-    update is elementwise).
-    """
-    scale = spam_warmup_scale(warmup_step, warmup_steps)
-    c = global_step + 1
-    hyper = dict(
-        scale=scale,
-        reset=reset_interval > 0 and c % reset_interval == 0,
-        clip=threshold > 0
-        and c >= clip_delay
-        and (reset_interval == 0 or c % reset_interval >= clip_delay),
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        threshold=threshold,
-        reference_quirks=reference_quirks,
-    )
-    masks = masks if masks is not None else [None] * len(params)
-    lists = (params, grads, exp_avgs, exp_avg_sqs, state_steps)
-    # Sparse-momentum parameters gather and scatter through their mask: the per-tensor code, always.
-    sparse = [i for i, mask in enumerate(masks) if mask is not None]
-    if sparse:
-        _single_tensor_spam(
-            *([x[i] for i in sparse] for x in lists), [masks[i] for i in sparse], **hyper
-        )
-    dense = [i for i, mask in enumerate(masks) if mask is None]
-    for idx in group_by_device_and_dtype([params[i] for i in dense]).values():
-        sub = [[x[dense[i]] for i in idx] for x in lists]
-        path = choose_path("SPAM", foreach, fused, [local_tensor(t) for t in sub[0] + sub[1]])
-        if path == "single":
-            _single_tensor_spam(*sub, None, **hyper)
-        elif path == "foreach":
-            _multi_tensor_spam(*sub, **hyper)
-        else:
-            _fused_spam(*sub, **hyper)
 
 
 def _single_tensor_spam(

@@ -2,23 +2,10 @@
 and momentum reset (MoRet).
 
 Huang et al., "Stable-SPAM: How to Train in 4-Bit More Stably than 16-Bit Adam",
-arXiv:2502.17055 (2025). With T the global step (1 for the first), s the cosine scale of the first
-moment and, per parameter, n_a its Adam count (restarted at 1 by a reset) and n its statistics count:
-
-    s = eta_min + (1 - eta_min) * (1 + cos(pi * min(T, T_total + 1) / (T_total + 1))) / 2   (1 without T_total)
-    p = p * (1 - lr * wd)
-    AdaClip: M = g3 M + (1 - g3) max|g| ;  Mh = M / (1 - g3^n)
-             g = g * Mh / max|g|                      where |g| > Mh
-    AdaGN:   nu = ||g||_F ; b = g1 s ;  mu = b mu + (1 - b) nu ;  V = g2 V + (1 - g2) nu^2
-             g = g * (mu / (1 - b^n)) / (nu (sqrt(V / (1 - g2^n)) + eps))         (if nu > 0)
-    MoRet:   every dT steps (T % dT == 0): m = v = 0, n_a = 1
-    Adam:    b1s = b1 s ;  m = b1s m + (1 - b1s) g ;  v = b2 v + (1 - b2) g^2
-             p = p - lr / (1 - b1s^n_a) * m / (sqrt(v) / sqrt(1 - b2^n_a) + eps)
-
-max|g| and ||g||_F are those of the full gradient: for FSDP2 shards the local statistics are
-all-reduced over the mesh. `reference_quirks=True` follows the official code instead: the reset step
-still updates with the old moments (fresh zeros start the next step), the statistics use n_a (so
-AdaClip and AdaGN restart their bias corrections at every reset) and the cosine is not clamped.
+arXiv:2502.17055 (2025). The update rule is stated once, in the docstring of the functional step
+`stable_spam` below; the optimizer `StableSPAM` keeps the state and the global step and calls it, as
+`torch.optim.Adam` calls `torch.optim.adam.adam`. AdaClip's max|g| and AdaGN's ||g|| are those of the
+full gradient: for FSDP2 shards the local statistics are all-reduced over the mesh.
 """
 
 from __future__ import annotations
@@ -33,9 +20,10 @@ from torch.optim.optimizer import Optimizer
 from layerwise_core import all_reduce_max, all_reduce_sum, is_dtensor, local_tensor
 from spam_opt._optimizer import (
     all_reduce_per_tensor,
-    check_grad,
+    check_adam_hyperparameters,
     choose_path,
     group_by_device_and_dtype,
+    init_group,
     restore_state_dtypes,
     slices,
 )
@@ -44,35 +32,103 @@ __all__ = ["StableSPAM", "stable_spam", "stable_spam_scale"]
 
 
 def stable_spam_scale(
-    global_step: int, total_steps: int | None, eta_min: float, *, clamp: bool = True
+    step: int, total_steps: int | None, eta_min: float, *, clamp: bool = True
 ) -> float:
-    """The cosine multiplier of b1 (and of AdaGN's g1) at global step T (Stable-SPAM, Sec. 4).
+    """The cosine multiplier of b1 (and of AdaGN's g1) at update t = `step` (Stable-SPAM, Sec. 4).
 
-        s(T) = eta_min + (1 - eta_min) * (1 + cos(pi * T / (T_total + 1))) / 2,   1 if T_total is None
+        s(t) = eta_min + (1 - eta_min) * (1 + cos(pi * t / (T_total + 1))) / 2,   1 if T_total is None
 
     the closed form of the official code's `CosineAnnealingLR(T_max=T_total + 1)` on 1.0, with the same
-    rounding. With `clamp`, T stops at T_total + 1 (s stays at eta_min); the official code does not
+    rounding. With `clamp`, t stops at T_total + 1 (s stays at eta_min); the official code does not
     clamp, so s rises again after T_total + 1.
     """
     if total_steps is None:
         return 1.0
     if clamp:
-        global_step = min(global_step, total_steps + 1)
-    return eta_min + (1.0 - eta_min) * (1 + math.cos(math.pi * global_step / (total_steps + 1))) / 2
+        step = min(step, total_steps + 1)
+    return eta_min + (1.0 - eta_min) * (1 + math.cos(math.pi * step / (total_steps + 1))) / 2
+
+
+def stable_spam(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    clip_max_emas: list[torch.Tensor],
+    norm_emas: list[torch.Tensor],
+    norm_sq_emas: list[torch.Tensor],
+    state_steps: list[torch.Tensor],
+    stats_steps: list[torch.Tensor],
+    *,
+    global_step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    gamma1: float,
+    gamma2: float,
+    gamma3: float,
+    total_steps: int | None,
+    eta_min: float,
+    reset_interval: int,
+    reference_quirks: bool,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+) -> None:
+    r"""One Stable-SPAM update (Huang et al. 2025, Algorithm 1) of lists of tensors, in place.
+
+    With t = global_step + 1 (this update; global_step counts the updates before it), per
+    parameter n_a = state_steps[i] + 1 (the Adam count, restarted at 1 by a reset) and
+    n = stats_steps[i] + 1 (the count of the AdaClip / AdaGN statistics, never reset),
+    T_total = total_steps, dT = reset_interval and g1 = gamma1 (-1: b1)::
+
+        s   = eta_min + (1 - eta_min)(1 + cos(pi min(t, T_total + 1) / (T_total + 1))) / 2
+                                                          (1 if T_total is None)
+        p   = p (1 - lr wd)
+        M   = g3 M + (1 - g3) max|g| ;  Mh = M / (1 - g3^n)                      # AdaClip
+        g   = g Mh / max|g|                               where |g| > Mh
+        nu  = ||g|| ;  b = g1 s ;  mu = b mu + (1 - b) nu ;  V = g2 V + (1 - g2) nu^2  # AdaGN
+        g   = g (mu / (1 - b^n)) / (nu (sqrt(V / (1 - g2^n)) + eps))             if nu > 0
+        m, v, n_a = 0, 0, 1                               if dT > 0 and t % dT == 0  # MoRet
+        m   = b1 s m + (1 - b1 s) g ;  v = b2 v + (1 - b2) g^2
+        p   = p - lr / (1 - (b1 s)^n_a) m / (sqrt(v) / sqrt(1 - b2^n_a) + eps)
+
+    M, mu, V are clip_max_emas, norm_emas, norm_sq_emas. max|g| and ||g|| are all-reduced over the
+    mesh for DTensor shards. With `reference_quirks` the official code is followed instead: the
+    cosine is not clamped, n is n_a (so a reset restarts the statistics' bias corrections), a reset
+    update still uses the old m, v (zeroed after it), and the clipped gradient is written into
+    p.grad. state_steps and stats_steps are incremented here; the caller advances global_step.
+    """
+    t = global_step + 1
+    hyper = dict(
+        scale=stable_spam_scale(t, total_steps, eta_min, clamp=not reference_quirks),
+        reset=reset_interval > 0 and t % reset_interval == 0,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        gamma1=beta1 if gamma1 == -1 else gamma1,
+        gamma2=gamma2,
+        gamma3=gamma3,
+        reference_quirks=reference_quirks,
+    )
+    lists = (params, grads, exp_avgs, exp_avg_sqs, clip_max_emas, norm_emas, norm_sq_emas)
+    lists += (state_steps, stats_steps)
+    for idx in group_by_device_and_dtype(params).values():
+        sub = [[x[i] for i in idx] for x in lists]
+        path = choose_path("StableSPAM", foreach, fused, [local_tensor(x) for x in sub[0] + sub[1]])
+        impl = {
+            "single": _single_tensor_stable_spam,
+            "foreach": _multi_tensor_stable_spam,
+            "fused": _fused_stable_spam,
+        }[path]
+        impl(*sub, **hyper)
 
 
 def _check_hyperparameters(group: dict[str, Any]) -> None:
-    lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-    if isinstance(lr, torch.Tensor) or not lr >= 0.0:
-        raise ValueError(f"Invalid learning rate: {lr!r} (a float >= 0)")
-    if not 0.0 <= beta1 < 1.0:
-        raise ValueError(f"Invalid beta parameter at index 0: {beta1}")
-    if not 0.0 <= beta2 < 1.0:
-        raise ValueError(f"Invalid beta parameter at index 1: {beta2}")
-    if not eps >= 0.0:
-        raise ValueError(f"Invalid epsilon value: {eps}")
-    if not group["weight_decay"] >= 0.0:
-        raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}")
+    check_adam_hyperparameters(group)
     if group["gamma1"] != -1 and not 0.0 <= group["gamma1"] < 1.0:
         raise ValueError(f"Invalid gamma1: {group['gamma1']} (in [0, 1), or -1 to use betas[0])")
     for key in ("gamma2", "gamma3"):
@@ -88,37 +144,64 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
         raise ValueError(f"Invalid reset_interval: {interval!r} (an int >= 0; 0 never resets)")
 
 
+# The per-parameter state that `stable_spam` takes, in the order of its arguments.
+_STATE_KEYS = (
+    "exp_avg",
+    "exp_avg_sq",
+    "clip_max_ema",
+    "norm_ema",
+    "norm_sq_ema",
+    "step",
+    "stats_step",
+)
+
+
+def _init_state(p: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    local = local_tensor(p)
+    # The official code keeps its scalar statistics in the gradient's dtype; we keep them in fp32
+    # at least, so that bf16 training does not round ||g||^2.
+    stat_dtype = (
+        local.dtype
+        if group["reference_quirks"]
+        else torch.promote_types(local.dtype, torch.float32)
+    )
+    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+    state["stats_step"] = torch.tensor(0.0, dtype=torch.float32)
+    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    for key in ("clip_max_ema", "norm_ema", "norm_sq_ema"):
+        state[key] = torch.zeros((), dtype=stat_dtype, device=local.device)
+
+
 class StableSPAM(Optimizer):
     r"""Stable-SPAM (Huang et al. 2025): Adam with AdaClip, AdaGN and momentum reset.
 
-    Update at global step T (see the module docstring for every line)::
-
-        g  <- g * Mh / max|g| where |g| > Mh           (AdaClip; Mh: bias-corrected EMA of max|g|)
-        g  <- g * mu_hat / (||g|| (sqrt(V_hat) + eps)) (AdaGN; EMAs of ||g|| and ||g||^2)
-        m, v <- 0, 0 every reset_interval steps      (MoRet)
-        Adam with b1 * s(T), s a cosine from 1 to eta_min over total_steps
+    The update is the functional `stable_spam` (its docstring states the rule); this class keeps
+    the state and the global step. Defaults: the paper's (`spam_opt.StableSPAMConfig` holds the
+    same values).
 
     Args:
         params: parameters or param groups.
         lr: learning rate.
-        betas: (b1, b2) of Adam; b1 is multiplied by s(T).
+        betas: (b1, b2) of Adam; b1 is multiplied by the cosine s(t).
         eps: added to the denominators of Adam and of AdaGN.
         weight_decay: decoupled weight decay, applied before the update.
-        gamma1: EMA coefficient of ||g|| in AdaGN (times s(T)); -1 uses betas[0].
+        gamma1: EMA coefficient of ||g|| in AdaGN (times s(t)); -1 uses betas[0].
         gamma2: EMA coefficient of ||g||^2 in AdaGN.
         gamma3: EMA coefficient of max|g| in AdaClip.
         total_steps: T_total of the cosine on b1; None keeps s = 1.
         eta_min: the final value of s.
-        reset_interval: dT, steps between momentum resets (the official `update_proj_gap`); 0
+        reset_interval: dT, updates between momentum resets (the official `update_proj_gap`); 0
             never resets.
         reference_quirks: reproduce the official code bit for bit (see the package README).
         foreach: the multi-tensor path (default when the fused one is not chosen).
         fused: the fused Triton step of ``layerwise_kernels``; None picks it for CUDA tensors when
             triton is installed.
 
-    Every counter is in ``state_dict()``: T in every param group (``global_step``), n_a and n in
-    each parameter's state (``step``, ``stats_step``), so a resumed run follows the uninterrupted
-    trajectory (the official code restarts T, and with it the cosine, on resume).
+    Counters, all in ``state_dict()`` so that a resumed run follows the uninterrupted trajectory
+    (the official code restarts its step count, and with it the cosine, on resume): in every param
+    group ``global_step`` (the number of completed updates, as in `SPAM`), in each parameter's
+    state ``step`` (n_a) and ``stats_step`` (n).
     """
 
     def __init__(
@@ -155,8 +238,6 @@ class StableSPAM(Optimizer):
             fused=fused,
         )
         _check_hyperparameters(defaults)
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot both be True")
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -180,32 +261,6 @@ class StableSPAM(Optimizer):
             self, state_dict, {"step", "stats_step", "clip_max_ema", "norm_ema", "norm_sq_ema"}
         )
 
-    def _init_group(self, group, params, grads, lists) -> None:
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            check_grad("StableSPAM", p, p.grad)
-            state = self.state[p]
-            if "step" not in state:
-                local = local_tensor(p)
-                # The official code keeps its scalar statistics in the gradient's dtype; we keep
-                # them in fp32 at least, so that bf16 training does not round ||g||^2.
-                stat_dtype = (
-                    local.dtype
-                    if group["reference_quirks"]
-                    else torch.promote_types(local.dtype, torch.float32)
-                )
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["stats_step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                for key in ("clip_max_ema", "norm_ema", "norm_sq_ema"):
-                    state[key] = torch.zeros((), dtype=stat_dtype, device=local.device)
-            params.append(p)
-            grads.append(p.grad)
-            for key, values in lists.items():
-                values.append(state[key])
-
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimisation step; `closure` re-evaluates the model and returns the loss."""
@@ -214,16 +269,12 @@ class StableSPAM(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params: list[torch.Tensor] = []
-            grads: list[torch.Tensor] = []
-            lists: dict[str, list[torch.Tensor]] = {key: [] for key in _STATE_KEYS}
-            self._init_group(group, params, grads, lists)
-            group["global_step"] += 1
+            params, grads, state = init_group(self, group, _STATE_KEYS, _init_state)
             beta1, beta2 = group["betas"]
             stable_spam(
                 params,
                 grads,
-                *lists.values(),
+                *state,
                 global_step=group["global_step"],
                 lr=group["lr"],
                 beta1=beta1,
@@ -240,89 +291,8 @@ class StableSPAM(Optimizer):
                 foreach=group["foreach"],
                 fused=group["fused"],
             )
+            group["global_step"] += 1
         return loss
-
-
-# The order of the per-parameter state lists of `stable_spam`.
-_STATE_KEYS = (
-    "exp_avg",
-    "exp_avg_sq",
-    "clip_max_ema",
-    "norm_ema",
-    "norm_sq_ema",
-    "step",
-    "stats_step",
-)
-
-
-def stable_spam(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    clip_max_emas: list[torch.Tensor],
-    norm_emas: list[torch.Tensor],
-    norm_sq_emas: list[torch.Tensor],
-    state_steps: list[torch.Tensor],
-    stats_steps: list[torch.Tensor],
-    *,
-    global_step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    gamma1: float,
-    gamma2: float,
-    gamma3: float,
-    total_steps: int | None,
-    eta_min: float,
-    reset_interval: int,
-    reference_quirks: bool = False,
-    foreach: bool | None = None,
-    fused: bool | None = None,
-) -> None:
-    r"""Functional Stable-SPAM step (Huang et al. 2025) on lists of tensors, in place.
-
-    `global_step` is T of this step (1 for the first). Per parameter, n_a = state_steps[i] + 1 and
-    n = stats_steps[i] + 1 (both incremented here; n_a restarts at 1 on a reset)::
-
-        s   = eta_min + (1 - eta_min)(1 + cos(pi min(T, T_total + 1) / (T_total + 1))) / 2
-        p   = p (1 - lr wd)
-        M   = g3 M + (1 - g3) max|g| ;  Mh = M / (1 - g3^n) ;  g = g Mh / max|g|  where |g| > Mh
-        nu  = ||g|| ;  b = g1 s ;  mu = b mu + (1 - b) nu ;  V = g2 V + (1 - g2) nu^2
-        g   = g (mu / (1 - b^n)) / (nu (sqrt(V / (1 - g2^n)) + eps))               if nu > 0
-        m, v, n_a = 0, 0, 1                                                        if T % dT == 0
-        m   = b1 s m + (1 - b1 s) g ;  v = b2 v + (1 - b2) g^2
-        p   = p - lr / (1 - (b1 s)^n_a) m / (sqrt(v) / sqrt(1 - b2^n_a) + eps)
-
-    max|g| and ||g|| are all-reduced over the mesh for DTensor shards. With reference_quirks the
-    cosine is not clamped, n is n_a, and a reset step updates with the old m, v (zeroed after).
-    """
-    hyper = dict(
-        scale=stable_spam_scale(global_step, total_steps, eta_min, clamp=not reference_quirks),
-        reset=reset_interval > 0 and global_step % reset_interval == 0,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        gamma1=beta1 if gamma1 == -1 else gamma1,
-        gamma2=gamma2,
-        gamma3=gamma3,
-        reference_quirks=reference_quirks,
-    )
-    lists = (params, grads, exp_avgs, exp_avg_sqs, clip_max_emas, norm_emas, norm_sq_emas)
-    lists += (state_steps, stats_steps)
-    for idx in group_by_device_and_dtype(params).values():
-        sub = [[x[i] for i in idx] for x in lists]
-        path = choose_path("StableSPAM", foreach, fused, [local_tensor(t) for t in sub[0] + sub[1]])
-        impl = {
-            "single": _single_tensor_stable_spam,
-            "foreach": _multi_tensor_stable_spam,
-            "fused": _fused_stable_spam,
-        }[path]
-        impl(*sub, **hyper)
 
 
 def _single_tensor_stable_spam(
