@@ -7,11 +7,13 @@ Next-token prediction on inputs with a fraction of the positions replaced by [MA
     mask_token_id = meap.add_mask_token(tokenizer, model)
     collator = meap.MEAPCollator(mask_token_id, mask_ratio=0.15)        # pre-training batches
     inputs = meap.mask_inputs(blocks[:, :-1], 0.15, mask_token_id, step)  # or in your own loop
+    inputs = meap.MEAPConfig(mask_ratio=0.15).masked_inputs(blocks[:, :-1], mask_token_id, step)
 """
 
 from meap.__about__ import __version__
 from meap.attention_entropy import attention_entropy
 from meap.collators import IGNORE_INDEX, MEAPCollator, MEAPSFTCollator, pad_batch
+from meap.config import MEAPConfig
 from meap.input_masking import MaskMode, mask_inputs, masked_positions, reference_mask_positions
 from meap.mask_token import add_mask_token
 from meap.sft import sft_examples
@@ -29,6 +31,7 @@ def __getattr__(name: str):
 __all__ = [
     "IGNORE_INDEX",
     "MEAPCollator",
+    "MEAPConfig",
     "MEAPSFTCollator",
     "MEAPTrainerCallback",
     "MaskMode",

@@ -178,6 +178,15 @@ def mask_inputs(
     `masked_positions`.
     """
     input_ids, attention_mask = token_inputs(input_ids, attention_mask, what="mask_inputs")
+    _check_ids(input_ids, mask_token_id)
+    mask = masked_positions(
+        input_ids, mask_ratio, step, mode, generator, attention_mask=attention_mask, seed=seed
+    )
+    return input_ids.masked_fill(mask, mask_token_id)
+
+
+def _check_ids(input_ids: torch.Tensor, mask_token_id: int) -> None:
+    """Integer token ids and a valid [MASK] id, or a ValueError naming the fix."""
     if (
         input_ids.dtype.is_floating_point
         or input_ids.dtype.is_complex
@@ -192,7 +201,3 @@ def mask_inputs(
             f"mask_token_id must be a token id >= 0, got {mask_token_id!r}; "
             "meap.add_mask_token(tokenizer, model) adds [MASK] and returns its id"
         )
-    mask = masked_positions(
-        input_ids, mask_ratio, step, mode, generator, attention_mask=attention_mask, seed=seed
-    )
-    return input_ids.masked_fill(mask, mask_token_id)
