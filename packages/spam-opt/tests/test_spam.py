@@ -262,3 +262,22 @@ def test_clip_delay_below_two_is_rejected():
     with pytest.raises(ValueError, match="clip_delay"):
         SPAM([torch.nn.Parameter(torch.ones(2))], clip_delay=1)
     SPAM([torch.nn.Parameter(torch.ones(2))], clip_delay=0, threshold=0.0)  # no spike test at all
+
+
+@pytest.mark.parametrize("global_step", [3, 4])
+def test_functional_global_step_counts_the_updates_before_this_one(global_step):
+    # reset_interval 5: the 5th update (global_step = 4, four completed before it) zeroes m and v
+    # first, so m = (1 - b1) g; the 4th (global_step = 3) keeps them, m = b1 m + (1 - b1) g.
+    from spam_opt.spam import spam
+
+    p = torch.zeros(3, dtype=torch.float64)
+    g = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    m = torch.full((3,), 0.3, dtype=torch.float64)
+    v = torch.full((3,), 0.2, dtype=torch.float64)
+    step = torch.tensor(7.0)
+    hyper = dict(lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.0, warmup_steps=0)
+    hyper.update(threshold=0.0, reset_interval=5, clip_delay=0, reference_quirks=False)
+    spam([p], [g], [m], [v], [step], global_step=global_step, warmup_step=0, **hyper)
+    before = 0.0 if global_step == 4 else 0.3
+    torch.testing.assert_close(m, 0.9 * before + 0.1 * g, rtol=1e-15, atol=1e-15)
+    assert step.item() == 8  # the Adam count is never reset

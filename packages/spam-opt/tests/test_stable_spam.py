@@ -212,3 +212,31 @@ def test_gradient_accumulation_sees_the_summed_gradient():
     ((x1 @ single).pow(2).sum() + (x2 @ single).pow(2).sum()).backward()
     opt_b.step()
     torch.testing.assert_close(accumulated.detach(), single.detach(), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("global_step", [3, 4])
+def test_functional_global_step_counts_the_updates_before_this_one(global_step):
+    # As in SPAM: reset_interval 5 resets on the 5th update, the one with four completed before it
+    # (the Adam count restarts at 1 there); the cosine is taken at t = global_step + 1.
+    from spam_opt.stable_spam import stable_spam
+
+    p = torch.zeros(3, dtype=torch.float64)
+    g = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    moments = [
+        torch.full((3,), 0.3, dtype=torch.float64),
+        torch.full((3,), 0.2, dtype=torch.float64),
+    ]
+    stats = [torch.tensor(0.0, dtype=torch.float64) for _ in range(3)]
+    steps = [torch.tensor(7.0), torch.tensor(7.0)]
+    hyper = dict(lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.0, gamma1=0.7)
+    hyper.update(gamma2=0.9, gamma3=0.999, total_steps=8, eta_min=0.5, reset_interval=5)
+    lists = [[t] for t in (*moments, *stats, *steps)]  # one parameter
+    stable_spam([p], [g], *lists, global_step=global_step, reference_quirks=False, **hyper)
+    assert steps[0].item() == (1 if global_step == 4 else 8) and steps[1].item() == 8
+    # the first moment's coefficient b1 s(t) with t = global_step + 1, read back from m
+    s = stable_spam_scale(global_step + 1, 8, 0.5)
+    b1s = 0.9 * s
+    m0 = 0.0 if global_step == 4 else 0.3
+    g_used = (moments[0] - b1s * m0) / (1 - b1s)
+    # AdaGN rescaled g as a whole: g_used is parallel to g (it is not when s is off by a step)
+    torch.testing.assert_close(g_used / g_used[0], g / g[0], rtol=1e-12, atol=1e-12)
