@@ -4,6 +4,7 @@
     out = generate(model, input_ids, Prophet(steps=256, block_length=32, answer_start=204),
                    gen_length=256, constraints=anchor)
     out.sequences, out.stats.nfe, out.exit_step
+    make_strategy("prophet", steps=256, region="block")  # by name, validated by ProphetConfig
 
 LLaDA (arXiv:2502.09992) and Dream (arXiv:2508.15487) samplers, Prophet early commit
 (arXiv:2508.19982), Fast-dLLM parallel decoding and KV caches (arXiv:2505.22618), SOAR
@@ -31,10 +32,16 @@ from dlm_decode.remasking import gumbel_argmax, select_top_k, transfer_schedule
 from dlm_decode.strategies import (
     SOAR,
     STRATEGIES,
+    STRATEGY_CONFIGS,
     Dream,
+    DreamConfig,
     FastDLLM,
+    FastDLLMConfig,
     LLaDA,
+    LLaDAConfig,
     Prophet,
+    ProphetConfig,
+    SOARConfig,
     Strategy,
     make_strategy,
 )
@@ -44,15 +51,21 @@ __all__ = [
     "LLADA_SPECIAL_IDS",
     "SOAR",
     "STRATEGIES",
+    "STRATEGY_CONFIGS",
     "BlockKVCache",
     "DecodeStats",
     "Dream",
+    "DreamConfig",
     "FastDLLM",
+    "FastDLLMConfig",
     "GenerationOutput",
     "LLaDA",
+    "LLaDAConfig",
     "MaskedDiffusionLM",
     "Prophet",
+    "ProphetConfig",
     "ProphetRule",
+    "SOARConfig",
     "StagedThresholds",
     "StepEvent",
     "Strategy",

@@ -1,4 +1,5 @@
-"""The strategy objects of `generate`: one dataclass per decoding method, its knobs as fields.
+"""The strategy objects of `generate`: one dataclass per decoding method, its knobs as fields,
+and one pydantic config per method that holds the knobs' defaults (the reference code's).
 
     LLaDA     semi-autoregressive low-confidence / random remasking (the baseline)
     Prophet   LLaDA + early commit on the top-2 logit gap (released rule; anchor-free: ours)
@@ -6,15 +7,23 @@
     Dream     Dream's `origin` / `maskgit_plus` / `topk_margin` / `entropy` algorithms
     SOAR      parallel commits or a beam search over positions, adaptively
 
-Defaults are those of the reference code. `reference_quirks=True` (where present) reproduces the
-reference bit for bit, including what looks like a bug; each class documents what it changes.
+    LLaDAConfig(steps=256).build() == LLaDA(steps=256) == make_strategy("llada", steps=256)
+
+The configs (`LLaDAConfig`, `ProphetConfig`, `FastDLLMConfig`, `DreamConfig`, `SOARConfig`; by
+name in `STRATEGY_CONFIGS`) validate every knob; the dataclasses take their defaults from them and
+validate through them. `reference_quirks=True` (where present) reproduces the reference bit for
+bit, including what looks like a bug; each class documents what it changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
 
 from dlm_decode.canvas import Canvas
 from dlm_decode.dream import decode_dream
@@ -22,21 +31,162 @@ from dlm_decode.early_commit import ProphetRule, StagedThresholds
 from dlm_decode.parallel_decoding import decode_parallel
 from dlm_decode.remasking import decode_semi_autoregressive
 from dlm_decode.soar import decode_soar
+from layerwise_core import ConfigError, LayerwiseConfig
 
 __all__ = [
     "SOAR",
     "STRATEGIES",
+    "STRATEGY_CONFIGS",
     "Dream",
+    "DreamConfig",
     "FastDLLM",
+    "FastDLLMConfig",
     "LLaDA",
+    "LLaDAConfig",
     "Prophet",
+    "ProphetConfig",
+    "SOARConfig",
     "Strategy",
     "make_strategy",
 ]
 
+Remasking = Literal["low_confidence", "random"]
+Backend = Literal["auto", "torch", "triton"]  # layerwise_kernels' backends of the fused top-2 op
+DreamAlgorithm = Literal["origin", "maskgit_plus", "topk_margin", "entropy"]
+
+
+class _StrategyConfig(LayerwiseConfig):
+    def _options(self, strategy: type) -> dict[str, Any]:
+        """The constructor arguments of `strategy` that this config holds (not a subclass's tag)."""
+        fields = [f.name for f in dataclasses.fields(strategy) if f.init]
+        return {name: getattr(self, name) for name in fields if name in type(self).model_fields}
+
+
+class LLaDAConfig(_StrategyConfig):
+    """LLaDA's sampler (`ML-GSAI/LLaDA` `generate.py`): the defaults of its `generate()`."""
+
+    steps: int = Field(128, ge=1)  # forwards over all blocks: a multiple of the number of blocks
+    block_length: int = Field(32, ge=1)  # gen_length must be a multiple; == gen_length: no blocks
+    temperature: float = Field(0.0, ge=0)  # Gumbel-max sampling temperature; 0: argmax
+    remasking: Remasking = "low_confidence"  # commit order: p(x0), or uniformly at random
+    cfg_scale: float = Field(0.0, ge=0)  # unsupervised classifier-free guidance w (2 NFE per step)
+    logits_eos_inf: bool = False  # EOS logit = -inf before sampling (LLaDA App. B.4)
+    confidence_eos_eot_inf: bool = False  # positions predicting EOS/EoT are committed last
+    reference_quirks: bool = False  # the released code bit for bit (see `LLaDA`)
+    backend: Backend = "auto"  # layerwise_kernels backend of the top-2 confidence op
+
+    def build(self) -> LLaDA:
+        return LLaDA(**self._options(LLaDA))
+
+
+class ProphetConfig(LLaDAConfig):
+    """Prophet (`pixeli99/Prophet` `generate_earlyexit.py`): LLaDA's knobs plus the early commit."""
+
+    thresholds: StagedThresholds = Field(default_factory=StagedThresholds)  # 7.5 / 5.0 / 2.5
+    region: Literal["answer", "block", "masked"] = "answer"  # gap over: answer region (released)
+    answer_start: int | None = Field(None, ge=0)  # generation offset of the answer region
+    answer_length: int = Field(5, ge=1)  # positions of the answer region (hard-coded 5)
+    record_gaps: bool = False  # keep each step's mean gap in `Prophet.gap_history`
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _threshold_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            names = [f.name for f in dataclasses.fields(StagedThresholds)]
+            for key in value:
+                if key not in names:
+                    close = difflib.get_close_matches(str(key), names, n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise ValueError(f"unknown threshold {key!r}{hint}: valid names are {names}")
+        return value
+
+    def build(self) -> Prophet:
+        return Prophet(**self._options(Prophet))
+
+
+class FastDLLMConfig(_StrategyConfig):
+    """Fast-dLLM (`NVlabs/Fast-dLLM` `llada/generate.py`): the released scripts' threshold 0.9."""
+
+    block_length: int = Field(32, ge=1)  # gen_length must be a multiple of it
+    threshold: float | None = Field(0.9, ge=0, le=1)  # commit every p >= threshold (and the top 1)
+    factor: float | None = Field(None, gt=0)  # factor rule c_(n) >= 1 - f / (n + 1); replaces it
+    steps: int | None = Field(None, ge=1)  # fixed schedule (no threshold/factor); budget of NFE
+    cache: Literal["prefix", "dual"] | None = None  # KV cache of the prompt / prompt + suffix
+    temperature: float = Field(0.0, ge=0)  # Gumbel-max sampling temperature; 0: argmax
+    remasking: Remasking = "low_confidence"
+    reference_quirks: bool = False  # fp64 confidence softmax, the factor rule's last index
+    backend: Backend = "auto"  # layerwise_kernels backend of the top-2 confidence op
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> FastDLLMConfig:
+        if self.threshold is None and self.factor is None and self.steps is None:
+            raise ValueError(
+                "without threshold or factor the fixed schedule needs steps: set steps (a "
+                "multiple of the number of blocks), threshold or factor"
+            )
+        return self
+
+    def build(self) -> FastDLLM:
+        return FastDLLM(**self._options(FastDLLM))
+
+
+class DreamConfig(_StrategyConfig):
+    """Dream's `diffusion_generate`: the defaults of `DreamGenerationConfig`."""
+
+    steps: int = Field(512, ge=1)  # diffusion steps on t = linspace(1, eps, steps + 1)
+    alg: DreamAlgorithm = "origin"  # origin: reveal each mask with probability 1 - s/t
+    temperature: float = Field(0.0, ge=0)  # 0: argmax
+    top_p: float | None = Field(None, gt=0, le=1)  # nucleus sampling
+    top_k: int | None = Field(None, ge=1)
+    alg_temp: float | None = Field(None, ge=0)  # > 0: positions drawn from softmax(conf / T)
+    eps: float = Field(1e-3, gt=0, lt=1)  # last timestep
+
+    def build(self) -> Dream:
+        return Dream(**self._options(Dream))
+
+
+class SOARConfig(_StrategyConfig):
+    """SOAR (`duterscmy/SOAR` `generate_soar`): the released defaults."""
+
+    steps: int = Field(128, ge=1)  # at most this many forwards: a multiple of the blocks
+    block_length: int = Field(32, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    remasking: Remasking = "low_confidence"
+    cfg_scale: float = Field(0.0, ge=0)  # classifier-free guidance w (2 NFE per step)
+    confidence_threshold: float = Field(0.95, ge=0, le=1)  # p above it: a parallel commit
+    min_parallel_tokens: int = Field(1, ge=1)  # confident positions needed for a parallel commit
+    max_parallel_tokens: int = Field(5, ge=1)  # most positions one parallel commit takes
+    max_beam_size: int = Field(2, ge=1)  # beams (positions branched into) otherwise
+
+    @model_validator(mode="after")
+    def _parallel_range(self) -> SOARConfig:
+        if self.min_parallel_tokens > self.max_parallel_tokens:
+            raise ValueError(
+                f"min_parallel_tokens {self.min_parallel_tokens} exceeds max_parallel_tokens "
+                f"{self.max_parallel_tokens}: lower it or raise max_parallel_tokens"
+            )
+        return self
+
+    def build(self) -> SOAR:
+        return SOAR(**self._options(SOAR))
+
+
+_LLADA, _PROPHET, _FAST = LLaDAConfig(), ProphetConfig(), FastDLLMConfig()
+_DREAM, _SOAR = DreamConfig(), SOARConfig()
+
+
+class _Validated:
+    """A strategy checks its fields with its config: the same rules, in one place."""
+
+    config_class: ClassVar[type[_StrategyConfig]]
+
+    def __post_init__(self) -> None:
+        config = self.config_class
+        config.from_dict({name: getattr(self, name) for name in config.model_fields})
+
 
 @dataclass
-class LLaDA:
+class LLaDA(_Validated):
     """LLaDA's sampler (Nie et al. 2025). `steps` over all blocks; `block_length == gen_length` is
     pure diffusion. `cfg_scale > 0`: unsupervised classifier-free guidance (2 NFE per step).
 
@@ -45,15 +195,17 @@ class LLaDA:
     uses the fused top-2 op in fp32).
     """
 
-    steps: int = 128
-    block_length: int = 32
-    temperature: float = 0.0
-    remasking: str = "low_confidence"  # or "random"
-    cfg_scale: float = 0.0
-    logits_eos_inf: bool = False  # EOS logit = -inf before sampling (LLaDA App. B.4)
-    confidence_eos_eot_inf: bool = False  # positions predicting EOS/EoT are committed last
-    reference_quirks: bool = False
-    backend: str = "auto"  # layerwise_kernels backend of the top-2 confidence op
+    config_class: ClassVar[type[_StrategyConfig]] = LLaDAConfig
+
+    steps: int = _LLADA.steps
+    block_length: int = _LLADA.block_length
+    temperature: float = _LLADA.temperature
+    remasking: str = _LLADA.remasking
+    cfg_scale: float = _LLADA.cfg_scale
+    logits_eos_inf: bool = _LLADA.logits_eos_inf
+    confidence_eos_eot_inf: bool = _LLADA.confidence_eos_eot_inf
+    reference_quirks: bool = _LLADA.reference_quirks
+    backend: str = _LLADA.backend
 
     @property
     def step_budget(self) -> int:
@@ -91,11 +243,13 @@ class Prophet(LLaDA):
     mean gap of every step in `gap_history`.
     """
 
+    config_class: ClassVar[type[_StrategyConfig]] = ProphetConfig
+
     thresholds: StagedThresholds = field(default_factory=StagedThresholds)
-    region: str = "answer"
-    answer_start: int | None = None
-    answer_length: int = 5
-    record_gaps: bool = False
+    region: str = _PROPHET.region
+    answer_start: int | None = _PROPHET.answer_start
+    answer_length: int = _PROPHET.answer_length
+    record_gaps: bool = _PROPHET.record_gaps
     gap_history: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)
 
     def _early_commit(self, canvas: Canvas) -> ProphetRule:
@@ -116,7 +270,7 @@ class Prophet(LLaDA):
 
 
 @dataclass
-class FastDLLM:
+class FastDLLM(_Validated):
     """Fast-dLLM (Wu et al., arXiv:2505.22618): threshold (default 0.9) or factor parallel
     decoding per block (a factor, when given, replaces the threshold, as released),
     `cache=None | "prefix" | "dual"`. With neither threshold nor factor the
@@ -126,15 +280,17 @@ class FastDLLM:
     last-index acceptance.
     """
 
-    block_length: int = 32
-    threshold: float | None = 0.9
-    factor: float | None = None
-    steps: int | None = None
-    cache: str | None = None
-    temperature: float = 0.0
-    remasking: str = "low_confidence"
-    reference_quirks: bool = False
-    backend: str = "auto"
+    config_class: ClassVar[type[_StrategyConfig]] = FastDLLMConfig
+
+    block_length: int = _FAST.block_length
+    threshold: float | None = _FAST.threshold
+    factor: float | None = _FAST.factor
+    steps: int | None = _FAST.steps
+    cache: str | None = _FAST.cache
+    temperature: float = _FAST.temperature
+    remasking: str = _FAST.remasking
+    reference_quirks: bool = _FAST.reference_quirks
+    backend: str = _FAST.backend
     _gen_length: int = field(default=0, init=False, repr=False)
 
     @property
@@ -159,19 +315,21 @@ class FastDLLM:
 
 
 @dataclass
-class Dream:
+class Dream(_Validated):
     """Dream's sampler (`diffusion_generate`): `alg` in origin / maskgit_plus / topk_margin /
     entropy, with temperature, top_p, top_k and alg_temp. Defaults are `DreamGenerationConfig`'s
     (alg='origin', steps=512, T=0); Dream's README demo uses alg='entropy', T=0.2, top_p=0.95.
     Random draws use torch's global RNG in the reference's order (seed with `set_seed`)."""
 
-    steps: int = 512
-    alg: str = "origin"
-    temperature: float = 0.0
-    top_p: float | None = None
-    top_k: int | None = None
-    alg_temp: float | None = None
-    eps: float = 1e-3
+    config_class: ClassVar[type[_StrategyConfig]] = DreamConfig
+
+    steps: int = _DREAM.steps
+    alg: str = _DREAM.alg
+    temperature: float = _DREAM.temperature
+    top_p: float | None = _DREAM.top_p
+    top_k: int | None = _DREAM.top_k
+    alg_temp: float | None = _DREAM.alg_temp
+    eps: float = _DREAM.eps
 
     @property
     def step_budget(self) -> int:
@@ -196,20 +354,22 @@ class Dream:
 
 
 @dataclass
-class SOAR:
+class SOAR(_Validated):
     """SOAR (arXiv:2602.10953): per step, commit up to `max_parallel_tokens` positions with
     p > `confidence_threshold`, else branch over the top-`max_beam_size` positions; beams scored
     by the sum of committed probabilities. At most `steps` forwards (the released loop)."""
 
-    steps: int = 128
-    block_length: int = 32
-    temperature: float = 0.0
-    remasking: str = "low_confidence"
-    cfg_scale: float = 0.0
-    confidence_threshold: float = 0.95
-    min_parallel_tokens: int = 1
-    max_parallel_tokens: int = 5
-    max_beam_size: int = 2
+    config_class: ClassVar[type[_StrategyConfig]] = SOARConfig
+
+    steps: int = _SOAR.steps
+    block_length: int = _SOAR.block_length
+    temperature: float = _SOAR.temperature
+    remasking: str = _SOAR.remasking
+    cfg_scale: float = _SOAR.cfg_scale
+    confidence_threshold: float = _SOAR.confidence_threshold
+    min_parallel_tokens: int = _SOAR.min_parallel_tokens
+    max_parallel_tokens: int = _SOAR.max_parallel_tokens
+    max_beam_size: int = _SOAR.max_beam_size
 
     @property
     def step_budget(self) -> int:
@@ -241,13 +401,27 @@ STRATEGIES: dict[str, type] = {
     "soar": SOAR,
 }
 
+STRATEGY_CONFIGS: dict[str, type[_StrategyConfig]] = {
+    "llada": LLaDAConfig,
+    "prophet": ProphetConfig,
+    "fast_dllm": FastDLLMConfig,
+    "dream": DreamConfig,
+    "soar": SOARConfig,
+}
 
-def make_strategy(name: str, **options) -> Strategy:
-    """A strategy from its config name (`decode: llada | prophet | fast_dllm | dream | soar`)."""
-    try:
-        cls = STRATEGIES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown decoding strategy {name!r}: choose one of {list(STRATEGIES)}"
-        ) from None
-    return cls(**options)
+
+def make_strategy(name: str, **options: Any) -> Strategy:
+    """A strategy from its config name (`llada | prophet | fast_dllm | dream | soar`) and options,
+    validated by its config: `STRATEGY_CONFIGS[name].from_dict(options).build()`.
+
+    An unknown name or option raises a `ConfigError` (a `ValueError`) naming the closest valid one
+    and listing them all; Prophet's `thresholds` may be a mapping (`{"early": 7.5, ...}`).
+    """
+    config = STRATEGY_CONFIGS.get(name)
+    if config is None:
+        close = difflib.get_close_matches(str(name), STRATEGY_CONFIGS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"unknown decoding strategy {name!r}{hint}: choose one of {list(STRATEGY_CONFIGS)}"
+        )
+    return config.from_dict(options).build()
