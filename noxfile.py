@@ -314,8 +314,17 @@ def real(session: nox.Session) -> None:
 
 @nox.session
 def gpu(session: nox.Session) -> None:
-    """On a CUDA machine: kernel tests for real (no interpreter), GPU tests, then benchmarks."""
+    """On a CUDA machine: kernel tests for real (no interpreter), GPU tests, every paper-scale
+    recipe for 5 steps at full size with its tokens/s and MFU (layerwise.recipes.smoke), then
+    benchmarks. Refuses at once on a machine without an NVIDIA GPU."""
+    if shutil.which("nvidia-smi") is None:
+        session.error(
+            "nox -s gpu needs an NVIDIA GPU (no nvidia-smi on PATH): run it on a CUDA machine; "
+            "on CPU machines use nox -s tests"
+        )
     _install_all_editable(session)
     os.environ.pop("TRITON_INTERPRET", None)
     session.run("pytest", *_test_paths(), "-m", "not slow", *session.posargs, env=OFFLINE_ENV)
+    # refuses (exit 2) if torch sees no CUDA device, e.g. a CPU build of torch
+    session.run("python", "-m", "layerwise.recipes.smoke", env=OFFLINE_ENV)
     bench(session)
