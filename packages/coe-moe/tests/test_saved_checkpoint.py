@@ -1,6 +1,7 @@
 """A checkpoint written by an earlier coe-moe (tests/data/checkpoint_f6ee4fc, before the modeling
 code was rewritten on transformers' Mixtral classes) loads with the same keys and gives the same
-numbers bit for bit: eval logits, training loss and aux loss, router logits and hidden states."""
+numbers bit for bit: eval logits, training loss and aux loss, router logits and hidden states;
+the same seed gives the same initial weights."""
 
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from coe_moe import CoEForCausalLM
+from coe_moe import CoEConfig, CoEForCausalLM
 
 FIXTURE = Path(__file__).parent / "data" / "checkpoint_f6ee4fc"
 
@@ -40,3 +41,14 @@ def test_checkpoint_of_the_earlier_code_gives_the_same_numbers(one_thread):
         assert torch.equal(logits, expected[f"router_logits.{i}"]), i
     assert torch.equal(train.aux_loss, expected["train_aux_loss"])
     assert torch.equal(train.loss, expected["train_loss"])
+
+
+def test_same_seed_same_initial_weights_as_the_earlier_code():
+    # the fixture's weights are CoEForCausalLM(config) right after torch.manual_seed(0)
+    saved = load_file(FIXTURE / "model" / "model.safetensors")
+    config = CoEConfig.from_pretrained(FIXTURE / "model")
+    torch.manual_seed(0)
+    state = CoEForCausalLM(config).state_dict()
+    assert sorted(state) == sorted(saved)
+    for key, value in saved.items():
+        assert torch.equal(state[key], value), key
