@@ -1,9 +1,15 @@
-"""grouped_mm: Triton (interpreted on CPU, compiled on CUDA) vs the torch reference vs a row loop."""
+"""grouped_mm: Triton (interpreted on CPU, compiled on CUDA) and torch's grouped GEMM vs the torch
+reference vs a row loop; which implementation each backend runs."""
 
 import pytest
 import torch
 
-from layerwise_kernels import grouped_mm, grouped_mm_naive
+from layerwise_kernels import (
+    grouped_mm,
+    grouped_mm_naive,
+    native_grouped_mm_supports,
+    resolve_grouped_mm_backend,
+)
 
 # The Triton tests run wherever Triton runs here: compiled on a GPU, else the interpreter on CPU.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -111,10 +117,47 @@ def test_triton_half_inputs_accumulate_in_fp32(dtype):
         )
 
 
-def test_auto_runs_the_reference_off_cuda():
+def test_auto_runs_the_reference_off_cuda_where_torch_grouped_gemm_refuses():
+    # rows of 6 floats (24 bytes): not a multiple of 16 bytes
     x, weight, offsets, _ = _inputs([3, 4], 6, 6, torch.float32, seed=7)
     if DEVICE == "cpu":
+        assert resolve_grouped_mm_backend("auto", x, weight) == "torch"
         assert torch.equal(grouped_mm(x, weight, offsets), grouped_mm_naive(x, weight, offsets))
+
+
+@pytest.mark.parametrize("counts", GROUP_COUNTS)
+@pytest.mark.parametrize(("n_inner", "n_cols"), [(16, 8), (24, 40)])
+def test_torch_grouped_gemm_matches_reference_fp32_cpu(counts, n_inner, n_cols):
+    x, weight, offsets, dy = (t.cpu() for t in _inputs(counts, n_inner, n_cols, torch.float32, 12))
+    assert resolve_grouped_mm_backend("auto", x, weight) == "grouped_mm"
+    ours = _forward_backward(x, weight, offsets, dy, "grouped_mm")
+    ref = _forward_backward(x, weight, offsets, dy, "torch")
+    for name, got, want in zip(("y", "dx", "dweight"), ours, ref):
+        assert got.shape == want.shape and got.dtype == want.dtype, name
+        torch.testing.assert_close(got, want, **FP32, msg=lambda m, n=name: f"{n}: {m}")
+    # "auto" takes it: the same numbers bit for bit
+    assert torch.equal(grouped_mm(x, weight, offsets), ours[0])
+
+
+def test_which_backend_runs_on_cpu():
+    x, weight, _, _ = (t.cpu() for t in _inputs([3, 4], 16, 8, torch.float32, seed=13))
+    up = weight  # [2, 16, 8]: 16 -> 8
+    down = torch.randn(2, 16, 8).transpose(1, 2)  # [2, 8, 16]: 8 -> 16
+    assert native_grouped_mm_supports(x, up, down)
+    assert resolve_grouped_mm_backend("auto", x, up, down) == "grouped_mm"
+    assert resolve_grouped_mm_backend("torch", x, up, down) == "torch"
+    # fp64 and rows of 6 floats are beyond torch's grouped GEMM: the reference runs
+    assert resolve_grouped_mm_backend("auto", x.double(), up.double(), down.double()) == "torch"
+    narrow = torch.randn(2, 16, 6)  # one weight of a chain with 24-byte rows: none runs natively
+    assert resolve_grouped_mm_backend("auto", x, up, narrow) == "torch"
+    sliced = torch.randn(7, 17)[:, :16]  # x whose rows are 17 floats apart
+    assert not native_grouped_mm_supports(sliced, up)
+    with pytest.raises(ValueError, match="with widths \\[6, 16\\].*pass backend='auto'"):
+        resolve_grouped_mm_backend("grouped_mm", x, narrow)
+    with pytest.raises(ValueError, match="grouped_mm backend must be one of"):
+        resolve_grouped_mm_backend("cuda", x, up)
+    with pytest.raises(TypeError, match="got torch.float64: pass backend='torch'"):
+        resolve_grouped_mm_backend("triton", x.double(), up.double())
 
 
 def test_fp64_is_left_to_the_reference():
@@ -160,6 +203,29 @@ def test_kernels_compile_for_hopper_without_a_gpu(compiles_for_hopper):
                 compile_sm90(kernel, sig, const, num_warps=4)
         """
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+    reason="needs a CUDA device of compute capability >= 8.0",
+)
+def test_torch_grouped_gemm_cuda_bf16_moe_sizes():
+    gen = torch.Generator().manual_seed(14)
+    counts = torch.bincount(torch.randint(0, 16, (2048,), generator=gen), minlength=16).tolist()
+    x, weight, offsets, dy = _inputs(counts, 1024, 704, torch.bfloat16, seed=15)
+    assert resolve_grouped_mm_backend("auto", x, weight) == "grouped_mm"
+    ours = _forward_backward(x, weight, offsets, dy, "grouped_mm")
+    ref = _forward_backward(x.float(), weight.float(), offsets, dy.float(), "torch")
+    for name, got, want in zip(("y", "dx", "dweight"), ours, ref):
+        size = want.abs().mean().item()
+        torch.testing.assert_close(
+            got.float() / size,
+            want / size,
+            rtol=2**-7,
+            atol=2e-2,
+            msg=lambda m, n=name: f"{n}: {m}",
+        )
 
 
 @pytest.mark.gpu

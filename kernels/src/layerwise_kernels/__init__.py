@@ -1,7 +1,9 @@
 """layerwise_kernels: fused ops with a pure-torch reference and a Triton kernel behind each.
 
 Every op takes `backend="auto" | "torch" | "triton"`; "auto" runs Triton on CUDA tensors when triton
-is installed and the torch reference everywhere else. Triton is imported only when it runs.
+is installed and the torch reference everywhere else (grouped_mm also has "grouped_mm", torch's own
+grouped GEMM, which its "auto" takes first where torch supports the inputs). Triton is imported
+only when it runs.
 """
 
 from layerwise_kernels.__about__ import __version__
@@ -13,7 +15,13 @@ from layerwise_kernels.fake_quant import (
     fake_quant,
     fake_quant_naive,
 )
-from layerwise_kernels.grouped_mm import grouped_mm, grouped_mm_naive
+from layerwise_kernels.grouped_mm import (
+    GROUPED_MM_BACKENDS,
+    grouped_mm,
+    grouped_mm_naive,
+    native_grouped_mm_supports,
+    resolve_grouped_mm_backend,
+)
 from layerwise_kernels.rms_norm import rms_norm, rms_norm_naive
 from layerwise_kernels.sddmm import sddmm, sddmm_naive
 from layerwise_kernels.spam_step import (
@@ -26,6 +34,7 @@ from layerwise_kernels.top2_confidence import Top2Confidence, top2_confidence, t
 
 __all__ = [
     "FAKE_QUANT_MODES",
+    "GROUPED_MM_BACKENDS",
     "FakeQuantLinear",
     "Top2Confidence",
     "__version__",
@@ -34,8 +43,10 @@ __all__ = [
     "fake_quant_naive",
     "grouped_mm",
     "grouped_mm_naive",
+    "native_grouped_mm_supports",
     "per_tensor_abs_max",
     "per_tensor_clipped_sq_norm",
+    "resolve_grouped_mm_backend",
     "rms_norm",
     "rms_norm_naive",
     "sddmm",

@@ -37,16 +37,21 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
-    """Return "torch" or "triton" for an op on `tensors`; raise an error naming the fix otherwise."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+def check_one_device(*tensors: torch.Tensor) -> None:
+    """Raise a ValueError naming the fix unless all `tensors` are on one device."""
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         names = ", ".join(sorted(str(d) for d in devices))
         raise ValueError(
             f"all tensors of one op must be on one device, got {names}: move them with .to()"
         )
+
+
+def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
+    """Return "torch" or "triton" for an op on `tensors`; raise an error naming the fix otherwise."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_one_device(*tensors)
     if backend == "torch":
         return "torch"
     on_cuda = bool(tensors) and tensors[0].is_cuda

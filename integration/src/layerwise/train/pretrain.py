@@ -2,8 +2,8 @@
 
 One optimizer step consumes one *global batch* of `batch_size * grad_accum * world_size` blocks:
 
-    indices = sampler.next_indices(G)                              same on every process
-    micro-batch m of process r = indices[(m*W + r)*B : (m*W + r + 1)*B]
+    blocks = sampler.next_global_batch(G)      [G, T+1], the same on every process
+    micro-batch m of process r = blocks[(m*W + r)*B : (m*W + r + 1)*B]
 
 Each micro-batch loss is the mean over its B*T tokens, scaled by 1/grad_accum before backward,
 and DDP averages gradients over processes, so the update equals that of the mean loss over the
@@ -35,7 +35,6 @@ import yaml
 from torch.nn import functional as F
 
 from layerwise._progress import is_silenced
-from layerwise.data.packing import BlockSampler
 from layerwise.data.prepare import PreparedData, prepare_data
 from layerwise.eval.perplexity import PerplexityResult, perplexity
 from layerwise.train.checkpoint import (
@@ -226,7 +225,7 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
     spectral = build_spectral_controller(cfg, optimizer, model, scheduler)
     # a global batch larger than the data is refused here, before the run writes anything
     global_batch = tc.batch_size * tc.grad_accum * accelerator.num_processes
-    sampler = BlockSampler(len(data.train), tc.seed, global_batch=global_batch)
+    sampler = data.training_batches(tc.seed, global_batch)
     log = MetricsLog(out, enabled=main)
     step, pending_loss, pending_steps = 0, 0.0, 0
     if ckpt is not None:
@@ -293,11 +292,11 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
     bar = tqdm(total=tc.steps, initial=step, disable=quiet, desc=out.name, dynamic_ncols=True)
     model.train()
     while step < end:
-        indices = sampler.next_indices(global_batch)
+        blocks = sampler.next_global_batch(global_batch)
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for m in range(A):
             lo = (m * world + rank) * B
-            batch = data.train.gather(indices[lo : lo + B]).to(device)
+            batch = blocks[lo : lo + B].to(device)
             sync = contextlib.nullcontext() if m == A - 1 else accelerator.no_sync(model)
             with sync:
                 if cfg.objective == "meap":
