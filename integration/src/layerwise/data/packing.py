@@ -10,6 +10,10 @@ A stream tail shorter than T + 1 is dropped.
 Training order: epoch e visits the blocks in `torch.randperm` order under a generator seeded from
 `(seed, e)` alone, so the order is the same on every machine and in every process, and the reading
 position `(epoch, index)` is all a checkpoint needs to continue exactly.
+
+The training loop reads either order through one interface, `TrainingBatches`:
+`ShuffledBlocks` (blocks held in memory, in the seeded order above) or
+`layerwise.data.streaming.StreamedBlocks` (a stream packed on the fly, in stream order).
 """
 
 from __future__ import annotations
@@ -17,12 +21,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
 from layerwise_core import UsageError
 
-__all__ = ["BlockSampler", "DataPosition", "PackedBlocks", "epoch_permutation", "pack_documents"]
+__all__ = [
+    "BlockSampler",
+    "DataPosition",
+    "PackedBlocks",
+    "ShuffledBlocks",
+    "TrainingBatches",
+    "epoch_permutation",
+    "pack_documents",
+]
 
 
 def pack_documents(token_ids: Iterable[list[int]], eos_id: int) -> torch.Tensor:
@@ -34,7 +47,8 @@ def pack_documents(token_ids: Iterable[list[int]], eos_id: int) -> torch.Tensor:
 
 
 class PackedBlocks:
-    """Fixed-length views of a token stream: `blocks[i]` is a (T + 1,) tensor (see module doc)."""
+    """Fixed-length views of a token stream: `blocks[i]` is a (T + 1,) int64 tensor (see module
+    doc). The stream may be of any integer type (the token cache maps int32 files into memory)."""
 
     def __init__(self, stream: torch.Tensor, block_size: int):
         if stream.dim() != 1:
@@ -51,10 +65,10 @@ class PackedBlocks:
         if not 0 <= index < len(self):
             raise IndexError(f"block {index} out of range for {len(self)} blocks")
         start = index * self.block_size
-        return self.stream[start : start + self.block_size + 1]
+        return self.stream[start : start + self.block_size + 1].to(torch.int64)
 
     def gather(self, indices: torch.Tensor | list[int]) -> torch.Tensor:
-        """Stack blocks into a (len(indices), T + 1) batch."""
+        """Stack blocks into a (len(indices), T + 1) int64 batch."""
         return torch.stack([self[int(i)] for i in indices])
 
 
@@ -132,3 +146,40 @@ class BlockSampler:
                 "resume with the same train.seed"
             )
         self.position = DataPosition(int(state["epoch"]), int(state["index"]))
+
+
+class TrainingBatches(Protocol):
+    """What the training loop reads: global batches, and a position a checkpoint can hold."""
+
+    def next_global_batch(self, n: int) -> torch.Tensor:
+        """The next `n` blocks, a LongTensor [n, T + 1]; the same in every process."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class ShuffledBlocks:
+    """`TrainingBatches` over blocks held in memory, in `BlockSampler`'s seeded epoch order.
+
+    A global batch larger than the data is refused here, before a run writes anything."""
+
+    def __init__(self, blocks: PackedBlocks, seed: int, global_batch: int):
+        self.blocks = blocks
+        self.sampler = BlockSampler(len(blocks), seed, global_batch=global_batch)
+
+    def next_global_batch(self, n: int) -> torch.Tensor:
+        return self.blocks.gather(self.sampler.next_indices(n))
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "format" in state:  # a stream's position (layerwise.data.streaming)
+            raise UsageError(
+                "the checkpoint's data position is that of a streamed corpus, this run reads "
+                "blocks held in memory: resume with the checkpoint's data.source and "
+                "data.streaming"
+            )
+        self.sampler.load_state_dict(state)

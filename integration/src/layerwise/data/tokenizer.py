@@ -1,5 +1,10 @@
 """Tokenizers: a byte-level BPE trained on the corpus's train split, or any Hugging Face tokenizer.
 
+`data.tokenizer` is `bpe` (train one), a local folder a tokenizer was saved in
+(`save_pretrained`: a run's `final/`, a downloaded hub tokenizer such as SmolLM2's, one made by
+`train_bpe_tokenizer`), or, online, a hub tokenizer name. A folder is only read from disk; one
+that holds no tokenizer, or one without an EOS token, is a one-line `UsageError` naming the fix.
+
 The trained tokenizer is GPT-2 style byte-level BPE (no normalisation, no unknown token: every
 UTF-8 string encodes and decodes back exactly), with special tokens `<|endoftext|>` (EOS, joins
 documents), `<|pad|>` and `[MASK]` (for masked objectives). It is wrapped as a
@@ -17,7 +22,7 @@ from pathlib import Path
 from layerwise._progress import shows_progress
 from layerwise.data.cache import atomic_directory, cache_root
 from layerwise.data.corpus import Corpus
-from layerwise_core import UsageError
+from layerwise_core import UsageError, load_tokenizer_folder
 
 __all__ = ["EOS_TOKEN", "MASK_TOKEN", "PAD_TOKEN", "load_tokenizer", "train_bpe_tokenizer"]
 
@@ -25,6 +30,19 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 MASK_TOKEN = "[MASK]"
 _BPE_FORMAT = "bpe-v1"  # bump when the training recipe changes, to invalidate cached tokenizers
+# files one of which a saved Hugging Face tokenizer folder holds
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+_FOLDER_FIX = (
+    "pass a folder a tokenizer was saved in (tokenizer.save_pretrained(DIR): e.g. a run's final/ "
+    "or a downloaded hub tokenizer), or data.tokenizer=bpe to train one"
+)
 
 
 def train_bpe_tokenizer(
@@ -71,22 +89,14 @@ def load_tokenizer(
     quiet: bool = False,
 ):
     """`name="bpe"`: the BPE trained on `corpus`'s train split (cached; training shows progress
-    on a terminal unless `quiet`); else any HF tokenizer.
+    on a terminal unless `quiet`); else a local tokenizer folder or a hub tokenizer name.
 
-    A hub tokenizer without an EOS token gets none invented: packing needs one, so we refuse it.
+    A tokenizer without an EOS token gets none invented: packing needs one, so we refuse it.
     """
     from transformers import AutoTokenizer
 
     if name != "bpe":
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-        except (OSError, ValueError) as err:  # nothing there, offline, or no tokenizer files
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UsageError(
-                f"data.tokenizer {name!r}: no tokenizer could be loaded ({reason}): pass a local "
-                "folder with tokenizer.json, a hub name while online, or data.tokenizer=bpe to "
-                "train one"
-            ) from err
+        tokenizer = _load_named(name)
         if tokenizer.eos_token_id is None:
             raise UsageError(
                 f"data.tokenizer {name!r} has no EOS token, which packing needs between "
@@ -103,3 +113,42 @@ def load_tokenizer(
         with atomic_directory(folder) as tmp:
             tokenizer.save_pretrained(tmp)
     return AutoTokenizer.from_pretrained(folder)
+
+
+def _is_path(name: str) -> bool:
+    return Path(name).expanduser().exists() or name.startswith(("/", "./", "../", "~"))
+
+
+def _load_named(name: str):
+    """A tokenizer from a local folder (anything that exists or is written as a path), else from
+    the hub by name."""
+    from transformers import AutoTokenizer
+
+    if _is_path(name):
+        folder = Path(name).expanduser()
+        if folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+            found = sorted(p.name for p in folder.iterdir())
+            listed = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "") or "nothing"
+            raise UsageError(
+                f"data.tokenizer {name!r} holds no tokenizer files (none of "
+                f"{', '.join(_TOKENIZER_FILES[:4])}; it holds {listed}): {_FOLDER_FIX}"
+            )
+        try:
+            return load_tokenizer_folder(folder, "data.tokenizer", _FOLDER_FIX)
+        except UsageError:
+            raise
+        except Exception as err:  # a damaged tokenizer.json surfaces as KeyError and others
+            raise UsageError(
+                f"data.tokenizer {name!r} holds no tokenizer it can load ({type(err).__name__}: "
+                f"{err}): {_FOLDER_FIX}"
+            ) from err
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:  # nothing there, offline, or no tokenizer files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        local = f"tokenizers/{name.rsplit('/', 1)[-1]}"
+        raise UsageError(
+            f"data.tokenizer {name!r} is no local folder and could not be loaded from the "
+            f"Hugging Face hub ({reason}): download it first (`hf download {name} --local-dir "
+            f"{local}`) and pass data.tokenizer={local}, or data.tokenizer=bpe to train one"
+        ) from err
