@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coe_moe import CoELayer, experts_forward, resolve_expert_backend
+import coe_moe
+import layerwise_kernels
+from coe_moe import CoELayer, experts_forward
 
 HIDDEN, WIDTH, EXPERTS = 8, 4, 6
 
@@ -165,17 +167,39 @@ def test_experts_forward_with_empty_and_overfull_experts():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=backend)
 
 
-def test_auto_backend_choice_on_cpu():
-    gate_up, down = torch.zeros(4, 16, 16), torch.zeros(4, 16, 8)
-    assert resolve_expert_backend("auto", torch.zeros(2, 16), gate_up, down) == "grouped_mm"
-    # fp64 and rows of 6 floats (24 bytes) are beyond torch's grouped GEMM: the reference runs
-    assert resolve_expert_backend("auto", torch.zeros(2, 16).double(), gate_up.double(), down.double()) == "torch"  # fmt: skip
-    odd_gu, odd_down = torch.zeros(4, 12, 6), torch.zeros(4, 6, 6)
-    assert resolve_expert_backend("auto", torch.zeros(2, 6), odd_gu, odd_down) == "torch"
-    with pytest.raises(ValueError, match="use expert_backend='auto'"):
-        resolve_expert_backend("grouped_mm", torch.zeros(2, 6), odd_gu, odd_down)
-    with pytest.raises(ValueError, match="expert backend must be one of"):
-        resolve_expert_backend("cuda", torch.zeros(2, 16), gate_up, down)
+def test_backend_choice_is_layerwise_kernels_and_the_old_names_warn():
+    # one dispatcher: the experts take layerwise_kernels' backends; coe_moe's old names delegate
+    assert coe_moe.EXPERT_BACKENDS == layerwise_kernels.GROUPED_MM_BACKENDS
+    x, gate_up, down = torch.zeros(2, 16), torch.zeros(4, 16, 16), torch.zeros(4, 16, 8)
+    with pytest.warns(FutureWarning, match="use `layerwise_kernels.resolve_grouped_mm_backend`"):
+        resolve = coe_moe.resolve_expert_backend
+    assert resolve is layerwise_kernels.resolve_grouped_mm_backend
+    assert resolve("auto", x, gate_up, down) == "grouped_mm"
+    assert resolve("auto", x.double(), gate_up.double(), down.double()) == "torch"
+    with pytest.warns(FutureWarning, match="use `layerwise_kernels.native_grouped_mm_supports`"):
+        assert coe_moe.native_grouped_mm_supports is layerwise_kernels.native_grouped_mm_supports
+    with pytest.raises(AttributeError, match="no attribute 'dispatch_tokens'"):
+        coe_moe.dispatch_tokens  # noqa: B018
+
+
+def test_the_layer_runs_the_backend_the_kernels_choose(monkeypatch):
+    """An fp32 layer with 16-byte rows runs torch's grouped GEMM for both projections; fp64 the
+    loop reference (the grouped matmul calls are recorded)."""
+    import coe_moe.chain_of_experts as coe
+
+    ran = []
+
+    def recording(x, weight, offsets, *, backend):
+        ran.append(backend)
+        return layerwise_kernels.grouped_mm(x, weight, offsets, backend=backend)
+
+    monkeypatch.setattr(coe, "grouped_mm", recording)
+    layer = CoELayer(16, 8, num_experts=4, top_k=2, num_iterations=2)
+    layer(torch.randn(5, 16))
+    assert ran == ["grouped_mm"] * 4  # 2 iterations x (gate/up, down)
+    ran.clear()
+    layer.double()(torch.randn(5, 16, dtype=torch.float64))
+    assert ran == ["torch"] * 4
 
 
 def test_router_logits_are_returned_per_iteration():

@@ -10,9 +10,8 @@ top-k MoE from the same code (num_iterations=1).
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from coe_moe.__about__ import __version__
-from coe_moe.chain_of_experts import CoEExperts, CoELayer, SharedExpert
+from coe_moe.chain_of_experts import CoEExperts, CoELayer, SharedExpert, experts_forward
 from coe_moe.configuration_coe import EXPERT_BACKENDS, CoEConfig
-from coe_moe.dispatch import experts_forward, native_grouped_mm_supports, resolve_expert_backend
 from coe_moe.modeling_coe import CoEDecoderLayer, CoEForCausalLM, CoEModel, CoEPreTrainedModel
 from coe_moe.routing import (
     CoERouter,
@@ -41,8 +40,22 @@ __all__ = [
     "__version__",
     "experts_forward",
     "load_balancing_loss",
-    "native_grouped_mm_supports",
-    "resolve_expert_backend",
     "routing_stats",
     "top_k_routing",
 ]
+
+# coe_moe.dispatch's backend choice moved to layerwise_kernels (one dispatcher for every package)
+_MOVED = {
+    "native_grouped_mm_supports": "native_grouped_mm_supports",
+    "resolve_expert_backend": "resolve_grouped_mm_backend",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import layerwise_kernels
+        from layerwise_core import warn_renamed
+
+        warn_renamed("coe_moe", name, f"layerwise_kernels.{_MOVED[name]}", kind="function")
+        return getattr(layerwise_kernels, _MOVED[name])
+    raise AttributeError(f"module 'coe_moe' has no attribute {name!r}")

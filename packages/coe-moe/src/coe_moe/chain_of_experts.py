@@ -15,15 +15,70 @@ inner_residual). Without `inner_residual` the update replaces z_t: z_{t+1} = sum
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
 from coe_moe.configuration_coe import CoEConfig, check_moe_arguments
-from coe_moe.dispatch import experts_forward
 from coe_moe.routing import CoERouter
+from layerwise_kernels import grouped_mm, resolve_grouped_mm_backend
 
-__all__ = ["CoEExperts", "CoELayer", "SharedExpert"]
+__all__ = ["CoEExperts", "CoELayer", "SharedExpert", "experts_forward"]
+
+
+def experts_forward(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    experts: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    act_fn: Callable[[torch.Tensor], torch.Tensor] = F.silu,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Weighted sum of each token's K routed SwiGLU experts, by sorting tokens by expert.
+
+        y_n = sum_k weights[n, k] * W^down_e (act(W^gate_e x_n) * (W^up_e x_n)),  e = experts[n, k]
+
+    The N*K (token, expert) pairs are sorted by expert (a stable argsort) and the token copies
+    gathered in that order; each projection of all experts is then one grouped matmul over the
+    sorted rows (`layerwise_kernels.grouped_mm`, groups = experts); the outputs go back to pair
+    order, are weighted and summed over each token's K pairs (a reshape and a sum: deterministic,
+    unlike index_add on a GPU). No token is dropped (no capacity factor).
+
+    Args:
+        x: [tokens, hidden].
+        weights: [tokens, K] routing weights (any float dtype; the weighted sum runs in the wider
+            of it and x's dtype, then is cast to x's dtype).
+        experts: [tokens, K] int64 expert indices.
+        gate_up_proj: [E, 2 * I, hidden], gate rows first then up rows (transformers' fused MoE
+            layout).
+        down_proj: [E, hidden, I].
+        act_fn: activation of the gate (SiLU for SwiGLU).
+        backend: the grouped matmul's, one of `layerwise_kernels.GROUPED_MM_BACKENDS`; "auto"
+            picks one implementation that runs both projections
+            (`layerwise_kernels.resolve_grouped_mm_backend`).
+
+    Returns:
+        [tokens, hidden] in x's dtype.
+    """
+    tokens, top_k = experts.shape
+    num_experts = gate_up_proj.shape[0]
+    flat = experts.reshape(-1)  # pair p = n * K + k
+    order = torch.argsort(flat, stable=True)  # pairs sorted by expert
+    offsets = torch.bincount(flat, minlength=num_experts).cumsum(0)
+    rows = x.index_select(0, order // top_k)  # token copies sorted by expert
+    # [experts, in, out] views of the nn.Linear-layout weights, without a copy
+    gate_up_t, down_t = gate_up_proj.transpose(1, 2), down_proj.transpose(1, 2)
+    chosen = resolve_grouped_mm_backend(backend, rows, gate_up_t, down_t)
+    gate, up = grouped_mm(rows, gate_up_t, offsets, backend=chosen).chunk(2, dim=-1)
+    out_sorted = grouped_mm(act_fn(gate) * up, down_t, offsets, backend=chosen)
+    out_pairs = torch.empty_like(out_sorted).index_copy(0, order, out_sorted)  # pair order
+    acc_dtype = torch.promote_types(x.dtype, weights.dtype)
+    mixed = out_pairs.view(tokens, top_k, -1).to(acc_dtype) * weights.to(acc_dtype).unsqueeze(-1)
+    return mixed.sum(dim=1).to(x.dtype)
 
 
 class CoEExperts(nn.Module):
@@ -31,7 +86,7 @@ class CoEExperts(nn.Module):
 
     Weights are fused 3-D tensors in transformers' MoE layout: `gate_up_proj` [E, 2I, hidden]
     (gate rows, then up rows) and `down_proj` [E, hidden, I]. Tokens are dispatched by sorting
-    (`coe_moe.dispatch.experts_forward`); `backend` picks the grouped matmul.
+    (`experts_forward`); `backend` picks the grouped matmul (`layerwise_kernels.grouped_mm`).
     """
 
     def __init__(

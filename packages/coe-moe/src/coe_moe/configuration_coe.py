@@ -15,10 +15,13 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
+from layerwise_kernels import GROUPED_MM_BACKENDS
+
 __all__ = ["EXPERT_BACKENDS", "CoEConfig"]
 
-# How the routed experts run (see `coe_moe.dispatch`): "auto" picks the fastest available.
-EXPERT_BACKENDS = ("auto", "grouped_mm", "triton", "torch")
+# How the routed experts' grouped matmuls run (`layerwise_kernels.grouped_mm`'s backends): "auto"
+# picks the fastest that takes the inputs.
+EXPERT_BACKENDS = GROUPED_MM_BACKENDS
 
 
 @strict
@@ -54,9 +57,10 @@ class CoEConfig(PreTrainedConfig):
             reused by every iteration (the paper's "shared gate" ablation).
         aux_loss_coef: alpha of the sequence-level load-balancing loss, summed over layers and
             iterations and added to the LM loss in training mode.
-        expert_backend: how the routed experts run: "auto", "grouped_mm" (torch's grouped GEMM),
-            "triton" (layerwise_kernels' Triton grouped GEMM) or "torch" (a loop over experts on
-            sorted tokens); all give the same result (`coe_moe.dispatch`).
+        expert_backend: how the routed experts' grouped matmuls run (`layerwise_kernels.grouped_mm`):
+            "auto", "grouped_mm" (torch's grouped GEMM), "triton" (layerwise_kernels' Triton
+            grouped GEMM) or "torch" (a loop over experts on sorted tokens); all give the same
+            result up to summation order.
         hidden_act: activation of the SwiGLU experts.
         max_position_embeddings: longest sequence RoPE is set up for.
         initializer_range: std of the N(0, std) init of every matrix (attention, experts, routers,
