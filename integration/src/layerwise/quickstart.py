@@ -35,9 +35,9 @@ from layerwise.__about__ import __version__
 from layerwise._progress import silenced
 from layerwise.data.prepare import PreparedData, prepare_data
 from layerwise.eval.perplexity import perplexity
+from layerwise.models import load_trained_model
 from layerwise.train.config import PretrainConfig
 from layerwise.train.metrics import read_metrics
-from layerwise.train.model import load_trained_model
 from layerwise.train.pretrain import pretrain
 from layerwise_core import (
     LayerwiseConfig,

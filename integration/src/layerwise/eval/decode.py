@@ -19,6 +19,8 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from dlm_decode import STRATEGIES, StagedThresholds, generate, make_strategy
+from layerwise.eval.math_generation import math_exact_match
 from layerwise_core import LayerwiseConfig, UsageError, pad_token_rows, read_json_lines
 
 __all__ = ["DecodeConfig", "DecodeReport", "evaluate_decoding", "read_prompts"]
@@ -89,8 +91,6 @@ def read_prompts(path: str | Path) -> tuple[list[str], list[str] | None]:
 
 
 def _strategy(cfg: DecodeConfig):
-    from dlm_decode import STRATEGIES, StagedThresholds, make_strategy
-
     options = dict(cfg.options)
     if isinstance(options.get("thresholds"), dict):  # Prophet's staged thresholds from YAML
         options["thresholds"] = StagedThresholds(**options["thresholds"])
@@ -115,8 +115,6 @@ def _left_padded(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Ten
 def _score(output: str, answer: str, scorer: str) -> bool:
     if scorer == "exact":
         return output.strip() == answer.strip()
-    from layerwise.eval.math_generation import math_exact_match
-
     return math_exact_match(output, answer)
 
 
@@ -128,8 +126,6 @@ def evaluate_decoding(
     cfg: DecodeConfig | None = None,
 ) -> DecodeReport:
     """Decode every prompt (batches of `cfg.batch_size`, left-padded) and score the answers."""
-    from dlm_decode import generate
-
     cfg = cfg or DecodeConfig()
     if answers is not None and len(answers) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")

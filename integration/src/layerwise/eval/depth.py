@@ -1,6 +1,6 @@
 """Depth reports (depth-probe) of models trained here or saved anywhere: `layerwise probe`.
 
-The model is loaded as it was trained (`layerwise.train.model.load_saved_model`): a layerwise
+The model is loaded as it was trained (`layerwise.models.load_saved_model`): a layerwise
 run's `final/` folder gets its norm scheme, fake quantisation and MLP type back from the run's
 `config.yaml`; any other Hugging Face folder gets the norm scheme recorded by ln-scaling, if any.
 The report (depth_probe) holds every single-pass metric from one forward over `rows` windows of
@@ -14,7 +14,13 @@ from pathlib import Path
 
 from torch import nn
 
+from depth_probe import PerplexityScorer, report
+from depth_probe.cli import text_windows
+from depth_probe.report import encode_texts
 from layerwise._progress import progress_bar
+from layerwise.data.corpus import load_corpus
+from layerwise.models import load_model_and_tokenizer
+from layerwise_core import PathExistsError, UsageError, lock_run_folder, remove_temp_leftovers
 
 __all__ = ["REPORT_FILES", "probe_model", "probe_saved_model", "validation_windows"]
 
@@ -28,10 +34,6 @@ def validation_windows(
     `rows` windows when `held_out`, else None), as text. `source` is a loaded `layerwise.data`
     Corpus or a corpus spec such as "shakespeare"; the split's documents are joined with blank
     lines and tokenized once."""
-    from depth_probe.cli import text_windows
-    from layerwise.data.corpus import load_corpus
-    from layerwise_core import UsageError
-
     corpus = load_corpus(source) if isinstance(source, str) else source
     text = "\n\n".join(corpus.texts("validation"))
     windows = text_windows(tokenizer, text, length, 2 * rows if held_out else rows)
@@ -75,9 +77,6 @@ def probe_model(
 ):
     """depth_probe.report on `texts`; removal sweeps scored by perplexity on `held_out` if given.
     The sweeps count their scored models on stderr (on a terminal) unless `quiet`."""
-    from depth_probe import PerplexityScorer, report
-    from depth_probe.report import encode_texts
-
     with progress_bar(desc="depth report: pruned models scored", quiet=quiet) as bar:
         scorers = None
         if held_out:
@@ -114,14 +113,6 @@ def probe_saved_model(
 
     `out_dir` is locked while the report is written (a second writer is refused at once); a
     folder that already holds a report is refused unless `overwrite`."""
-    from layerwise.train.model import load_model_and_tokenizer
-    from layerwise_core import (
-        PathExistsError,
-        UsageError,
-        lock_run_folder,
-        remove_temp_leftovers,
-    )
-
     if max_length < 2 or rows < 1:
         raise UsageError(
             f"--max-length must be >= 2 and --rows >= 1, got {max_length} and {rows}: raise them"

@@ -35,6 +35,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from layerwise.data.corpus import load_corpus
+from layerwise.models import load_model_and_tokenizer
+
 __all__ = [
     "CellResult",
     "KeyValueRetrieval",
@@ -312,9 +315,6 @@ def evaluate_pretrained(
 ) -> RetrievalReport:
     """`layerwise eval retrieval`: a saved causal LM on documents made from `source`'s validation
     text (a `layerwise.data` corpus spec: shakespeare, text:PATH, jsonl:PATH, hf:NAME)."""
-    from layerwise.data.corpus import load_corpus
-    from layerwise.train.model import load_model_and_tokenizer
-
     # as trained (LNS / Mix-LN / quantisation re-applied); paths and vocabularies checked first
     model, tokenizer = load_model_and_tokenizer(model_path, tokenizer_path)
     if device is None:

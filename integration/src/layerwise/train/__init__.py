@@ -1,5 +1,6 @@
 """Training loops: pre-training (next-token prediction) on accelerate, checkpoints, metrics."""
 
+from layerwise.models import build_model, load_saved_model, load_trained_model
 from layerwise.train.checkpoint import (
     LoadedCheckpoint,
     latest_checkpoint,
@@ -14,7 +15,6 @@ from layerwise.train.config import (
     TrainConfig,
 )
 from layerwise.train.metrics import MetricsLog, read_metrics
-from layerwise.train.model import build_model, load_saved_model, load_trained_model
 from layerwise.train.pretrain import PretrainResult, pretrain
 from layerwise.train.schedule import warmup_cosine, warmup_cosine_scheduler
 

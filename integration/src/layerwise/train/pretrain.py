@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from layerwise._progress import is_silenced
 from layerwise.data.prepare import PreparedData, prepare_data
 from layerwise.eval.perplexity import PerplexityResult, perplexity
+from layerwise.models import build_model
 from layerwise.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -52,7 +53,6 @@ from layerwise.train.config import (
 from layerwise.train.divergence import diverged, divergence_error
 from layerwise.train.mdm import mdm_loss, mdm_validation
 from layerwise.train.metrics import MetricsLog
-from layerwise.train.model import build_model
 from layerwise.train.optimizers import build_optimizer, build_spectral_controller
 from layerwise.train.schedule import warmup_cosine_scheduler
 from layerwise_core import (
