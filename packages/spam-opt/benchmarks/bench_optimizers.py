@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import math
 import platform
 import statistics
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from layerwise_core import llama_config
-from spam_opt import SPAM, StableSPAM, spam_warmup_scale, stable_spam_scale
+from spam_opt import SPAMConfig, StableSPAMConfig, spam_warmup_scale, stable_spam_scale
 
 ROOT = Path(__file__).resolve().parents[3]
 MODELS = {
@@ -47,10 +48,11 @@ MODELS = {
 # ---------------------------------------------------------------------------------------------
 # The official per-parameter loops, written from the spec (specs/spam-opt.md): one parameter at a
 # time, boolean-mask indexing for the clipping, fresh zero tensors at a reset, Python-side counters.
+# Their hyper-parameters come from our configs (`port_arguments`): no defaults of their own.
 # ---------------------------------------------------------------------------------------------
 class OfficialSPAMLoop:
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, warmup_steps=150,
-                 threshold=5000.0, reset_interval=500, clip_delay=20):  # fmt: skip
+    def __init__(self, params, *, lr, betas, eps, warmup_steps, threshold, reset_interval,
+                 clip_delay):  # fmt: skip
         self.params, self.lr, self.betas, self.eps = list(params), lr, betas, eps
         self.N, self.theta, self.dT, self.A = warmup_steps, threshold, reset_interval, clip_delay
         self.state = {p: {} for p in self.params}
@@ -83,8 +85,8 @@ class OfficialSPAMLoop:
 
 
 class OfficialStableSPAMLoop:
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, gamma1=0.7,
-                 gamma2=0.9, gamma3=0.999, total_steps=None, eta_min=0.5, reset_interval=1000):  # fmt: skip
+    def __init__(self, params, *, lr, betas, eps, weight_decay, gamma1, gamma2, gamma3, total_steps,
+                 eta_min, reset_interval):  # fmt: skip
         self.params, self.lr, self.betas, self.eps, self.wd = (
             list(params),
             lr,
@@ -134,23 +136,29 @@ class OfficialStableSPAMLoop:
             p.add_(m / denom, alpha=-self.lr / bc1)
 
 
+def port_arguments(port_cls, config) -> dict:
+    """The hyper-parameters a port takes, from our config (the same names)."""
+    names = [n for n in inspect.signature(port_cls).parameters if n != "params"]
+    return {n: getattr(config, n) for n in names}
+
+
 def check_ports_against_reference_quirks() -> None:
     """The ports above and our reference_quirks=True single-tensor path agree bit for bit."""
+    quirks = dict(lr=1e-2, reference_quirks=True, foreach=False)
     pairs = [
         (
             OfficialSPAMLoop,
-            SPAM,
-            dict(clip_delay=2, threshold=50.0, reset_interval=4, warmup_steps=2),
+            SPAMConfig(clip_delay=2, threshold=50.0, reset_interval=4, warmup_steps=2, **quirks),
         ),
-        (OfficialStableSPAMLoop, StableSPAM, dict(reset_interval=4, total_steps=5)),
+        (OfficialStableSPAMLoop, StableSPAMConfig(reset_interval=4, total_steps=5, **quirks)),
     ]
-    for port_cls, ours_cls, hyper in pairs:
+    for port_cls, config in pairs:
         gen = torch.Generator().manual_seed(0)
         values = [torch.randn(s, generator=gen) for s in [(5, 7), (9,)]]
         a = [torch.nn.Parameter(x.clone()) for x in values]
         b = [torch.nn.Parameter(x.clone()) for x in values]
-        port = port_cls(a, lr=1e-2, **hyper)
-        ours = ours_cls(b, lr=1e-2, reference_quirks=True, foreach=False, **hyper)
+        port = port_cls(a, **port_arguments(port_cls, config))
+        ours = config.build(b)
         for step in range(12):
             for x, y in zip(a, b):
                 g = torch.randn(x.shape, generator=gen) * (100.0 if step % 5 == 3 else 1.0)
@@ -186,12 +194,15 @@ def build_optimizers(params, device: str) -> dict[str, object]:
     # 20 of every 500 steps).
     on_cuda = device == "cuda"
     adamw_kw = dict(fused=True) if on_cuda else dict(foreach=True)
+    spam, stable = SPAMConfig(clip_delay=2), StableSPAMConfig(total_steps=20000)
     return {
-        "torch AdamW": torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, **adamw_kw),
-        "SPAM (ours)": SPAM(params, lr=1e-3, clip_delay=2),
-        "SPAM official loop": OfficialSPAMLoop(params, lr=1e-3, clip_delay=2),
-        "Stable-SPAM (ours)": StableSPAM(params, lr=1e-3, total_steps=20000),
-        "Stable-SPAM official loop": OfficialStableSPAMLoop(params, lr=1e-3, total_steps=20000),
+        "torch AdamW": torch.optim.AdamW(params, lr=spam.lr, weight_decay=0.0, **adamw_kw),
+        "SPAM (ours)": spam.build(params),
+        "SPAM official loop": OfficialSPAMLoop(params, **port_arguments(OfficialSPAMLoop, spam)),
+        "Stable-SPAM (ours)": stable.build(params),
+        "Stable-SPAM official loop": OfficialStableSPAMLoop(
+            params, **port_arguments(OfficialStableSPAMLoop, stable)
+        ),
     }
 
 

@@ -127,10 +127,16 @@ def stable_spam(
         impl(*sub, **hyper)
 
 
+def check_gamma1(gamma1: float) -> float:
+    """AdaGN's gamma1 is an EMA coefficient in [0, 1), or -1 for betas[0]; returned unchanged."""
+    if gamma1 != -1 and not 0.0 <= gamma1 < 1.0:
+        raise ValueError(f"Invalid gamma1: {gamma1} (in [0, 1), or -1 to use betas[0])")
+    return gamma1
+
+
 def _check_hyperparameters(group: dict[str, Any]) -> None:
     check_adam_hyperparameters(group)
-    if group["gamma1"] != -1 and not 0.0 <= group["gamma1"] < 1.0:
-        raise ValueError(f"Invalid gamma1: {group['gamma1']} (in [0, 1), or -1 to use betas[0])")
+    check_gamma1(group["gamma1"])
     for key in ("gamma2", "gamma3"):
         if not 0.0 <= group[key] < 1.0:
             raise ValueError(f"Invalid {key}: {group[key]} (in [0, 1))")
