@@ -63,7 +63,9 @@ class _StrategyConfig(LayerwiseConfig):
 
 
 class LLaDAConfig(_StrategyConfig):
-    """LLaDA's sampler (`ML-GSAI/LLaDA` `generate.py`): the defaults of its `generate()`."""
+    """LLaDA's sampler (`ML-GSAI/LLaDA` `generate.py`). Defaults: the released demo call in its
+    `main()` (steps 128, block 32, T 0, no CFG, low confidence); `generate()`'s own signature has
+    block_length=128, i.e. one block at its gen_length 128. Not LLaDA's Hugging Face model config."""
 
     steps: int = Field(128, ge=1)  # forwards over all blocks: a multiple of the number of blocks
     block_length: int = Field(32, ge=1)  # gen_length must be a multiple; == gen_length: no blocks
