@@ -65,7 +65,7 @@ def spam(
     foreach: bool | None = None,
     fused: bool | None = None,
 ) -> None:
-    r"""One SPAM update (Huang et al., ICLR 2025, Algorithm 1) of lists of tensors, in place.
+    r"""One SPAM update (Huang et al., ICLR 2025) of lists of tensors, in place.
 
     With t = global_step + 1 (this update; global_step counts the updates before it), k =
     warmup_step (updates since the last momentum reset), n = state_steps[i] + 1 (the parameter's

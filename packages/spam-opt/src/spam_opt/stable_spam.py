@@ -76,7 +76,7 @@ def stable_spam(
     foreach: bool | None = None,
     fused: bool | None = None,
 ) -> None:
-    r"""One Stable-SPAM update (Huang et al. 2025, Algorithm 1) of lists of tensors, in place.
+    r"""One Stable-SPAM update (Huang et al. 2025) of lists of tensors, in place.
 
     With t = global_step + 1 (this update; global_step counts the updates before it), per
     parameter n_a = state_steps[i] + 1 (the Adam count, restarted at 1 by a reset) and
