@@ -270,3 +270,32 @@ def test_two_processes_on_a_stream_match_one(stream_folder, tmp_path, tiny_run):
     for a, b in zip(ddp_log, one_log, strict=True):
         assert a["tokens"] == b["tokens"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_hf_sources_take_the_same_path(documents, tokenizer, tmp_path, monkeypatch):
+    """`hf:ORG/NAME:CONFIG` through the real hub code, `datasets.load_dataset` answering from
+    local Parquet files (the hub is unreachable): a validation split is used as it is."""
+    import datasets
+
+    _write_parquet(tmp_path / "train.parquet", documents[:200])
+    _write_parquet(tmp_path / "validation.parquet", documents[200:])
+    local = datasets.load_dataset
+    opened = []
+
+    def hub(path, name=None, split=None, streaming=False, **kwargs):
+        assert (path, name, streaming, kwargs) == ("layerwise/shakespeare", "plays", True, {})
+        opened.append(split)
+        files = {s: str(tmp_path / f"{s}.parquet") for s in ("train", "validation")}
+        return local("parquet", data_files=files, split=split, streaming=True)
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    corpus = load_corpus("hf:layerwise/shakespeare:plays", 0.1, text_field="body")
+    assert corpus.stream.has_validation_split and corpus.splits is None
+    assert list(corpus.texts("validation")) == [d for d in documents[200:] if d.strip()]
+    reader = StreamedBlocks(corpus.stream, tokenizer, T)
+    expected = _reference_blocks(documents[:200], tokenizer, held_out=False)  # nothing held out
+    assert torch.equal(reader.next_global_batch(50), expected.gather(range(50)))
+    assert opened[:2] == ["train", "validation"] and set(opened) == {"train", "validation"}
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="'hf:layerwise/none': could not open the hub dataset"):
+        load_corpus("hf:layerwise/none")

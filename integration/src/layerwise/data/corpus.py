@@ -257,10 +257,11 @@ def _open_hub(source: CorpusSource):
     try:
         datasets.load_dataset(split="train", **kwargs)
     except Exception as err:  # network, auth, unknown name: all surface here
-        raise RuntimeError(
-            f"corpus source '{source.spec}': could not open the hub dataset ({err}). Fix: check the "
-            "name and config, the network and HF_HUB_OFFLINE/HF_DATASETS_OFFLINE, or use a local "
-            "source (text:PATH, jsonl:PATH, parquet:PATH) or data.source=shakespeare"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(
+            f"corpus source '{source.spec}': could not open the hub dataset ({reason}): check the "
+            "name and config, the network and HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, or use a local "
+            "source (parquet:PATH, jsonl:PATH, text:PATH) or data.source=shakespeare"
         ) from err
     try:
         datasets.load_dataset(split="validation", **kwargs)
