@@ -221,6 +221,53 @@ def test_shared_router_ablation_has_one_router():
     assert keys == ["model.layers.0.mlp.routers.0.weight", "model.layers.1.mlp.routers.0.weight"]
 
 
+@pytest.mark.parametrize("independent_routers", [True, False])
+def test_router_logits_are_every_router_call_layer_major(independent_routers):
+    """The model records C logits per layer (also when one router serves every iteration):
+    those the CoE layer itself returns for the input it received, layer by layer."""
+    model = _model(num_iterations=3, independent_routers=independent_routers)
+    inputs = []
+    for layer in model.model.layers:
+        layer.mlp.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    ids = _ids()
+    out = model(ids, output_router_logits=True)
+    assert len(out.router_logits) == 2 * 3
+    for i, layer in enumerate(model.model.layers):
+        _, own = layer.mlp(inputs[i], output_router_logits=True)
+        for t in range(3):
+            assert torch.equal(out.router_logits[3 * i + t], own[t]), (i, t)
+    # and the CoEModel records them too; not asked for, none
+    assert len(model.model(ids, output_router_logits=True).router_logits) == 6
+    assert model(ids).router_logits is None
+
+
+def test_attention_maps_of_the_eager_backend():
+    eager = _model()
+    eager.set_attn_implementation("eager")
+    ids = _ids(seq=7)
+    out = eager(ids, output_attentions=True)
+    assert len(out.attentions) == 2
+    for probs in out.attentions:
+        assert probs.shape == (2, 4, 7, 7)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4, 7, dtype=torch.float64))
+        assert not probs.triu(diagonal=1).any()  # causal
+    # the same model on torch's SDPA: the same logits (eager attention takes its softmax in fp32)
+    torch.testing.assert_close(out.logits, _model()(ids).logits, rtol=1e-6, atol=1e-6)
+
+
+def test_positional_arguments_as_in_mixtral():
+    model = _model()
+    ids = _ids(seq=6)
+    cache = DynamicCache()
+    # MixtralModel's order: input_ids, attention_mask, position_ids, the KV cache
+    out = model.model(ids[:, :4], None, None, cache, use_cache=True)
+    assert cache.get_seq_length() == 4
+    step = model.model(ids[:, 4:], None, None, cache, use_cache=True).last_hidden_state
+    full = model.model(ids).last_hidden_state
+    torch.testing.assert_close(step, full[:, 4:], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.last_hidden_state, full[:, :4], rtol=1e-10, atol=1e-10)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     model = _model(dtype=torch.float32).train()
     ids = _ids()

@@ -79,6 +79,8 @@ class CoEConfig(PreTrainedConfig):
         "cache",
         "past_key_values",
     ]  # 5.25 renamed it
+    # full causal attention in every layer (MixtralModel's forward, which CoEModel runs, reads it)
+    sliding_window = None
 
     vocab_size: int = 102400
     hidden_size: int = 1024

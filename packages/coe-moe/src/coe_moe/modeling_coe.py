@@ -1,19 +1,20 @@
-"""CoE decoder: a Llama model whose MLP is a Chain-of-Experts layer; only the differences are here.
+"""CoE decoder: transformers' Mixtral model with a Chain-of-Experts MLP; only the differences are here.
 
-From Llama (transformers) unchanged: grouped-query attention with RoPE (`LlamaAttention`,
-`LlamaRotaryEmbedding`), `LlamaRMSNorm`, the causal mask, the KV cache, the LM loss. What differs
-(Wang et al., "Chain-of-Experts", arXiv 2506.18945):
+Wang et al., "Chain-of-Experts", arXiv 2506.18945. Inherited from transformers unchanged: Llama's
+grouped-query attention with RoPE (`LlamaAttention`, `LlamaRotaryEmbedding`) and `LlamaRMSNorm`;
+`MixtralModel.forward` (embeddings, causal mask, KV cache, the decoder loop, the final norm, router
+logits and hidden states recorded by hooks through `_can_record_outputs`); Mixtral's pre-trained
+base (init, gradient checkpointing, attention backends). What differs:
 
-    h   = x + Attn(RMSNorm_in(x))                   as in Llama
-    out = CoE(RMSNorm_post(h))   (+ h only with outer_residual)        Llama: h + MLP(RMSNorm_post(h))
+    block    h = x + Attn(RMSNorm_in(x));  out = CoE(RMSNorm_post(h))  (+ h only with outer_residual)
+             (Mixtral: out = h + MoE(RMSNorm_post(h)))
+    routers  C per layer, one per iteration: `router_logits` holds layers x C tensors [B*T, E]
+    loss     alpha * the sequence-level balance loss of every router call (DeepSeek-V2's seq_aux),
+             added in training mode only (Mixtral: a batch-level Switch loss, added with labels)
 
-and the loss: in training mode the sequence-level load-balancing loss of every router call
-(layers x iterations), times `aux_loss_coef`, is added to the LM loss.
-
-The KV cache: transformers 5.25 renamed the argument `past_key_values` to `cache` in its models,
-attention modules, mask functions and outputs. The CoE models take either name, and hand the cache
-to each transformers callable under the name that callable takes (`cache_keyword`), so cached
-generation is the same on both sides of the rename.
+The KV cache: transformers 5.25 renamed the argument `past_key_values` to `cache`. The CoE models
+take either name and hand the cache to Mixtral's forward under the name it takes (`cache_keyword`),
+so cached generation is the same on both sides of the rename.
 """
 
 from __future__ import annotations
@@ -22,18 +23,24 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask
+from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,
+    LlamaDecoderLayer,
     LlamaRMSNorm,
     LlamaRotaryEmbedding,
 )
+from transformers.models.mixtral.modeling_mixtral import (
+    MixtralForCausalLM,
+    MixtralModel,
+    MixtralPreTrainedModel,
+)
 from transformers.utils import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder
 
 from coe_moe.chain_of_experts import CoEExperts, CoELayer
 from coe_moe.configuration_coe import CoEConfig
@@ -42,9 +49,8 @@ from layerwise_core.hf_cache import cache_keyword
 
 __all__ = ["CoEDecoderLayer", "CoEForCausalLM", "CoEModel", "CoEPreTrainedModel"]
 
-# The name under which the installed transformers' callables take / return the KV cache.
-_LAYER_CACHE = cache_keyword(LlamaAttention.forward)  # also what gradient checkpointing clears
-_MASK_CACHE = cache_keyword(create_causal_mask)
+# The name under which the installed transformers takes / returns the KV cache.
+_MODEL_CACHE = cache_keyword(MixtralModel.forward)
 _MODEL_OUTPUT_CACHE = cache_keyword(MoeModelOutputWithPast)
 _LM_OUTPUT_CACHE = cache_keyword(MoeCausalLMOutputWithPast)
 
@@ -59,11 +65,12 @@ def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | No
     return cache if cache is not None else past_key_values
 
 
-class CoEDecoderLayer(GradientCheckpointingLayer):
+class CoEDecoderLayer(LlamaDecoderLayer):
     """Llama block with `mlp` = `CoELayer` and the residual around it only if `outer_residual`."""
 
     def __init__(self, config: CoEConfig, layer_idx: int) -> None:
-        super().__init__()
+        GradientCheckpointingLayer.__init__(self)  # not Llama's: it would build a dense MLP
+        self.hidden_size = config.hidden_size
         self.self_attn = LlamaAttention(config=config, layer_idx=layer_idx)
         self.mlp = CoELayer.from_config(config)
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -75,11 +82,9 @@ class CoEDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        output_router_logits: bool = False,
         **kwargs,
-    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """`kwargs` (position_ids, use_cache, the KV cache under the installed transformers' name)
-        go to `LlamaAttention` as they are."""
+    ) -> torch.Tensor:
+        """`kwargs` (position_ids, use_cache, the KV cache) go to `LlamaAttention` as they are."""
         residual = hidden_states
         hidden_states, _ = self.self_attn(
             hidden_states=self.input_layernorm(hidden_states),
@@ -88,28 +93,26 @@ class CoEDecoderLayer(GradientCheckpointingLayer):
             **kwargs,
         )
         h = residual + hidden_states
-        out, router_logits = self.mlp(self.post_attention_layernorm(h), output_router_logits=True)
-        if self.outer_residual:
-            out = h + out
-        return (out, router_logits) if output_router_logits else out
+        out = self.mlp(self.post_attention_layernorm(h))  # Llama: h + mlp(...)
+        return h + out if self.outer_residual else out
 
 
-class CoEPreTrainedModel(PreTrainedModel):
+class CoEPreTrainedModel(MixtralPreTrainedModel):
+    """Mixtral's base with CoE's experts and routers: N(0, initializer_range) like every matrix."""
+
     config_class = CoEConfig
     config: CoEConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
     _no_split_modules: ClassVar[list[str]] = ["CoEDecoderLayer"]
     _skip_keys_device_placement: ClassVar[list[str]] = ["cache", "past_key_values"]
-    _supports_flash_attn = True
-    _supports_sdpa = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
     _can_compile_fullgraph = False  # token counts per expert are data-dependent
+    _can_record_outputs: ClassVar[dict] = {
+        "router_logits": OutputRecorder(CoERouter, index=0),  # every call: C per layer, in order
+        "hidden_states": CoEDecoderLayer,
+        "attentions": LlamaAttention,
+    }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Llama's init (N(0, initializer_range) matrices, unit norms) plus experts and routers."""
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, CoEExperts):
@@ -119,11 +122,11 @@ class CoEPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
 
 
-class CoEModel(CoEPreTrainedModel):
-    """Embeddings, `num_hidden_layers` CoE decoder blocks, final RMSNorm (LlamaModel's layout)."""
+class CoEModel(CoEPreTrainedModel, MixtralModel):
+    """`MixtralModel` with CoE decoder blocks (and Llama's norm and rotary embedding)."""
 
     def __init__(self, config: CoEConfig) -> None:
-        super().__init__(config)
+        CoEPreTrainedModel.__init__(self, config)  # not Mixtral's: it would build Mixtral blocks
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
@@ -135,79 +138,19 @@ class CoEModel(CoEPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    @can_return_tuple
     def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_router_logits: bool | None = None,
-        past_key_values: Cache | None = None,
-        **kwargs,
+        self, *args, cache: Cache | None = None, past_key_values: Cache | None = None, **kwargs
     ) -> MoeModelOutputWithPast:
-        """As `LlamaModel.forward`; `router_logits` holds layers x iterations tensors [B*T, E]
-        (layer-major) when `output_router_logits`. The KV cache comes as `cache` or as
-        `past_key_values` (the name generate() of transformers < 5.25 uses)."""
-        cache = _one_cache(cache, past_key_values)
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        if use_cache is None:
-            use_cache = self.config.use_cache
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        if position_ids is None:
-            past_seen = cache.get_seq_length() if cache is not None else 0
-            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
-            position_ids = (position_ids + past_seen).unsqueeze(0)
+        """`MixtralModel.forward` (same arguments), the KV cache given as `cache` or
+        `past_key_values` whichever transformers is installed.
 
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **{_MASK_CACHE: cache},
-        )
-        hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
-        all_hidden = [hidden_states] if output_hidden_states else None
-        all_router_logits: list[torch.Tensor] = []
-        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
-            out = decoder_layer(
-                hidden_states,
-                attention_mask=causal_mask,
-                position_embeddings=position_embeddings,
-                position_ids=position_ids,
-                use_cache=use_cache,
-                output_router_logits=output_router_logits,
-                **{_LAYER_CACHE: cache},
-                **kwargs,
-            )
-            if output_router_logits:
-                hidden_states, router_logits = out
-                all_router_logits.extend(router_logits)
-            else:
-                hidden_states = out
-            if all_hidden is not None:
-                all_hidden.append(hidden_states)
-        hidden_states = self.norm(hidden_states)
-        if all_hidden is not None:
-            all_hidden[-1] = hidden_states  # transformers' convention: the last one is normed
-        return MoeModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            **{_MODEL_OUTPUT_CACHE: cache if use_cache else None},
-            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-            router_logits=tuple(all_router_logits) if output_router_logits else None,
-        )
+        `output_router_logits=True` (or config.output_router_logits) records the logits of every
+        router call: layers x iterations tensors [B*T, E], layer-major.
+        """
+        cache = _one_cache(cache, past_key_values)
+        if cache is not None:
+            kwargs[_MODEL_CACHE] = cache
+        return super().forward(*args, **kwargs)
 
 
 class CoEGenerationConfig(GenerationConfig):
@@ -224,15 +167,14 @@ class CoEGenerationConfig(GenerationConfig):
         return GenerationConfig.from_model_config(config_dict)
 
 
-class CoEForCausalLM(CoEPreTrainedModel, GenerationMixin):
+class CoEForCausalLM(CoEPreTrainedModel, MixtralForCausalLM):
     """`CoEModel` + LM head. In training mode the loss is LM loss + alpha * sum of the
     sequence-level load-balancing losses of all router calls (`aux_loss` in the output)."""
 
     generation_config_class = CoEGenerationConfig
-    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: CoEConfig) -> None:
-        super().__init__(config)
+        CoEPreTrainedModel.__init__(self, config)  # not Mixtral's: it would build a MixtralModel
         self.model = CoEModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -253,13 +195,12 @@ class CoEForCausalLM(CoEPreTrainedModel, GenerationMixin):
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
-        """As `LlamaForCausalLM.forward`, plus `aux_loss` and `router_logits`.
+        """`MixtralForCausalLM.forward` with CoE's balance loss in place of Mixtral's.
 
         Router logits (and with them `aux_loss`) are computed when `output_router_logits` is True,
         or when it is None and the model is in training mode with aux_loss_coef > 0 (or
         config.output_router_logits is set). `aux_loss` is added to `loss` in training mode only,
-        so an eval-mode loss is the plain LM loss. The KV cache comes as `cache` or as
-        `past_key_values` (the name generate() of transformers < 5.25 uses).
+        so an eval-mode loss is the plain LM loss.
         """
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits or (
@@ -298,6 +239,7 @@ class CoEForCausalLM(CoEPreTrainedModel, GenerationMixin):
             aux_loss=aux_loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             router_logits=outputs.router_logits,
             **{_LM_OUTPUT_CACHE: outputs.get(_MODEL_OUTPUT_CACHE)},
         )
