@@ -1,7 +1,7 @@
 """The `layerwise` command.
 
     layerwise quickstart [--out runs/quickstart] [--minutes 6] [a.b=c ...]
-    layerwise pretrain --config FILE.yaml [a.b=c ...]
+    layerwise pretrain --config FILE.yaml|RECIPE [a.b=c ...]   (RECIPE: docs/recipes.md)
     layerwise eval retrieval --model DIR [--contexts 128 256] [--depths 0 0.5 1] [--json OUT]
     layerwise eval decode --model DIR --prompts FILE.jsonl [--config FILE.yaml] [decode=prophet ...]
     layerwise probe --model DIR --out DIR [--source shakespeare] [--max-length 128] [--rows 8]
@@ -34,6 +34,7 @@ from layerwise.eval.retrieval import evaluate_pretrained
 from layerwise.finetune import FinetuneConfig, finetune
 from layerwise.models import load_model_and_tokenizer
 from layerwise.quickstart import QuickstartConfig, run_quickstart
+from layerwise.recipes import resolve_config
 from layerwise.train import PretrainConfig, pretrain
 from layerwise.train.divergence import DIVERGED_EXIT_STATUS, TrainingDivergedError
 from layerwise_core import (
@@ -103,7 +104,8 @@ def _config_arguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    cfg = PretrainConfig.from_yaml(args.config, overrides=args.overrides)
+    # a file, or the name of a packaged recipe (layerwise.recipes: `--config lns-130m`)
+    cfg = PretrainConfig.from_yaml(resolve_config(args.config), overrides=args.overrides)
     result = pretrain(cfg)
     if result.final_eval is not None and is_main_process():
         print(
