@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from coe_moe.__about__ import __version__
 from coe_moe.chain_of_experts import CoEExperts, CoELayer, SharedExpert, experts_forward
+from coe_moe.config import CoEMLPConfig, MoEMLPConfig
 from coe_moe.configuration_coe import EXPERT_BACKENDS, CoEConfig
 from coe_moe.modeling_coe import CoEDecoderLayer, CoEForCausalLM, CoEModel, CoEPreTrainedModel
 from coe_moe.routing import (
@@ -32,9 +33,11 @@ __all__ = [
     "CoEExperts",
     "CoEForCausalLM",
     "CoELayer",
+    "CoEMLPConfig",
     "CoEModel",
     "CoEPreTrainedModel",
     "CoERouter",
+    "MoEMLPConfig",
     "RoutingStats",
     "SharedExpert",
     "__version__",

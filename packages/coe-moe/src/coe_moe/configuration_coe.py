@@ -154,11 +154,7 @@ def check_moe_arguments(
     """Raise a ValueError naming the fix for an impossible Chain-of-Experts layer."""
     if num_experts < 1:
         raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-    if not 1 <= top_k <= num_experts:
-        raise ValueError(
-            f"top_k must be between 1 and num_experts ({num_experts}), got {top_k}: lower top_k "
-            "or add experts"
-        )
+    check_top_k(top_k, num_experts)
     if num_iterations < 1:
         raise ValueError(
             f"num_iterations (C) must be >= 1, got {num_iterations}: use 1 for a standard MoE"
@@ -171,3 +167,12 @@ def check_moe_arguments(
         raise ValueError(f"moe_intermediate_size must be >= 1, got {moe_intermediate_size}")
     if expert_backend not in EXPERT_BACKENDS:
         raise ValueError(f"expert_backend must be one of {EXPERT_BACKENDS}, got {expert_backend!r}")
+
+
+def check_top_k(top_k: int, num_experts: int) -> None:
+    """Raise a ValueError naming the fix unless 1 <= top_k <= num_experts."""
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(
+            f"top_k must be between 1 and num_experts ({num_experts}), got {top_k}: lower top_k "
+            "or add experts"
+        )
