@@ -123,6 +123,8 @@ class StreamedBlocks:
         self._pending: deque[tuple[int, list[int]]] = deque()  # tokenized, not yet packed
         self._dataset = None
         self._rows_iter: Iterator | None = None
+        self._opened_at: dict | None = None  # the iterator state the open stream started from
+        self._started = False  # the open iterator has yielded a row
         self._next_row = 0  # rows read from the open iterator (this epoch)
         self._mark: tuple[dict | None, int] = (None, 0)  # iterator state, row at the batch start
         self._epoch_had_document = False
