@@ -7,13 +7,11 @@ top-k MoE from the same code (num_iterations=1).
     model = transformers.AutoModelForCausalLM.from_config(config)
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from typing import TYPE_CHECKING
 
 from coe_moe.__about__ import __version__
-from coe_moe.chain_of_experts import CoEExperts, CoELayer, SharedExpert, experts_forward
 from coe_moe.config import CoEMLPConfig, MoEMLPConfig
-from coe_moe.configuration_coe import EXPERT_BACKENDS, CoEConfig
-from coe_moe.modeling_coe import CoEDecoderLayer, CoEForCausalLM, CoEModel, CoEPreTrainedModel
+from coe_moe.configuration_coe import EXPERT_BACKENDS, CoEConfig  # registers model type "coe"
 from coe_moe.routing import (
     CoERouter,
     RoutingStats,
@@ -22,9 +20,28 @@ from coe_moe.routing import (
     top_k_routing,
 )
 
-AutoConfig.register(CoEConfig.model_type, CoEConfig, exist_ok=True)
-AutoModel.register(CoEConfig, CoEModel, exist_ok=True)
-AutoModelForCausalLM.register(CoEConfig, CoEForCausalLM, exist_ok=True)
+if TYPE_CHECKING:
+    from coe_moe.chain_of_experts import CoEExperts, CoELayer, SharedExpert, experts_forward
+    from coe_moe.modeling_coe import (
+        CoEDecoderLayer,
+        CoEForCausalLM,
+        CoEModel,
+        CoEPreTrainedModel,
+    )
+
+# Imported on first use: they need transformers' modeling code, which takes seconds to import.
+# The model classes are registered with AutoModel / AutoModelForCausalLM when a CoEConfig is made
+# (every Auto route makes one first; `configuration_coe`).
+_LAZY = {
+    "CoEExperts": "coe_moe.chain_of_experts",
+    "CoELayer": "coe_moe.chain_of_experts",
+    "SharedExpert": "coe_moe.chain_of_experts",
+    "experts_forward": "coe_moe.chain_of_experts",
+    "CoEDecoderLayer": "coe_moe.modeling_coe",
+    "CoEForCausalLM": "coe_moe.modeling_coe",
+    "CoEModel": "coe_moe.modeling_coe",
+    "CoEPreTrainedModel": "coe_moe.modeling_coe",
+}
 
 __all__ = [
     "EXPERT_BACKENDS",
@@ -55,6 +72,10 @@ _MOVED = {
 
 
 def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     if name in _MOVED:
         import layerwise_kernels
         from layerwise_core import warn_renamed
@@ -62,3 +83,7 @@ def __getattr__(name: str):
         warn_renamed("coe_moe", name, f"layerwise_kernels.{_MOVED[name]}", kind="function")
         return getattr(layerwise_kernels, _MOVED[name])
     raise AttributeError(f"module 'coe_moe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

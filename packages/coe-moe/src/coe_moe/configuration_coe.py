@@ -9,10 +9,11 @@ like a K = 8 MoE). `num_iterations=1` is a standard top-k MoE built from the sam
 
 from __future__ import annotations
 
+import sys
 from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
 from layerwise_kernels import GROUPED_MM_BACKENDS
@@ -140,6 +141,21 @@ class CoEConfig(PreTrainedConfig):
                 f"aux_loss_coef must be >= 0 (0 disables it), got {self.aux_loss_coef}"
             )
         super().__post_init__(**kwargs)
+        register_models()
+
+    def __setstate__(self, state: dict) -> None:
+        # an unpickled config (in a process that never made one) must find its models too
+        self.__dict__.update(state)
+        register_models()
+
+
+def register_models() -> None:
+    """Register `CoEModel` / `CoEForCausalLM` with AutoModel / AutoModelForCausalLM (by importing
+    `coe_moe.modeling_coe`, which registers them). Every CoEConfig calls it once it is made: an
+    Auto class needs a config first, so `import coe_moe` does not import transformers' modeling
+    code (seconds) until a model is wanted."""
+    if "coe_moe.modeling_coe" not in sys.modules:
+        import coe_moe.modeling_coe  # noqa: F401
 
 
 def check_moe_arguments(
@@ -176,3 +192,6 @@ def check_top_k(top_k: int, num_experts: int) -> None:
             f"top_k must be between 1 and num_experts ({num_experts}), got {top_k}: lower top_k "
             "or add experts"
         )
+
+
+AutoConfig.register(CoEConfig.model_type, CoEConfig, exist_ok=True)

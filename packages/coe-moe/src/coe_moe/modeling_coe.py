@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
+from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -243,3 +243,7 @@ class CoEForCausalLM(CoEPreTrainedModel, MixtralForCausalLM):
             router_logits=outputs.router_logits,
             **{_LM_OUTPUT_CACHE: outputs.get(_MODEL_OUTPUT_CACHE)},
         )
+
+
+AutoModel.register(CoEConfig, CoEModel, exist_ok=True)
+AutoModelForCausalLM.register(CoEConfig, CoEForCausalLM, exist_ok=True)
