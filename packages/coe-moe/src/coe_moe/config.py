@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from layerwise_core import LayerwiseConfig  # first: pydantic comes with layerwise-core
+
+# isort: split
 from pydantic import Field, model_validator
 
 from coe_moe.configuration_coe import CoEConfig, check_top_k
-from layerwise_core import LayerwiseConfig
 
 if TYPE_CHECKING:
     from coe_moe.modeling_coe import CoEForCausalLM
