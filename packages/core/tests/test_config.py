@@ -227,3 +227,16 @@ def test_a_required_choice_and_a_config_with_its_own_name_field():
         tagged_choice({"named": Named})
     with pytest.raises(ValueError, match="default 'sgd' is not one of"):
         tagged_choice({"adamw": Adam}, default="sgd")
+
+
+def test_switching_a_choice_by_name_keeps_the_chosen_values_only():
+    dumped = Run.from_dict({"optimizer": {"lr": 0.5}}).to_dict()  # betas dumped at the default
+    switched = Run.from_dict(dumped, ["optimizer.name=spam"]).optimizer
+    assert (switched.name, switched.lr, switched.threshold) == ("spam", 0.5, 5000.0)
+    chosen = Run.from_dict({"optimizer": {"betas": [0.8, 0.9]}}).to_dict()
+    with pytest.raises(ConfigError, match="'betas' is a field of optimizer.name=adamw"):
+        Run.from_dict(chosen, ["optimizer.name=spam"])  # a chosen value the new choice lacks
+    whole = Run.from_dict({"optimizer": {"name": "spam", "lr": 0.5}}, ["optimizer=adamw"])
+    assert whole.optimizer.lr == 1e-3  # a bare name replaces the section: adamw's defaults
+    same = Run.from_dict(dumped, ["optimizer.name=adamw"]).optimizer  # no switch: all kept
+    assert (same.lr, same.betas) == (0.5, (0.9, 0.999))

@@ -44,8 +44,16 @@ class AdamWConfig(LayerwiseConfig):
     # decoupled weight decay; a param group's own "weight_decay" (e.g. 0 for norms) wins
     weight_decay: float = Field(0.01, ge=0.0, allow_inf_nan=False)
 
-    def build(self, param_groups: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]):
-        """`torch.optim.AdamW(param_groups, lr, betas, eps, weight_decay)`."""
+    def build(
+        self,
+        param_groups: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
+        *,
+        total_steps: int | None = None,
+    ) -> torch.optim.AdamW:
+        """`torch.optim.AdamW(param_groups, lr, betas, eps, weight_decay)`; a param group's own
+        values win over the config's. `total_steps` (the run's length) is unused: AdamW has no
+        schedule of its own (the argument keeps `build` the same for every optimizer config)."""
+        del total_steps
         return torch.optim.AdamW(
             param_groups,
             lr=self.lr,

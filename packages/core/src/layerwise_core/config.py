@@ -79,12 +79,15 @@ def apply_overrides(
 
     With `config_class` (the config `data` is meant for), a value given in a shorthand is opened
     into its mapping before an override reaches inside it: `optimizer: spam` with
-    `optimizer.lr=1e-3` becomes `{name: spam, lr: 1e-3}`.
+    `optimizer.lr=1e-3` becomes `{name: spam, lr: 1e-3}`. And `optimizer.name=spam` switches a
+    tagged choice keeping the values that differ from the old choice's defaults (those were
+    chosen: `lr`, `betas`, ...); the others take the new choice's defaults. (`optimizer=spam`
+    replaces the whole section: spam with its own defaults.)
     """
     out = copy.deepcopy(dict(data))
     for text in overrides:
         keys, value = parse_override(text)
-        node, owner = out, config_class
+        node, owner, choice = out, config_class, None
         for i, key in enumerate(keys[:-1]):
             child = node.get(key)
             if child is None:
@@ -96,10 +99,38 @@ def apply_overrides(
                         f"override {text!r}: '{'.'.join(keys[: i + 1])}' is a value, not a section"
                     )
                 child = node[key] = opened
+            field = owner.model_fields.get(key) if owner is not None else None
+            choice = _choice_of(field)
             owner = _section_of(owner, key, child)
             node = child
+        if keys[-1] == "name" and choice is not None and len(keys) > 1:
+            _drop_old_defaults(node, choice, value)
         node[keys[-1]] = value
     return out
+
+
+def _drop_old_defaults(node: dict[str, Any], choice: TaggedChoice, new_name: Any) -> None:
+    """Before `node` (a tagged choice's mapping) switches to `new_name`: remove the values equal
+    to the old choice's defaults, so that the new choice's own defaults apply to them."""
+    old = choice.classes.get(node.get("name", choice.default))
+    if old is None or new_name == node.get("name", choice.default):
+        return
+    try:
+        defaults = old().model_dump(mode="json")
+    except ValidationError:  # a choice with required fields: nothing is a default
+        return
+    for key in [k for k in node if k != "name" and k in defaults]:
+        if node[key] == defaults[key] or _as_json(node[key]) == defaults[key]:
+            del node[key]
+
+
+def _as_json(value: Any) -> Any:
+    """Tuples as lists, as `model_dump(mode="json")` writes them."""
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    return value
 
 
 def _choice_of(field: Any) -> TaggedChoice | None:
