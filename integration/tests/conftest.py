@@ -47,7 +47,10 @@ def _tiny_run(out_dir, *overrides: str):
         {
             "data": {"vocab_size": SMALL_VOCAB, "max_documents": SMALL_DOCS},
             "model": {"preset": "llama-tiny"},
-            "optim": {"lr": 3e-3, "warmup_steps": 2},
+            # AdamW with the LLM values the runs use (torch's defaults are betas (0.9, 0.999) and
+            # weight decay 0.01)
+            "optimizer": {"name": "adamw", "lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
+            "schedule": {"warmup_steps": 2},
             "train": {
                 "steps": 10,
                 "batch_size": 4,

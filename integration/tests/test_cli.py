@@ -23,14 +23,14 @@ def test_pretrain_with_overrides(small_data, tmp_path, capsys, tiny_run):
             "--config",
             str(path),
             "train.steps=3",
-            "optim.lr=2e-3",
+            "optimizer.lr=2e-3",
             f"train.out_dir={tmp_path / 'cli'}",
         ]
     )
     assert code == 0
     assert "step 3: validation loss" in capsys.readouterr().out
     saved = PretrainConfig.from_yaml(tmp_path / "cli" / "config.yaml")
-    assert (saved.train.steps, saved.optim.lr) == (3, 2e-3)
+    assert (saved.train.steps, saved.optimizer.lr) == (3, 2e-3)
     assert saved.train.batch_size == 4  # untouched fields come from the file
     assert [r["step"] for r in read_metrics(tmp_path / "cli") if r["split"] == "train"] == [1, 2, 3]
     assert read_metrics(tmp_path / "cli")[0]["lr"] == 2e-3 / 2  # warm-up step 1 of 2

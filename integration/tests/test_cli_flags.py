@@ -74,12 +74,15 @@ def test_every_subcommand_help_shows_its_defaults():
 # docs/architecture.md): (sections, values)
 CONFIG_KEYS = {
     ("pretrain",): (
-        ["data", "model", "optim", "train", "spam", "stable_spam", "spectral_options"],
-        ["objective", "mask_ratio", "mask_mode", "optimizer", "spectral"],
+        ["data", "model", "objective", "optimizer", "spectral", "schedule", "train"],
+        [],
     ),
-    ("finetune",): (["model", "data", "finetune", "optim", "train", "eval"], []),
+    ("finetune",): (
+        ["model", "data", "method", "prune", "optimizer", "schedule", "train", "eval"],
+        [],
+    ),
     ("quickstart",): (["base"], ["runs", "eval_all_validation", "depth_report", "depth_rows"]),
-    ("eval", "decode"): ([], ["decode", "options", "gen_length", "batch_size", "scorer", "seed"]),
+    ("eval", "decode"): (["decode"], ["gen_length", "batch_size", "scorer", "seed"]),
 }
 
 

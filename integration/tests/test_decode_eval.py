@@ -54,7 +54,7 @@ def test_llada_and_prophet_equal_direct_generation(mdm_run, tmp_path, capsys):
     prompts = _prompts_file(tmp_path / "p.jsonl")
     out = tmp_path / "llada.json"
     args = ["eval", "decode", "--model", str(final), "--prompts", str(prompts), "--json", str(out)]
-    assert main([*args, "options.steps=16", "options.block_length=8", "gen_length=16"]) == 0
+    assert main([*args, "decode.steps=16", "decode.block_length=8", "gen_length=16"]) == 0
     saved = json.loads(out.read_text())
     texts, nfe = _direct(model, tokenizer, LLaDA(steps=16, block_length=8), 16)
     assert saved["outputs"] == texts
@@ -64,9 +64,9 @@ def test_llada_and_prophet_equal_direct_generation(mdm_run, tmp_path, capsys):
 
     # Prophet with every threshold at 0: the first forward's gap already clears it, so each row
     # commits everything after one model evaluation
-    zero = ["options.thresholds.early=0", "options.thresholds.mid=0", "options.thresholds.late=0"]
-    prophet = ["decode=prophet", "options.region=block", "options.steps=16", "gen_length=16"]
-    prophet += ["options.block_length=16", *zero]
+    zero = ["decode.thresholds.early=0", "decode.thresholds.mid=0", "decode.thresholds.late=0"]
+    prophet = ["decode=prophet", "decode.region=block", "decode.steps=16", "gen_length=16"]
+    prophet += ["decode.block_length=16", *zero]
     assert main([*args, *prophet]) == 0
     saved = json.loads(out.read_text())
     strategy = Prophet(
@@ -96,10 +96,13 @@ def test_bad_input_is_named(mdm_run, tmp_path, capsys, small_data, tiny_run):
     prompts = _prompts_file(tmp_path / "p.jsonl")
     base = ["eval", "decode", "--model", str(final), "--prompts", str(prompts)]
     assert main([*base, "decode=beam"]) == 2
-    assert "'llada', 'prophet', 'fast_dllm', 'dream' or 'soar'" in capsys.readouterr().err
-    assert main([*base, "options.stepz=3"]) == 2
+    assert (
+        "field 'decode': unknown name 'beam' (did you mean 'dream'?): choose one of llada, "
+        "prophet, fast_dllm, dream, soar"
+    ) in capsys.readouterr().err
+    assert main([*base, "decode.stepz=3"]) == 2
     err = capsys.readouterr().err
-    assert "bad options ['stepz']" in err and "'steps'" in err
+    assert "unknown field 'decode.stepz' (did you mean 'decode.steps'?)" in err
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c"}\n')
     assert main([*base[:-1], str(mixed)]) == 2

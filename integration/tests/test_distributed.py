@@ -30,7 +30,7 @@ def test_torchrun_two_processes_match_one(small_data, tmp_path, tiny_run):
     common = (
         f"train.steps={STEPS}",
         "train.grad_accum=2",
-        "optim.warmup_steps=1",
+        "schedule.warmup_steps=1",
         "train.eval_batches=2",
     )
     config = tmp_path / "ddp.yaml"

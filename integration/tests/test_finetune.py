@@ -45,6 +45,14 @@ def tiny_run_files(tmp_path_factory):
     return root
 
 
+METHOD_FIELDS = {  # tiny ranks for the tiny model; LIFT refreshes its masks every 2 steps
+    "full": {},
+    "lora": {"r": 2},
+    "lift": {"lora_rank": 2, "filter_rank": 4, "update_interval": 2},
+    "seft": {"budget_rank": 2, "update_interval": 2, "drop_fraction": 0.2},
+}
+
+
 def _config(root, method, **extra):
     overrides = [f"{k}={v}" for k, v in extra.items()]
     return FinetuneConfig.from_dict(
@@ -55,13 +63,10 @@ def _config(root, method, **extra):
                 "eval": str(root / "eval.jsonl"),
                 "max_eval": 4,
             },
-            "finetune": {
-                "method": method,
-                "lora": {"r": 2},
-                "lift": {"lora_rank": 2, "filter_rank": 4, "update_interval": 2},
-                "seft": {"budget_rank": 2, "update_interval": 2, "drop_fraction": 0.2},
-            },
-            "optim": {"lr": 1e-2, "warmup_ratio": 0.25},
+            "method": {"name": method, **METHOD_FIELDS.get(method, {})},
+            "optimizer": {"lr": 1e-2, "betas": [0.9, 0.95], "eps": 1e-6, "weight_decay": 0.0},
+            "schedule": {"warmup_ratio": 0.25},
+            "prune": {"calibration_sequences": 32},
             "train": {
                 "steps": 4,
                 "batch_size": 4,
@@ -79,7 +84,7 @@ def _config(root, method, **extra):
 def test_every_method_trains_and_evaluates(tiny_run_files, method):
     if method == "lora":
         pytest.importorskip("peft")
-    extra = {"finetune.prune.method": "wanda"} if method == "seft" else {}
+    extra = {"prune.method": "wanda"} if method == "seft" else {}
     result = finetune(_config(tiny_run_files, method, **extra))
     assert result.steps == 4 and len(result.train_losses) == 4
     assert all(torch.isfinite(torch.tensor(result.train_losses)))
@@ -159,7 +164,9 @@ def test_word_problems_are_consistent_and_held_out_is_disjoint():
 def test_config_errors_name_the_field(tiny_run_files):
     from layerwise_core import ConfigError
 
-    with pytest.raises(ConfigError, match="finetune.method"):
+    with pytest.raises(
+        ConfigError, match=r"field 'method': unknown name 'dora' \(did you mean 'lora'\?\)"
+    ):
         _config(tiny_run_files, "dora")
     with pytest.raises(ValueError, match="model.path"):
         finetune(FinetuneConfig.from_dict({"data": {"train": str(tiny_run_files / "train.jsonl")}}))

@@ -17,12 +17,21 @@ PACKAGE = SRC / "layerwise"
 
 # lowest first; a module may import its own layer and the layers below it
 LAYERS = [
-    ("base", ("layerwise.__about__", "layerwise._progress")),
+    ("base", ("layerwise.__about__", "layerwise._progress", "layerwise.legacy_layout")),
     ("data", ("layerwise.data",)),
     ("models", ("layerwise.models",)),
     ("eval", ("layerwise.eval",)),
     ("train", ("layerwise.train", "layerwise.finetune")),
-    ("cli", ("layerwise.quickstart", "layerwise.cli", "layerwise.__main__", "layerwise")),
+    (
+        "cli",
+        (
+            "layerwise.quickstart",
+            "layerwise.recipes",
+            "layerwise.cli",
+            "layerwise.__main__",
+            "layerwise",
+        ),
+    ),
 ]
 OPTIONAL_DEPENDENCIES = {"peft", "tensorboard", "torch.utils.tensorboard"}
 

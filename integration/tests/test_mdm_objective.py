@@ -12,7 +12,7 @@ def test_mdm_objective_trains_a_bidirectional_model(small_data, tmp_path, tiny_r
         "objective=mdm",
         "train.steps=30",
         "train.eval_every=15",
-        "optim.warmup_steps=3",
+        "schedule.warmup_steps=3",
     )
     pretrain(cfg, data=small_data)
     from transformers import AutoModelForMaskedLM

@@ -27,11 +27,11 @@ def test_meap_objective_masks_inputs_as_specified(
     cfg = tiny_run(
         tmp_path / mode,
         "objective=meap",
-        f"mask_mode={mode}",
-        "mask_ratio=0.25",
+        f"objective.mask_mode={mode}",
+        "objective.mask_ratio=0.25",
         "train.steps=2",
         "train.grad_accum=2",
-        "optim.warmup_steps=1",
+        "schedule.warmup_steps=1",
     )
     pretrain(cfg, data=small_data)
     mask_id = small_data.tokenizer.convert_tokens_to_ids("[MASK]")

@@ -14,11 +14,11 @@ def test_mlp_switch_trains_and_reloads(small_data, tmp_path, tiny_run, mlp, iter
     cfg = tiny_run(
         tmp_path / mlp,
         f"model.mlp={mlp}",
-        "model.num_experts=4",
-        "model.top_k=2",
-        "model.moe_intermediate_size=16",
+        "model.mlp.num_experts=4",
+        "model.mlp.top_k=2",
+        "model.mlp.moe_intermediate_size=16",
         "train.steps=3",
-        "optim.warmup_steps=1",
+        "schedule.warmup_steps=1",
     )
     model = build_model(cfg.model, len(small_data.tokenizer), 64)
     assert isinstance(model, CoEForCausalLM) and model.config.num_iterations == iterations
@@ -35,4 +35,4 @@ def test_mlp_switch_trains_and_reloads(small_data, tmp_path, tiny_run, mlp, iter
     again = load_trained_model(tmp_path / mlp / "final", cfg.model).eval()
     assert isinstance(again, CoEForCausalLM)
     with pytest.raises(ValueError, match="top_k"):
-        tiny_run(tmp_path, f"model.mlp={mlp}", "model.num_experts=2", "model.top_k=4")
+        tiny_run(tmp_path, f"model.mlp={mlp}", "model.mlp.num_experts=2", "model.mlp.top_k=4")

@@ -32,9 +32,9 @@ def test_trained_lns_model_reloads_exactly(small_data, tmp_path, tiny_run):
     cfg = tiny_run(
         tmp_path / "run",
         "model.norm=mix_ln",
-        "model.post_ln_fraction=0.5",
+        "model.norm.post_ln_fraction=0.5",
         "train.steps=3",
-        "optim.warmup_steps=1",
+        "schedule.warmup_steps=1",
     )
     pretrain(cfg, data=small_data)
     model = from_pretrained(tmp_path / "run" / "final").eval()

@@ -18,10 +18,10 @@ from spam_opt import SPAM, StableSPAM
 def test_builder_passes_the_configuration(tiny_run, tmp_path):
     cfg = tiny_run(
         tmp_path,
-        "optimizer=spam",
-        "spam.density=0.5",
-        "spam.reset_interval=7",
-        "optim.weight_decay=0.1",
+        "optimizer.name=spam",
+        "optimizer.density=0.5",
+        "optimizer.reset_interval=7",
+        "optimizer.weight_decay=0.1",
         "model.quant=int4",
     )
     model = build_model(cfg.model, vocab_size=100, block_size=64)
@@ -35,7 +35,9 @@ def test_builder_passes_the_configuration(tiny_run, tmp_path):
     assert names["model.norm.weight"]["weight_decay"] == 0.0
     assert all(g["reset_interval"] == 7 for g in opt.param_groups)
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
-    cfg = tiny_run(tmp_path, "optimizer=stable_spam", "stable_spam.gamma1=0.85", "train.steps=10")
+    cfg = tiny_run(
+        tmp_path, "optimizer.name=stable_spam", "optimizer.gamma1=0.85", "train.steps=10"
+    )
     opt = build_optimizer(cfg, build_model(cfg.model, vocab_size=100, block_size=64))
     assert isinstance(opt, StableSPAM)
     assert opt.param_groups[0]["gamma1"] == 0.85 and opt.param_groups[0]["total_steps"] == 10
@@ -45,13 +47,13 @@ def test_builder_passes_the_configuration(tiny_run, tmp_path):
     "choice",
     [
         (
-            "optimizer=spam",
-            "spam.density=0.5",
-            "spam.reset_interval=4",
-            "spam.warmup_steps=2",
-            "spam.clip_delay=2",
+            "optimizer.name=spam",
+            "optimizer.density=0.5",
+            "optimizer.reset_interval=4",
+            "optimizer.warmup_steps=2",
+            "optimizer.clip_delay=2",
         ),
-        ("optimizer=stable_spam", "stable_spam.reset_interval=4"),
+        ("optimizer.name=stable_spam", "optimizer.reset_interval=4"),
     ],
 )
 def test_spam_int4_run_resumes_bitwise(small_data, tmp_path, tiny_run, choice):
@@ -60,7 +62,7 @@ def test_spam_int4_run_resumes_bitwise(small_data, tmp_path, tiny_run, choice):
         "model.quant=int4",
         "train.steps=8",
         "train.save_every=3",
-        "optim.grad_clip=null",
+        "train.grad_clip=null",
     )
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     pretrain(tiny_run(straight, *common), data=small_data)

@@ -23,7 +23,7 @@ def test_thirty_steps_beat_the_unigram_entropy(small_data, tmp_path, tiny_run):
         tmp_path / "run",
         "train.steps=30",
         "train.batch_size=16",
-        "optim.lr=1e-2",
+        "optimizer.lr=1e-2",
         "model.overrides={hidden_size: 128, intermediate_size: 256}",
         "train.eval_batches=8",
     )
@@ -66,6 +66,6 @@ def test_perplexity_matches_the_hf_loss(small_data, tiny_run):
 
 
 def test_a_second_run_into_the_same_folder_is_refused(small_data, tmp_path, tiny_run):
-    pretrain(tiny_run(tmp_path, "train.steps=1", "optim.warmup_steps=0"), data=small_data)
+    pretrain(tiny_run(tmp_path, "train.steps=1", "schedule.warmup_steps=0"), data=small_data)
     with pytest.raises(FileExistsError, match="train.resume=true"):
-        pretrain(tiny_run(tmp_path, "train.steps=1", "optim.warmup_steps=0"), data=small_data)
+        pretrain(tiny_run(tmp_path, "train.steps=1", "schedule.warmup_steps=0"), data=small_data)

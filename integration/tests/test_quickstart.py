@@ -38,7 +38,7 @@ def test_depth_table_with_runs_of_different_depth():
 
 
 def test_default_recipe_and_overrides_merge_into_it():
-    cfg = QuickstartConfig.from_dict({}, ["base.train.steps=20", "base.optim.warmup_steps=5"])
+    cfg = QuickstartConfig.from_dict({}, ["base.train.steps=20", "base.schedule.warmup_steps=5"])
     assert cfg.base.train.steps == 20
     assert cfg.base.model.overrides["hidden_size"] == 256  # from the packaged recipe
     assert [run.name for run in cfg.runs] == ["pre_ln", "lns"]
@@ -50,7 +50,7 @@ def test_runs_share_data_and_seed(small_data, tmp_path, capsys):
             "base": {
                 "data": {"vocab_size": 512, "max_documents": 20},
                 "model": {"overrides": {"hidden_size": 64, "intermediate_size": 128}},
-                "optim": {"warmup_steps": 2},
+                "schedule": {"warmup_steps": 2},
                 "train": {
                     "steps": 6,
                     "batch_size": 4,
@@ -63,7 +63,7 @@ def test_runs_share_data_and_seed(small_data, tmp_path, capsys):
             "runs": [
                 {"name": "a"},
                 {"name": "a_again"},
-                {"name": "higher_lr", "overrides": ["optim.lr=1e-2"]},
+                {"name": "higher_lr", "overrides": ["optimizer.lr=1e-2"]},
                 {"name": "lns", "overrides": ["model.norm=lns"]},
             ],
             "eval_all_validation": False,

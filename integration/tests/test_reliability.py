@@ -51,7 +51,8 @@ def _cfg(out: Path, *overrides: str) -> PretrainConfig:
         {
             "data": {"vocab_size": 512, "max_documents": 20},
             "model": {"preset": "llama-tiny"},
-            "optim": {"lr": 3e-3, "warmup_steps": 1},
+            "optimizer": {"lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
+            "schedule": {"warmup_steps": 1},
             "train": {
                 "steps": STEPS,
                 "batch_size": 4,
@@ -129,7 +130,7 @@ _KILLED_WRITER = textwrap.dedent(
 
 
 def test_sigkill_during_a_checkpoint_write_then_resume_is_bitwise_equal(small_data, tmp_path):
-    common = ("train.steps=4", "train.save_every=2", "optim.warmup_steps=2")
+    common = ("train.steps=4", "train.save_every=2", "schedule.warmup_steps=2")
     straight = pretrain(_cfg(tmp_path / "straight", *common), data=small_data)
     killed = tmp_path / "killed"
     config = tmp_path / "killed.yaml"
@@ -333,10 +334,10 @@ def test_existing_adapter_and_report_folders_need_overwrite(finished_run, tmp_pa
 # --- resume drift ------------------------------------------------------------------------------
 
 REFUSED = {
-    "optim.lr=1e-3": "optim.lr: 0.003 -> 0.001",
-    "optim.weight_decay=0.0": "optim.weight_decay: 0.1 -> 0.0",
-    "model.norm=lns": "model.norm: 'pre_ln' -> 'lns'",
-    "optimizer=spam": "optimizer: 'adamw' -> 'spam'",
+    "optimizer.lr=1e-3": "optimizer.lr: 0.003 -> 0.001",
+    "optimizer.weight_decay=0.0": "optimizer.weight_decay: 0.1 -> 0.0",
+    "model.norm=lns": "model.norm.scheme: 'pre_ln' -> 'lns'",
+    "optimizer.name=spam": "optimizer.name: 'adamw' -> 'spam'",
     "train.seed=1": "train.seed: 0 -> 1",
     "model.overrides.hidden_size=128": "model.overrides.hidden_size: None -> 128",
     "train.steps=1": "train.steps: 2 -> 1",
@@ -356,10 +357,10 @@ def test_resume_drift_at_the_command_line_is_one_line_exit_2(run_copy, tmp_path,
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(_cfg(run_copy).to_dict()))
     args = ["pretrain", "--config", str(config), "train.resume=true"]
-    assert main([*args, "optim.lr=1e-3", "model.norm=lns"]) == 2
+    assert main([*args, "optimizer.lr=1e-3", "model.norm=lns"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
-    assert "model.norm: 'pre_ln' -> 'lns'; optim.lr: 0.003 -> 0.001" in err
+    assert "model.norm.scheme: 'pre_ln' -> 'lns'; optimizer.lr: 0.003 -> 0.001" in err
 
 
 def test_more_steps_are_allowed_recorded_and_final_is_the_longer_run(

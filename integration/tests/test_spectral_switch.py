@@ -11,14 +11,14 @@ from layerwise_core import load_safetensors
 @pytest.mark.parametrize("method", ["alphadecay", "llr"])
 def test_spectral_run_logs_alphas_and_resumes_exactly(small_data, tmp_path, tiny_run, method):
     common = (
-        f"spectral={method}",
-        "spectral_options.interval=4",
-        "spectral_options.ramp_steps=2",
-        "spectral_options.active_fraction=0.5",
-        "spectral_options.min_eigs=8",
+        f"spectral.name={method}",
+        "spectral.interval=4",
+        "spectral.min_eigs=8",
+        # LLR only: adapt during the first half, each new peak reached in 2 steps
+        *(["spectral.ramp_steps=2", "spectral.active_fraction=0.5"] if method == "llr" else []),
         "train.steps=12",
         "train.save_every=6",
-        "optim.weight_decay=0.1",
+        "optimizer.weight_decay=0.1",
         "model.overrides.hidden_size=32",
         "model.overrides.intermediate_size=64",
     )

@@ -63,7 +63,8 @@ def _run_config(tmp_path: Path, corpus: Path, out: Path, **train) -> Path:
     cfg = {
         "data": {"source": f"text:{corpus}", "vocab_size": 300},
         "model": {"preset": "llama-tiny"},
-        "optim": {"lr": 3e-3, "warmup_steps": 0},
+        "optimizer": {"lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
+        "schedule": {"warmup_steps": 0},
         "train": {
             "steps": 2,
             "batch_size": 2,
@@ -206,22 +207,22 @@ def test_corpus_shorter_than_one_block(tmp_path, corpus, capsys):
             "{'vocab_size': 100})",
         ),
         (  # before: accepted, trained to NaN, exit status 0
-            "optim.lr=inf",
-            "invalid PretrainConfig: field 'optim.lr': Input should be a finite number (got 'inf')",
+            "optimizer.lr=inf",
+            "invalid PretrainConfig: field 'optimizer.lr': Input should be a finite number (got 'inf')",
         ),
         (
-            "optim.weight_decay=nan",
-            "invalid PretrainConfig: field 'optim.weight_decay': Input should be a finite number "
+            "optimizer.weight_decay=nan",
+            "invalid PretrainConfig: field 'optimizer.weight_decay': Input should be a finite number "
             "(got 'nan')",
         ),
         (  # before: torch's "Invalid beta parameter at index 0" traceback after data preparation
-            "optim.betas=[1.5,0.9]",
-            "invalid PretrainConfig: field 'optim.betas': Adam's betas are moment decay rates and "
+            "optimizer.betas=[1.5,0.9]",
+            "invalid PretrainConfig: field 'optimizer.betas': Adam's betas are moment decay rates and "
             "must each be in [0, 1): use e.g. [0.9, 0.95] (got [1.5, 0.9])",
         ),
         (
-            "optim.eps=0",
-            "invalid PretrainConfig: field 'optim.eps': Input should be greater than 0 (got 0)",
+            "optimizer.eps=0",
+            "invalid PretrainConfig: field 'optimizer.eps': Input should be greater than 0 (got 0)",
         ),
     ],
 )
@@ -430,7 +431,8 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(
     assert line == (
         "layerwise: error: training diverged: the loss is nan at step 5; that update was not "
         f"applied and nothing of it was saved (the last good checkpoint, {step_4}, is intact): "
-        "lower optim.lr, enable or tighten optim.grad_clip, or lengthen the warm-up, then start "
+        "lower optimizer.lr, enable or tighten train.grad_clip, or lengthen the warm-up, then "
+        "start "
         "the run again"
     )
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -447,7 +449,7 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(
 def test_a_huge_learning_rate_diverges_with_status_3(tmp_path, corpus, capsys):
     # lr=1e3 (finite, so the config accepts it): weights blow up until the gradients are NaN
     config = _run_config(tmp_path, corpus, tmp_path / "run", steps=20, save_every=2)
-    line = _error_line(capsys, ["pretrain", "--config", str(config), "optim.lr=1e3"], status=3)
+    line = _error_line(capsys, ["pretrain", "--config", str(config), "optimizer.lr=1e3"], status=3)
     assert line.startswith("layerwise: error: training diverged: the ")
     latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
     step = int(line.split(" at step ")[1].split(";")[0])
@@ -477,19 +479,19 @@ def test_finetune_divergence_saves_nothing(saved, tmp_path, capsys):
     line = _error_line(capsys, ["finetune", "--config", str(config)], status=3)
     assert line == (
         "layerwise: error: training diverged: the loss is nan at step 1; that update was not "
-        "applied and nothing of it was saved (fine-tuning saves at the end): lower optim.lr, "
-        "enable or tighten optim.grad_clip, or lengthen the warm-up, then start the run again"
+        "applied and nothing of it was saved (fine-tuning saves at the end): lower optimizer.lr, "
+        "enable or tighten train.grad_clip, or lengthen the warm-up, then start the run again"
     )
     assert not (tmp_path / "ft" / "final").exists() and not (tmp_path / "ft" / "adapter").exists()
 
 
 def test_unexpected_errors_keep_their_traceback(tmp_path, corpus, monkeypatch):
-    import layerwise.train
+    import layerwise.cli
 
     def broken(cfg):
         raise RuntimeError("a bug, not a user error")
 
-    monkeypatch.setattr(layerwise.train, "pretrain", broken)
+    monkeypatch.setattr(layerwise.cli, "pretrain", broken)
     config = _run_config(tmp_path, corpus, tmp_path / "out")
     with pytest.raises(RuntimeError, match="a bug, not a user error"):
         main(["pretrain", "--config", str(config)])

@@ -7,7 +7,8 @@
     layerwise probe --model DIR --out DIR [--source shakespeare] [--max-length 128] [--rows 8]
 
 Overrides are dotted `key=value` pairs applied on top of the YAML file (values parse as YAML
-scalars: `train.steps=300`, `optim.betas=[0.9,0.95]`, `train.resume=true`).
+scalars: `train.steps=300`, `optimizer.betas=[0.9,0.95]`, `train.resume=true`; a tagged
+choice switches with `optimizer.name=spam` or `optimizer=spam`, see docs/architecture.md).
 
 Exit status: 0 done; 2 a user error (a bad config value or path, a malformed file, a run folder
 in use or already holding a run, a resume that would change the run), reported on one line as
@@ -195,7 +196,7 @@ def _decode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="DecodeConfig YAML file")
     parser.add_argument("--json", default=None, help="also write outputs and scores to this file")
     parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. decode=prophet options.steps=32"
+        "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. decode=prophet decode.steps=32"
     )
 
 
@@ -216,7 +217,7 @@ def _decode(args: argparse.Namespace) -> int:
         verdict = "" if report.correct is None else (" ok" if report.correct[i] else " x")
         print(f"[{i}] nfe {report.nfe[i]}{verdict}: {output!r}")
     line = (
-        f"decode={cfg.decode}: mean NFE {report.mean_nfe:.1f}, "
+        f"decode={cfg.decode.name}: mean NFE {report.mean_nfe:.1f}, "
         f"{report.tokens_per_second:.1f} tokens/s"
     )
     if report.accuracy is not None:
@@ -275,7 +276,7 @@ SUBCOMMANDS: list[Subcommand] = [
         _config_arguments("PretrainConfig"),
         _pretrain,
         PretrainConfig,
-        "train.steps=300 optim.lr=3e-3",
+        "train.steps=300 optimizer.lr=3e-3",
     ),
     Subcommand(
         ("finetune",),
@@ -283,7 +284,7 @@ SUBCOMMANDS: list[Subcommand] = [
         _config_arguments("FinetuneConfig"),
         _finetune,
         FinetuneConfig,
-        "finetune.method=seft optim.lr=1e-4",
+        "method=seft optimizer.lr=1e-4",
     ),
     Subcommand(
         ("eval", "retrieval"),
@@ -297,7 +298,7 @@ SUBCOMMANDS: list[Subcommand] = [
         _decode_arguments,
         _decode,
         DecodeConfig,
-        "decode=prophet options.steps=32",
+        "decode=prophet decode.steps=32",
     ),
     Subcommand(
         ("probe",),

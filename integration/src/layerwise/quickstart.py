@@ -35,6 +35,7 @@ from layerwise.__about__ import __version__
 from layerwise._progress import silenced
 from layerwise.data.prepare import PreparedData, prepare_data
 from layerwise.eval.perplexity import perplexity
+from layerwise.legacy_layout import migrate_pretrain
 from layerwise.models import load_trained_model
 from layerwise.train.config import PretrainConfig
 from layerwise.train.metrics import read_metrics
@@ -42,6 +43,7 @@ from layerwise.train.pretrain import pretrain
 from layerwise_core import (
     LayerwiseConfig,
     PathExistsError,
+    apply_overrides,
     atomic_write,
     lock_run_folder,
     remove_temp_leftovers,
@@ -68,11 +70,16 @@ class QuickstartRun(LayerwiseConfig):
         return name
 
 
-def _merged(default: dict, given: dict) -> dict:
-    out = dict(default)
-    for key, value in given.items():
-        both_sections = isinstance(value, dict) and isinstance(default.get(key), dict)
-        out[key] = _merged(default[key], value) if both_sections else value
+def _as_overrides(given: dict, prefix: str = "") -> list[str]:
+    """A nested mapping as dotted `key=value` overrides (a choice's `name` first, so that a
+    switch happens before its fields are set)."""
+    out = []
+    for key in sorted(given, key=lambda k: k != "name"):
+        value = given[key]
+        if isinstance(value, dict) and value:
+            out += _as_overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
     return out
 
 
@@ -94,7 +101,11 @@ class QuickstartConfig(LayerwiseConfig):
     def _base_defaults(cls, data):
         """Fields left out of `base` take the recipe's values, not PretrainConfig's defaults."""
         if isinstance(data, dict) and isinstance(data.get("base"), dict):
-            data = {**data, "base": _merged(_recipe()["base"], data["base"])}
+            given = migrate_pretrain(data["base"])  # an old-layout base: its keys moved first
+            # as overrides of the recipe: `optimizer: {name: spam}` switches the recipe's
+            # optimizer keeping its chosen values (lr, betas, ...), as `optimizer.name=spam` does
+            base = apply_overrides(_recipe()["base"], _as_overrides(given), PretrainConfig)
+            data = {**data, "base": base}
         return data
 
 
@@ -276,10 +287,10 @@ torch {torch.__version__}) on {device} ({torch.get_num_threads()} threads). Tota
   documents (split by work; see `layerwise.data.shakespeare`), {len(data.train.stream):,} /
   {len(data.validation.stream):,} tokens.
 - Tokenizer: byte-level BPE, {len(data.tokenizer):,} tokens, trained on the training split.
-- Model: `{base.model.preset}` with {base.model.overrides}, {base.model.norm}, init N(0, {base.model.init_std}).
-- Optimizer: AdamW lr {base.optim.lr}, betas {tuple(base.optim.betas)}, weight decay {base.optim.weight_decay}
-  (matrices only), {base.optim.warmup_steps} warm-up steps, cosine to {base.optim.min_lr_ratio} x lr,
-  gradient clipping {base.optim.grad_clip}.
+- Model: `{base.model.preset}` with {base.model.overrides}, {base.model.norm.scheme}, init N(0, {base.model.init_std}).
+- Optimizer: {base.optimizer.name} lr {base.optimizer.lr}, betas {tuple(base.optimizer.betas)}, weight decay {base.optimizer.weight_decay}
+  (matrices only), {base.schedule.warmup_steps} warm-up steps, cosine to {base.schedule.min_lr_ratio} x lr,
+  gradient clipping {base.train.grad_clip}.
 - Training: {base.train.steps} steps x {base.train.batch_size * base.train.grad_accum} blocks x
   {base.train.block_size} tokens, seed {base.train.seed}; every run sees the same blocks in the same order.
 - Validation: perplexity over {"every validation block" if cfg.eval_all_validation else f"the first {base.train.eval_batches} batches"}

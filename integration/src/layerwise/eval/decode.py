@@ -1,9 +1,10 @@
 """`layerwise eval decode`: a masked-diffusion LM answers prompts with a dlm-decode strategy.
 
-The `decode:` switch picks the sampler (`llada | prophet | fast_dllm | dream | soar`,
-`dlm_decode.make_strategy`), `options:` its fields (e.g. `{steps: 32, block_length: 8}`; Prophet
-without an answer anchor needs `{region: block}` to exit early, and takes
-`{thresholds: {early: 7.5, mid: 5.0, late: 2.5}}`). The model is any saved
+The `decode:` switch is dlm-decode's strategy config, a tagged choice (`dlm_decode.STRATEGY_CONFIGS`:
+`llada | prophet | fast_dllm | dream | soar`) holding the sampler's fields with the reference
+defaults, e.g. `decode: {name: prophet, steps: 32, block_length: 8}` or `decode=prophet
+decode.steps=32` (Prophet without an answer anchor needs `region: block` to exit early, and takes
+`thresholds: {early: 7.5, mid: 5.0, late: 2.5}`). The model is any saved
 masked-diffusion LM, e.g. the `final/` folder of an `objective: mdm` run. Each answer is the
 generation cut at the first EOS; it is scored by exact match (after stripping whitespace) or by its
 last number, and every row's NFE and early-commit step are reported.
@@ -17,28 +18,42 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from dlm_decode import STRATEGIES, StagedThresholds, generate, make_strategy
+from dlm_decode import STRATEGY_CONFIGS, generate
 from layerwise.eval.math_generation import math_exact_match
-from layerwise_core import LayerwiseConfig, UsageError, pad_token_rows, read_json_lines
+from layerwise.legacy_layout import migrate_decode
+from layerwise_core import (
+    LayerwiseConfig,
+    UsageError,
+    pad_token_rows,
+    read_json_lines,
+    tagged_choice,
+)
 
 __all__ = ["DecodeConfig", "DecodeReport", "evaluate_decoding", "read_prompts"]
 
 
 class DecodeConfig(LayerwiseConfig):
-    decode: Literal["llada", "prophet", "fast_dllm", "dream", "soar"] = "llada"
-    options: dict[str, Any] = Field(default_factory=dict)  # fields of the strategy
+    """How `layerwise eval decode` decodes and scores: the strategy and its fields, the length."""
+
+    decode: tagged_choice(STRATEGY_CONFIGS, default="llada")  # llada | prophet | fast_dllm | ...
     gen_length: int = Field(32, ge=1)  # tokens generated after each prompt
     batch_size: int = Field(8, ge=1)
     scorer: Literal["exact", "last_number"] = "exact"
     seed: int = 0  # Gumbel / random-remasking draws
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_layout(cls, data: Any) -> Any:
+        # `options:` (the strategy's fields): see layerwise.legacy_layout
+        return migrate_decode(data) if isinstance(data, dict) else data
+
 
 @dataclass
 class DecodeReport:
-    decode: str
-    options: dict[str, Any]
+    decode: str  # the strategy's name
+    options: dict[str, Any]  # every field of the strategy
     outputs: list[str]
     correct: list[bool] | None  # None without answers
     nfe: list[int]  # model evaluations per row
@@ -90,20 +105,6 @@ def read_prompts(path: str | Path) -> tuple[list[str], list[str] | None]:
     return [row["prompt"] for row in rows], answers
 
 
-def _strategy(cfg: DecodeConfig):
-    options = dict(cfg.options)
-    if isinstance(options.get("thresholds"), dict):  # Prophet's staged thresholds from YAML
-        options["thresholds"] = StagedThresholds(**options["thresholds"])
-    try:
-        return make_strategy(cfg.decode, **options)
-    except TypeError as err:  # an unknown field of the strategy's dataclass
-        fields = [f.name for f in dataclasses.fields(STRATEGIES[cfg.decode])]
-        raise UsageError(
-            f"decode '{cfg.decode}': bad options {sorted(cfg.options)} ({err}): use its fields, "
-            f"{fields}"
-        ) from None
-
-
 def _left_padded(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if any(not r for r in rows):
@@ -129,7 +130,7 @@ def evaluate_decoding(
     cfg = cfg or DecodeConfig()
     if answers is not None and len(answers) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-    strategy = _strategy(cfg)
+    strategy = cfg.decode.build()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     outputs, nfe, exit_step, tokens, wall = [], [], [], 0, 0.0
@@ -152,6 +153,5 @@ def evaluate_decoding(
     correct = None
     if answers is not None:
         correct = [_score(o, a, cfg.scorer) for o, a in zip(outputs, answers)]
-    return DecodeReport(
-        cfg.decode, dict(cfg.options), outputs, correct, nfe, exit_step, tokens, wall
-    )
+    options = {k: v for k, v in cfg.decode.to_dict().items() if k != "name"}
+    return DecodeReport(cfg.decode.name, options, outputs, correct, nfe, exit_step, tokens, wall)

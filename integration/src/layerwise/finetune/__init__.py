@@ -1,17 +1,14 @@
-"""Fine-tuning pipeline: `finetune.method: full | lora | lift | seft` on instruction / answer jsonl."""
+"""Fine-tuning pipeline: `method: full | lora | lift | seft` on instruction / answer jsonl."""
 
 from layerwise.finetune.config import (
+    METHODS,
     FinetuneConfig,
     FinetuneDataConfig,
     FinetuneEvalConfig,
-    FinetuneMethodConfig,
     FinetuneModelConfig,
-    FinetuneOptimConfig,
+    FinetuneScheduleConfig,
     FinetuneTrainConfig,
-    LiftSection,
-    LoraSection,
-    PruneSection,
-    SeftSection,
+    LoraConfig,
 )
 from layerwise.finetune.instruction_data import (
     PROMPT,
@@ -24,19 +21,16 @@ from layerwise.finetune.pipeline import FinetuneResult, build_method, finetune, 
 from layerwise.finetune.word_problems import generate_word_problems, write_jsonl
 
 __all__ = [
+    "METHODS",
     "PROMPT",
     "FinetuneConfig",
     "FinetuneDataConfig",
     "FinetuneEvalConfig",
-    "FinetuneMethodConfig",
     "FinetuneModelConfig",
-    "FinetuneOptimConfig",
     "FinetuneResult",
+    "FinetuneScheduleConfig",
     "FinetuneTrainConfig",
-    "LiftSection",
-    "LoraSection",
-    "PruneSection",
-    "SeftSection",
+    "LoraConfig",
     "build_method",
     "collate",
     "encode_examples",

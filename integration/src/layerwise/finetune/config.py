@@ -1,41 +1,53 @@
 """`FinetuneConfig`: a fine-tuning run of a Hugging Face causal LM on instruction / answer jsonl.
 
-    cfg = FinetuneConfig.from_yaml("ft.yaml", overrides=["finetune.method=lift", "optim.lr=2e-4"])
+    cfg = FinetuneConfig.from_yaml("ft.yaml", overrides=["method=seft", "optimizer.lr=2e-4"])
 
-`finetune.method` is the switch through which sparse fine-tuning enters a run (ARCHITECTURE.md):
-full | lora (peft) | lift | seft (sparse-ft). Each method has its own section; the others are ignored.
+The method and the pruning before it are sparse-ft's own configs, nested as a tagged choice
+(`method: {name: lift, lora_rank: 128, ...}`, or just `method: lift`):
+
+    method      full | lora: LoraConfig (peft's fields) | lift: sparse_ft.LiftConfig
+                | seft: sparse_ft.SeftConfig
+    prune       sparse_ft.PruneConfig                     none | magnitude | wanda | sparsegpt
+    optimizer   adamw: layerwise_core.AdamWConfig
+
+Every default of a method is its package's (a test compares them), so a run states the values
+of its paper (LIFT's math setting: lr 2e-4, betas [0.9, 0.95], eps 1e-6, weight decay 0). The
+old layout (`finetune: {method, lift, ...}`, `optim:`) is migrated with a FutureWarning
+(`layerwise.legacy_layout`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from layerwise.train.config import AdamBetas
-from layerwise_core import LayerwiseConfig
+from layerwise.legacy_layout import migrate_finetune
+from layerwise_core import AdamWConfig, LayerwiseConfig, tagged_choice
+from sparse_ft import LiftConfig, PruneConfig, SeftConfig
 
 __all__ = [
+    "METHODS",
     "FinetuneConfig",
     "FinetuneDataConfig",
     "FinetuneEvalConfig",
-    "FinetuneMethodConfig",
     "FinetuneModelConfig",
-    "FinetuneOptimConfig",
+    "FinetuneScheduleConfig",
     "FinetuneTrainConfig",
-    "LiftSection",
-    "LoraSection",
-    "PruneSection",
-    "SeftSection",
+    "LoraConfig",
 ]
 
 
 class FinetuneModelConfig(LayerwiseConfig):
+    """The model to fine-tune."""
+
     path: str = ""  # a local Hugging Face folder with config, weights and tokenizer
     dtype: Literal["float32", "bfloat16"] = "float32"  # dtype of the frozen / trained weights
 
 
 class FinetuneDataConfig(LayerwiseConfig):
+    """The instruction / answer files."""
+
     train: str = ""  # jsonl, one {"instruction": ..., "answer": ...} per line
     eval: str | None = None  # held-out jsonl for the generation-based math evaluation
     instruction_field: str = "instruction"  # key of the question / instruction
@@ -44,77 +56,77 @@ class FinetuneDataConfig(LayerwiseConfig):
     max_eval: int | None = Field(None, ge=1)  # evaluate on the first N held-out problems only
 
 
-class LoraSection(LayerwiseConfig):
+class LoraConfig(LayerwiseConfig):
+    """LoRA through peft (an optional dependency, so no config class of its own is imported
+    here): the fields of `peft.LoraConfig` that layerwise passes on, with peft's defaults (a
+    test compares them when peft is installed); `bias="none"`."""
+
     r: int = Field(8, ge=1)  # LoRA rank
-    alpha: float = Field(16.0, gt=0)  # scaling alpha / r
-    dropout: float = Field(0.0, ge=0, lt=1)
+    lora_alpha: float = Field(8.0, gt=0)  # scaling lora_alpha / r
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | None = None  # None: every Linear of the decoder blocks
 
-
-class LiftSection(LayerwiseConfig):
-    lora_rank: int = Field(8, ge=1)  # k = (m + n) * lora_rank per matrix: LoRA's parameter count
-    filter_rank: int = Field(32, ge=1)  # rank of the approximation whose top-k entries train
-    update_interval: int | None = Field(None, ge=1)  # steps between mask refreshes; null: static
-    svd: Literal["full", "lowrank"] = "full"
-    reference_quirks: bool = False  # official code: smallest entries, refresh at (step + 1) % N
-    target_modules: list[str] | None = None
-
-
-class SeftSection(LayerwiseConfig):
-    budget_rank: int = Field(8, ge=1)  # k = (m + n) * budget_rank trainable entries per matrix
-    update_interval: int = Field(10, ge=2)  # steps between drop / grow / re-prune
-    drop_fraction: float = Field(0.1, gt=0, le=1)
-    reprune: Literal["sensitivity", "magnitude"] = "sensitivity"
-    pattern: str | None = None  # "2:4" for N:M-pruned models
-    target_modules: list[str] | None = None
+    def build(self, model_targets: list[str]) -> Any:
+        """The `peft.LoraConfig` (`model_targets`: the modules to adapt when none are set)."""
+        try:
+            from peft import LoraConfig as PeftLoraConfig
+        except ImportError:
+            raise ImportError("method=lora needs peft: pip install peft") from None
+        return PeftLoraConfig(
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.target_modules or model_targets,
+            bias="none",
+        )
 
 
-class PruneSection(LayerwiseConfig):
-    method: Literal["none", "magnitude", "wanda", "sparsegpt"] = "none"  # prune before training
-    sparsity: float | None = Field(0.5, ge=0, lt=1)
-    pattern: str | None = None  # "2:4" ...
-    allocation: Literal["uniform", "owl", "deeper_sparser", "earlier_sparser"] = "uniform"
-    calibration_sequences: int = Field(32, ge=1)  # training examples used as calibration data
+# full: every weight trains; lora: peft; lift / seft: sparse-ft (arXiv 2506.00772 / 2505.24037)
+METHODS = {"full": None, "lora": LoraConfig, "lift": LiftConfig, "seft": SeftConfig}
 
 
-class FinetuneMethodConfig(LayerwiseConfig):
-    method: Literal["full", "lora", "lift", "seft"] = "lift"
-    lora: LoraSection = Field(default_factory=LoraSection)
-    lift: LiftSection = Field(default_factory=LiftSection)
-    seft: SeftSection = Field(default_factory=SeftSection)
-    prune: PruneSection = Field(default_factory=PruneSection)
+class FinetuneScheduleConfig(LayerwiseConfig):
+    """Linear warm-up over a share of the steps, then linear decay to 0 (LIFT's setup)."""
 
-
-class FinetuneOptimConfig(LayerwiseConfig):
-    lr: float = Field(2e-4, gt=0, allow_inf_nan=False)  # peak learning rate (LIFT's math setting)
-    betas: AdamBetas = (0.9, 0.95)  # each in [0, 1)
-    eps: float = Field(1e-6, gt=0, allow_inf_nan=False)  # LIFT's SparseAdamW default
-    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)  # linear warm-up, then linear decay to 0
-    grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
 
 
 class FinetuneTrainConfig(LayerwiseConfig):
+    """How the run trains: length, batch, the run folder, clipping."""
+
     epochs: int = Field(1, ge=1)  # passes over the training set (unless steps is set)
     steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs
     batch_size: int = Field(8, ge=1)  # examples per micro-batch
     grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
-    seed: int = Field(0, ge=0)  # data order, LoRA init, SEFT's initial support
+    seed: int = Field(0, ge=0)  # data order, LoRA init
     log_every: int = Field(10, ge=1)
     out_dir: str = "runs/finetune"  # metrics.jsonl, config.yaml, adapter/ or final/, eval.json
     save: bool = True  # write the adapter (lora / lift / seft) or the full model
     overwrite: bool = False  # replace a run already in out_dir (deletes it); else it is refused
+    grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)  # max gradient norm; null: none
 
 
 class FinetuneEvalConfig(LayerwiseConfig):
+    """The generation-based math evaluation after training."""
+
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
 
 
 class FinetuneConfig(LayerwiseConfig):
+    """A fine-tuning run: the model, the data, the method (after optional pruning), how long."""
+
     model: FinetuneModelConfig = Field(default_factory=FinetuneModelConfig)
     data: FinetuneDataConfig = Field(default_factory=FinetuneDataConfig)
-    finetune: FinetuneMethodConfig = Field(default_factory=FinetuneMethodConfig)
-    optim: FinetuneOptimConfig = Field(default_factory=FinetuneOptimConfig)
+    method: tagged_choice(METHODS, default="lift")  # full | lora | lift | seft
+    prune: PruneConfig = Field(default_factory=PruneConfig)  # before training; none by default
+    optimizer: tagged_choice({"adamw": AdamWConfig}, default="adamw")
+    schedule: FinetuneScheduleConfig = Field(default_factory=FinetuneScheduleConfig)
     train: FinetuneTrainConfig = Field(default_factory=FinetuneTrainConfig)
     eval: FinetuneEvalConfig = Field(default_factory=FinetuneEvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_layout(cls, data: Any) -> Any:
+        # finetune: {method, lora, lift, seft, prune}, optim:: see layerwise.legacy_layout
+        return migrate_finetune(data) if isinstance(data, dict) else data

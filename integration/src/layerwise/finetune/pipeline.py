@@ -5,7 +5,7 @@ One optimizer step consumes `batch_size * grad_accum` examples (shuffled each ep
 seed); each micro-batch's mean answer-token loss is scaled by 1/grad_accum before backward. AdamW
 with a linear warm-up over `warmup_ratio` of the steps and a linear decay to zero (LIFT's setup);
 after every optimizer step, LIFT refreshes its masks and SEFT updates its topology when due.
-Optionally the model is pruned first (`finetune.prune`), e.g. Wanda 50% then SEFT or LoRA.
+Optionally the model is pruned first (`prune`, sparse_ft.PruneConfig), e.g. Wanda 50% then SEFT.
 
 `train.out_dir` is locked for the whole run (a second writer is refused at once), and a folder
 that already holds a run (an adapter, a model, metrics) is refused unless `train.overwrite=true`.
@@ -24,9 +24,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 
+import sparse_ft
+from layerwise.data.cache import atomic_directory
 from layerwise.eval.math_generation import MathEvalResult, evaluate_math_generation
-from layerwise.finetune.config import FinetuneConfig, FinetuneMethodConfig
+from layerwise.finetune.config import FinetuneConfig
 from layerwise.finetune.instruction_data import (
     collate,
     encode_examples,
@@ -36,10 +39,16 @@ from layerwise.finetune.instruction_data import (
 from layerwise.train.divergence import diverged, divergence_error
 from layerwise.train.metrics import MetricsLog
 from layerwise_core import (
+    LayerwiseConfig,
     PathExistsError,
+    UsageError,
     atomic_write,
+    check_tokenizer_fits,
+    load_pretrained,
+    load_tokenizer_folder,
     lock_run_folder,
     remove_temp_leftovers,
+    require_model_folder,
     set_seed,
 )
 
@@ -65,87 +74,29 @@ def linear_warmup_decay(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _calibration(examples: list[tuple[list[int], list[int]]], sequences: int, length: int):
-    """Concatenated training examples cut into `sequences` blocks of `length` tokens."""
-    stream = [t for ids, _ in examples for t in ids]
-    length = min(length, max(8, len(stream) // sequences))
-    count = min(sequences, len(stream) // length)
-    if count == 0:
-        raise ValueError("not enough training tokens for calibration: lower calibration_sequences")
-    return torch.tensor(stream[: count * length]).view(count, length)
-
-
 def build_method(
-    model: nn.Module, cfg: FinetuneMethodConfig, seed: int
+    model: nn.Module, method: LayerwiseConfig, seed: int
 ) -> tuple[nn.Module, list[nn.Parameter], Callable | None]:
-    """(model to train, parameters for the optimizer, hook to call after each optimizer step)."""
-    if cfg.method == "full":
+    """(model to train, parameters for the optimizer, hook to call after each optimizer step) of
+    `method` (the `method:` choice: full, LoRA through peft, or sparse-ft's LIFT / SEFT config)."""
+    if method.name == "full":
         for p in model.parameters():
             p.requires_grad_(True)
-        return model, [p for p in model.parameters()], None
-    try:
-        import sparse_ft
-    except ImportError:
-        raise ImportError(
-            f"finetune.method={cfg.method} needs sparse-ft: pip install sparse-ft"
-        ) from None
-    if cfg.method == "lora":
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise ImportError("finetune.method=lora needs peft: pip install peft") from None
-        section = cfg.lora
-        targets = section.target_modules or sparse_ft.target_linear_names(model)
+        return model, list(model.parameters()), None
+    if method.name == "lora":
+        from peft import get_peft_model  # optional dependency (LoraConfig.build names it)
+
+        peft_config = method.build(sparse_ft.target_linear_names(model))
         torch.manual_seed(seed)  # LoRA's A init
-        wrapped = get_peft_model(
-            model,
-            LoraConfig(
-                r=section.r,
-                lora_alpha=section.alpha,
-                lora_dropout=section.dropout,
-                target_modules=targets,
-                bias="none",
-            ),
-        )
+        wrapped = get_peft_model(model, peft_config)
         return wrapped, [p for p in wrapped.parameters() if p.requires_grad], None
-    if cfg.method == "lift":
-        s = cfg.lift
-        config = sparse_ft.LiftConfig(
-            lora_rank=s.lora_rank,
-            filter_rank=s.filter_rank,
-            update_interval=s.update_interval,
-            svd=s.svd,
-            reference_quirks=s.reference_quirks,
-            target_modules=s.target_modules,
-        )
-    else:
-        s = cfg.seft
-        config = sparse_ft.SeftConfig(
-            budget_rank=s.budget_rank,
-            update_interval=s.update_interval,
-            drop_fraction=s.drop_fraction,
-            reprune=s.reprune,
-            pattern=s.pattern,
-            target_modules=s.target_modules,
-            seed=seed,
-        )
-    wrapped = sparse_ft.get_sparse_model(model, config)
+    wrapped = sparse_ft.get_sparse_model(model, method)  # LiftConfig / SeftConfig
     return wrapped, list(wrapped.trainable_parameters()), wrapped.after_optimizer_step
 
 
 def _load(cfg: FinetuneConfig):
     """Model and tokenizer of `model.path`, checked before the weights load: a local folder (a
     hub id is refused, with how to download it) whose tokenizer fits the model's vocabulary."""
-    from transformers import AutoModelForCausalLM
-
-    from layerwise_core import (
-        UsageError,
-        check_tokenizer_fits,
-        load_pretrained,
-        load_tokenizer_folder,
-        require_model_folder,
-    )
-
     if not cfg.model.path:
         raise UsageError("model.path is empty: point it at a local Hugging Face model folder")
     folder = require_model_folder(cfg.model.path, "model.path")
@@ -202,7 +153,7 @@ def finetune(
 
 def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> FinetuneResult:
     t0 = time.perf_counter()
-    tc, oc = cfg.train, cfg.optim
+    tc = cfg.train
     # every input is read and checked before the model loads and before anything is written
     records = read_jsonl(cfg.data.train, "data.train")
     problems = None
@@ -219,26 +170,16 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> Finetu
         records, tokenizer, cfg.data.instruction_field, cfg.data.answer_field, cfg.data.max_length
     )
     set_seed(tc.seed)
-    prune_cfg = cfg.finetune.prune
-    if prune_cfg.method != "none":
-        import sparse_ft
-
-        sparse_ft.prune(
-            model,
-            prune_cfg.method,
-            None if prune_cfg.pattern else prune_cfg.sparsity,
-            pattern=prune_cfg.pattern,
-            allocation=prune_cfg.allocation,
-            calibration=_calibration(examples, prune_cfg.calibration_sequences, 128).to(device),
-        )
-    wrapped, params, after_step = build_method(model, cfg.finetune, tc.seed)
+    if cfg.prune.method != "none":  # calibrated on the training examples
+        documents = [ids for ids, _ in examples]
+        calibration = sparse_ft.packed_calibration(documents, cfg.prune.calibration_sequences, 128)
+        cfg.prune.apply(model, calibration)
+    wrapped, params, after_step = build_method(model, cfg.method, tc.seed)
     trainable = sum(p.numel() for p in params)
-    optimizer = torch.optim.AdamW(
-        params, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay
-    )
+    optimizer = cfg.optimizer.build(params)
     per_step = tc.batch_size * tc.grad_accum
     total = tc.steps or tc.epochs * math.ceil(len(examples) / per_step)
-    warmup = int(oc.warmup_ratio * total)
+    warmup = int(cfg.schedule.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: linear_warmup_decay(s, warmup, total)
     )
@@ -249,7 +190,7 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> Finetu
     generator = torch.Generator().manual_seed(tc.seed)
     order: list[int] = []
     losses: list[float] = []
-    clip = oc.grad_clip if oc.grad_clip is not None else math.inf
+    clip = tc.grad_clip if tc.grad_clip is not None else math.inf
     wrapped.train()
     for step in range(total):
         step_loss = 0.0
@@ -285,7 +226,7 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> Finetu
                 }
             )
     if tc.save:
-        _save(wrapped, tokenizer, cfg.finetune.method, out)
+        _save(wrapped, tokenizer, cfg.method.name, out)
     result_eval = None
     if problems is not None:
         result_eval = evaluate_math_generation(
@@ -313,7 +254,7 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> Finetu
     log.close()
     return FinetuneResult(
         out_dir=out,
-        method=cfg.finetune.method,
+        method=cfg.method.name,
         steps=total,
         trainable_parameters=trainable,
         train_losses=losses,
@@ -325,8 +266,6 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> Finetu
 
 def _save(model: nn.Module, tokenizer, method: str, out: Path) -> None:
     """The model (full) or adapter, written atomically into `final/` or `adapter/`."""
-    from layerwise.data.cache import atomic_directory
-
     with atomic_directory(out / ("final" if method == "full" else "adapter")) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -2,13 +2,13 @@
 model is loaded back as it was trained (`load_saved_model`). Below `train` and `eval`, which
 both use it; it knows nothing of training loops or distribution."""
 
-from layerwise.models.build import apply_quant, build_model
-from layerwise.models.config import ModelConfig
+from layerwise.models.build import build_model
+from layerwise.models.config import ModelConfig, QuantConfig
 from layerwise.models.saved import load_model_and_tokenizer, load_saved_model, load_trained_model
 
 __all__ = [
     "ModelConfig",
-    "apply_quant",
+    "QuantConfig",
     "build_model",
     "load_model_and_tokenizer",
     "load_saved_model",

@@ -1,46 +1,85 @@
-"""`ModelConfig`: the model of a run (the `model:` section of a pre-training config)."""
+"""`ModelConfig`: the model of a run (the `model:` section of a pre-training config).
+
+    model:
+      preset: llama-130m                      # a layerwise_core.LLAMA_PRESETS size
+      norm: {scheme: lns}                     # ln_scaling.NormConfig (or just `norm: lns`)
+      mlp: {name: coe, top_k: 4}              # dense | moe: coe_moe.MoEMLPConfig
+                                              #       | coe: coe_moe.CoEMLPConfig
+      quant: {format: int4}                   # simulated low-bit training (or `quant: int4`)
+
+The norm scheme and the MLP are their packages' own configs (the MLP a tagged choice); only the
+quantisation switch is written here, since layerwise_kernels (plain torch) has no config class:
+its defaults are `apply_fake_quant`'s.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
+from torch import nn
+from transformers import LlamaConfig
 
-from layerwise_core import LLAMA_PRESETS, LayerwiseConfig
+from coe_moe import CoEMLPConfig, MoEMLPConfig
+from layerwise.legacy_layout import migrate_model
+from layerwise_core import LLAMA_PRESETS, LayerwiseConfig, check_config_fields, tagged_choice
+from layerwise_kernels import apply_fake_quant
+from ln_scaling import NormConfig
 
-__all__ = ["ModelConfig"]
+__all__ = ["MLPS", "ModelConfig", "QuantConfig"]
+
+# dense: Llama's SwiGLU; moe / coe: coe-moe's top-k MoE / Chain-of-Experts (arXiv 2506.18945)
+MLPS = {"dense": None, "moe": MoEMLPConfig, "coe": CoEMLPConfig}
+
+
+class QuantConfig(LayerwiseConfig):
+    """Simulated low-bit training (Stable-SPAM's 4-bit runs): the weights and inputs of every
+    Linear but the LM head fake-quantised, straight-through gradients
+    (`layerwise_kernels.apply_fake_quant`, whose defaults these are). `quant: int4` means
+    `{format: int4}`."""
+
+    format: Literal["none", "int8", "int4", "fp4"] = "none"  # none: full precision
+    weight_group_size: int | None = Field(None, ge=1)  # None: one scale per output channel
+    act_group_size: int | None = Field(None, ge=1)  # None: one scale per token
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_shorthand(cls, data: Any) -> Any:
+        return {"format": data} if isinstance(data, str) else data
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Fake-quantise `model`'s Linear layers in place (nothing for `none`); returns it."""
+        return apply_fake_quant(
+            model,
+            self.format,
+            weight_group_size=self.weight_group_size,
+            act_group_size=self.act_group_size,
+        )
 
 
 class ModelConfig(LayerwiseConfig):
+    """The architecture of a run's model, its initialisation and its training-time switches."""
+
     preset: str = "llama-tiny"  # a layerwise_core.LLAMA_PRESETS name
     overrides: dict[str, Any] = Field(default_factory=dict)  # LlamaConfig fields to replace
-    # normalisation of the decoder blocks: Pre-LN, LayerNorm Scaling (1/sqrt(l)), Mix-LN (ln-scaling)
-    norm: Literal["pre_ln", "lns", "mix_ln"] = "pre_ln"
-    post_ln_fraction: float = Field(0.25, ge=0.0, le=1.0)  # Mix-LN: leading share of Post-LN blocks
-    # simulated low-bit training (Stable-SPAM's 4-bit runs): fake-quantised weights and inputs of
-    # every Linear but the LM head, straight-through gradients (layerwise_kernels.apply_fake_quant)
-    quant: Literal["none", "int8", "int4", "fp4"] = "none"
-    quant_weight_group_size: int | None = Field(None, ge=1)  # None: per output channel
-    quant_act_group_size: int | None = Field(None, ge=1)  # None: per token
-    # MLP of every block: Llama's dense SwiGLU, a top-k MoE, or Chain-of-Experts (coe-moe)
-    mlp: Literal["dense", "moe", "coe"] = "dense"
-    num_experts: int = Field(63, ge=1)  # moe/coe: routed experts per layer
-    num_shared_experts: int = Field(1, ge=0)  # moe/coe: always-on experts
-    moe_intermediate_size: int | None = Field(None, ge=1)  # moe/coe: expert width; None: ffn // 4
-    top_k: int = Field(8, ge=1)  # moe/coe: experts per token (per iteration for coe)
-    num_iterations: int = Field(2, ge=1)  # coe: iterations C (moe always runs C = 1)
-    aux_loss_coef: float = Field(0.001, ge=0.0)  # moe/coe: alpha of the sequence-level balance loss
     init_std: float = Field(0.02, gt=0.0)  # std of the N(0, std) init of Linear/Embedding weights
+    # normalisation of the decoder blocks: pre_ln | lns | mix_ln | mix_ln+lns (ln-scaling)
+    norm: NormConfig = Field(default_factory=NormConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)  # simulated low-bit training
+    # MLP of every block: Llama's dense SwiGLU, a top-k MoE, or Chain-of-Experts (coe-moe)
+    mlp: tagged_choice(MLPS, default="dense")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_layout(cls, data: Any) -> Any:
+        # model.post_ln_fraction, model.quant_*_group_size, ...: see layerwise.legacy_layout
+        return migrate_model(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
-    def _moe_fits(self) -> ModelConfig:
-        if self.mlp != "dense" and self.top_k > self.num_experts:
+    def _mix_ln_is_dense(self) -> ModelConfig:
+        if self.mlp.name != "dense" and self.norm.scheme.startswith("mix_ln"):
             raise ValueError(
-                f"model.top_k {self.top_k} > model.num_experts {self.num_experts}; lower it"
-            )
-        if self.mlp != "dense" and self.norm == "mix_ln":
-            raise ValueError(
-                "model.norm=mix_ln needs model.mlp=dense (Mix-LN rewires the residual)"
+                f"model.norm={self.norm.scheme} needs model.mlp=dense (Mix-LN rewires the residual)"
             )
         return self
 
@@ -54,10 +93,6 @@ class ModelConfig(LayerwiseConfig):
                 "remove model.overrides.vocab_size"
             )
         if overrides:
-            from transformers import LlamaConfig
-
-            from layerwise_core import check_config_fields
-
             check_config_fields(LlamaConfig, overrides, "model.overrides.")
         return overrides
 

@@ -8,7 +8,6 @@ from typing import Any
 import yaml
 from torch import nn
 
-from layerwise.models.build import apply_quant
 from layerwise.models.config import ModelConfig
 from layerwise_core import (
     ConfigError,
@@ -25,9 +24,7 @@ def load_trained_model(folder, cfg: ModelConfig):
     """Reload a run's saved `final/` model as it was trained: its architecture and norm scheme
     through the Auto classes (`ln_scaling.from_pretrained`) and the fake quantisation of
     `cfg.quant`, which the saved weights do not record."""
-    model = from_pretrained(folder)
-    apply_quant(model, cfg)
-    return model
+    return cfg.quant.apply(from_pretrained(folder))
 
 
 def _run_model_config(folder: Path) -> ModelConfig | None:

@@ -10,8 +10,8 @@ from layerwise.train.checkpoint import (
 from layerwise.train.config import (
     DataConfig,
     ModelConfig,
-    OptimConfig,
     PretrainConfig,
+    ScheduleConfig,
     TrainConfig,
 )
 from layerwise.train.metrics import MetricsLog, read_metrics
@@ -23,9 +23,9 @@ __all__ = [
     "LoadedCheckpoint",
     "MetricsLog",
     "ModelConfig",
-    "OptimConfig",
     "PretrainConfig",
     "PretrainResult",
+    "ScheduleConfig",
     "TrainConfig",
     "build_model",
     "latest_checkpoint",

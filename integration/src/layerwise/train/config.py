@@ -1,9 +1,20 @@
 """`PretrainConfig`: every knob of a pre-training run, as YAML + `a.b=value` overrides.
 
-    cfg = PretrainConfig.from_yaml("run.yaml", overrides=["train.steps=300", "optim.lr=3e-3"])
+    cfg = PretrainConfig.from_yaml("run.yaml", overrides=["train.steps=300", "optimizer.lr=3e-3"])
 
-The fields `objective`, `optimizer` and `model.norm` are the switches through which methods
-enter a run (ARCHITECTURE.md); each is a `Literal` that lists what is implemented today.
+Methods enter a run through their packages' own configs, nested as *tagged choices* (a mapping
+with its `name`, or just the name; `layerwise_core.tagged_choice`):
+
+    model.norm    ln_scaling.NormConfig                      pre_ln | lns | mix_ln | mix_ln+lns
+    objective     ntp | meap: meap.MEAPConfig | mdm
+    optimizer     adamw: layerwise_core.AdamWConfig | spam: spam_opt.SPAMConfig
+                  | stable_spam: spam_opt.StableSPAMConfig
+    spectral      none | alphadecay: spectral_opt.AlphaDecayConfig
+                  | llr: spectral_opt.LayerwiseLRConfig
+
+Every default of a method is its package's (a test compares them); the integration owns only how
+a run is laid out (data, model size, schedule, train). The old layout (`optim:`, `spam:`,
+`spectral_options:`, ...) is migrated with a FutureWarning (`layerwise.legacy_layout`).
 
 `RESUME_SAFE_CHANGES` (below the schema) lists the only fields a resumed run may change.
 """
@@ -16,72 +27,47 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from layerwise.data.config import DataConfig
+from layerwise.legacy_layout import migrate_pretrain
 from layerwise.models.config import ModelConfig
-from layerwise_core import AdamBetas, LayerwiseConfig
+from layerwise_core import AdamWConfig, LayerwiseConfig, tagged_choice
+from meap import MEAPConfig
+from spam_opt import SPAMConfig, StableSPAMConfig
+from spectral_opt import AlphaDecayConfig, LayerwiseLRConfig
 
 __all__ = [
+    "OBJECTIVES",
+    "OPTIMIZERS",
     "RESUME_SAFE_CHANGES",
+    "SPECTRAL",
     "DataConfig",
     "ModelConfig",
-    "OptimConfig",
     "PretrainConfig",
-    "SpamConfig",
-    "SpectralConfig",
-    "StableSpamConfig",
+    "ScheduleConfig",
     "TrainConfig",
     "resume_changes",
 ]
 
+# the choices of each switch: name -> the package's config (None: a choice without fields)
+# ntp: next-token prediction; meap: MEAP (arXiv 2502.07490), a share of the inputs replaced by
+# [MASK], targets clean; mdm: masked diffusion (LLaDA), a bidirectional model (train/mdm.py)
+OBJECTIVES = {"ntp": None, "meap": MEAPConfig, "mdm": None}
+# every optimizer decays only matrices: param groups from `optimizer.weight_decay`
+OPTIMIZERS = {"adamw": AdamWConfig, "spam": SPAMConfig, "stable_spam": StableSPAMConfig}
+# heavy-tail guided hyper-parameters: AlphaDecay (per-module weight decay), LLR (per-module LR)
+SPECTRAL = {"none": None, "alphadecay": AlphaDecayConfig, "llr": LayerwiseLRConfig}
 
-class OptimConfig(LayerwiseConfig):
-    lr: float = Field(1e-3, gt=0.0, allow_inf_nan=False)  # peak learning rate
-    betas: AdamBetas = (0.9, 0.95)  # Adam moment decay rates, each in [0, 1)
-    # decoupled decay, on >=2-D parameters only
-    weight_decay: float = Field(0.1, ge=0.0, allow_inf_nan=False)
-    eps: float = Field(1e-8, gt=0.0, allow_inf_nan=False)  # Adam denominator epsilon
+
+class ScheduleConfig(LayerwiseConfig):
+    """The learning-rate schedule: linear warm-up to the optimizer's lr, cosine to a floor
+    (`layerwise.train.schedule.warmup_cosine`)."""
+
     warmup_steps: int = Field(100, ge=0)  # linear warm-up from lr/warmup_steps to lr
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)  # cosine floor, as a fraction of lr
-    # max global gradient norm; null: no clipping
-    grad_clip: float | None = Field(1.0, gt=0.0, allow_inf_nan=False)
-
-
-class SpamConfig(LayerwiseConfig):
-    """SPAM (spam_opt.SPAM): spike-aware Adam with momentum reset; defaults of the paper."""
-
-    warmup_steps: int = Field(150, ge=0)  # cosine warm-up steps after each momentum reset
-    threshold: float = Field(5000.0, ge=0.0)  # spike if g^2 > threshold * v; 0 disables clipping
-    reset_interval: int = Field(500, ge=0)  # steps between momentum resets (0: never)
-    clip_delay: int = Field(20, ge=0)  # no spike clipping for this many steps after a reset
-    density: float = Field(1.0, gt=0.0, le=1.0)  # < 1: sparse momentum on attention/MLP matrices
-    reference_quirks: bool = False  # reproduce the official code bit for bit
-
-
-class StableSpamConfig(LayerwiseConfig):
-    """Stable-SPAM (spam_opt.StableSPAM): AdaClip + AdaGN + momentum reset; paper defaults."""
-
-    gamma1: float = 0.7  # AdaGN norm momentum (-1: use beta1)
-    gamma2: float = Field(0.9, ge=0.0, lt=1.0)  # AdaGN second moment of the norm
-    gamma3: float = Field(0.999, ge=0.0, lt=1.0)  # AdaClip momentum of max|g|
-    total_steps: int | None = Field(
-        None, ge=1
-    )  # cosine length of the momentum scale; None: train.steps
-    eta_min: float = Field(0.5, ge=0.0, le=1.0)  # floor of that cosine
-    reset_interval: int = Field(1000, ge=0)  # steps between momentum resets (0: never)
-    reference_quirks: bool = False  # reproduce the official code bit for bit
-
-
-class SpectralConfig(LayerwiseConfig):
-    """Options of `spectral: alphadecay | llr` (spectral-opt); null fields take the papers' values."""
-
-    interval: int | None = Field(None, ge=1)  # recompute period in steps; null: 500 / 100 (llr)
-    ratio: tuple[float, float] | None = None  # (r_min, r_max); null: (0.6666, 3) / (1, 5) (llr)
-    active_fraction: float = Field(0.2, gt=0.0, le=1.0)  # llr: adapt LRs during this share of steps
-    ramp_steps: int = Field(50, ge=0)  # llr: steps of the linear ramp to each new peak LR
-    exclude_first_last: bool = True  # alphadecay: first and last Linear keep optim.weight_decay
-    min_eigs: int = Field(50, ge=2)  # modules with fewer ESD eigenvalues stay untuned
 
 
 class TrainConfig(LayerwiseConfig):
+    """How the run trains: length, batch, cadences, the run folder, precision, clipping."""
+
     steps: int = Field(1000, ge=1)  # optimizer steps (the LR schedule spans them)
     batch_size: int = Field(8, ge=1)  # blocks per micro-batch per process
     grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
@@ -100,6 +86,8 @@ class TrainConfig(LayerwiseConfig):
     resume: bool = False  # continue from out_dir/checkpoints/latest if there is one
     overwrite: bool = False  # replace a run already in out_dir (deletes it); else it is refused
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a bf16 GPU, else fp32
+    # max global gradient norm; null: no clipping
+    grad_clip: float | None = Field(1.0, gt=0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _resume_or_overwrite(self) -> TrainConfig:
@@ -112,33 +100,27 @@ class TrainConfig(LayerwiseConfig):
 
 
 class PretrainConfig(LayerwiseConfig):
+    """A pre-training run: what it trains on, which model, which methods, for how long."""
+
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
+    objective: tagged_choice(OBJECTIVES, default="ntp")  # training loss: ntp | meap | mdm
+    optimizer: tagged_choice(OPTIMIZERS, default="adamw")  # adamw | spam | stable_spam
+    spectral: tagged_choice(SPECTRAL, default="none")  # none | alphadecay | llr
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    # training objective: ntp = next-token prediction; meap = MEAP (arXiv 2502.07490): a share of
-    # the input positions replaced by [MASK], next-token targets clean, validation unmasked;
-    # mdm = masked diffusion (LLaDA): a bidirectional model, tokens masked with probability
-    # t ~ U(0, 1], cross-entropy on the masked positions weighted by 1/t (train/mdm.py)
-    objective: Literal["ntp", "meap", "mdm"] = "ntp"
-    mask_ratio: float = Field(0.15, gt=0.0, lt=1.0)  # meap: share of inputs replaced by [MASK]
-    # meap: "reference" = the official masks (same columns for the whole batch, 51 cycling by
-    # step); "per_sequence" = independent positions per row
-    mask_mode: Literal["reference", "per_sequence"] = "reference"
-    # adamw: torch AdamW; spam / stable_spam: spam_opt (arXiv 2501.06842 / 2502.17055). All decay
-    # only matrices (decoupled weight decay = optim.weight_decay)
-    optimizer: Literal["adamw", "spam", "stable_spam"] = "adamw"
-    spam: SpamConfig = Field(default_factory=SpamConfig)
-    stable_spam: StableSpamConfig = Field(default_factory=StableSpamConfig)
-    # heavy-tail guided hyper-parameters: AlphaDecay (per-module weight decay) or LLR (per-module LR)
-    spectral: Literal["none", "alphadecay", "llr"] = "none"
-    spectral_options: SpectralConfig = Field(default_factory=SpectralConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_layout(cls, data: Any) -> Any:
+        # optim:, spam:, spectral_options:, mask_ratio, ...: see layerwise.legacy_layout
+        return migrate_pretrain(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> PretrainConfig:
-        if self.optim.warmup_steps > self.train.steps:
+        if self.schedule.warmup_steps > self.train.steps:
             raise ValueError(
-                f"optim.warmup_steps ({self.optim.warmup_steps}) exceeds train.steps "
+                f"schedule.warmup_steps ({self.schedule.warmup_steps}) exceeds train.steps "
                 f"({self.train.steps}); lower it"
             )
         return self

@@ -33,8 +33,8 @@ def divergence_error(
     grad_norm: float | torch.Tensor,
     kept: Path | str | None,
     *,
-    lr_field: str = "optim.lr",
-    clip_field: str = "optim.grad_clip",
+    lr_field: str = "optimizer.lr",
+    clip_field: str = "train.grad_clip",
 ) -> TrainingDivergedError:
     """The error for a diverged optimizer step `step` (1-based: the step that was not taken),
     naming the non-finite value, what is kept (the last good checkpoint folder, None for none, or

@@ -176,7 +176,7 @@ def pretrain(
 
 
 def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) -> PretrainResult:
-    tc, oc = cfg.train, cfg.optim
+    tc = cfg.train
     main = accelerator.is_main_process
     out = Path(tc.out_dir)
     ckpt_root = out / "checkpoints"
@@ -208,20 +208,22 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
         len(data.tokenizer),
         tc.block_size,
         data.tokenizer.eos_token_id,
-        objective=cfg.objective,
+        objective=cfg.objective.name,
         mask_token_id=mask_in_vocab,
     )
     # the masked-diffusion objective trains and validates with its own loss (train/mdm.py)
-    loss_fn = mdm_loss if cfg.objective == "mdm" else _train_loss
-    score = mdm_validation if cfg.objective == "mdm" else perplexity
+    loss_fn = mdm_loss if cfg.objective.name == "mdm" else _train_loss
+    score = mdm_validation if cfg.objective.name == "mdm" else perplexity
     mask_id = None
-    if cfg.objective == "meap":
+    if cfg.objective.name == "meap":
         import meap
 
         # the layerwise BPE already holds [MASK]; a hub tokenizer gets it (and the model its row)
         mask_id = meap.add_mask_token(data.tokenizer, model)
     optimizer = build_optimizer(cfg, model)
-    scheduler = warmup_cosine_scheduler(optimizer, oc.warmup_steps, tc.steps, oc.min_lr_ratio)
+    scheduler = warmup_cosine_scheduler(
+        optimizer, cfg.schedule.warmup_steps, tc.steps, cfg.schedule.min_lr_ratio
+    )
     spectral = build_spectral_controller(cfg, optimizer, model, scheduler)
     # a global batch larger than the data is refused here, before the run writes anything
     global_batch = tc.batch_size * tc.grad_accum * accelerator.num_processes
@@ -259,7 +261,7 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
     B, A, T = tc.batch_size, tc.grad_accum, tc.block_size
     global_batch = B * A * world
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    clip = oc.grad_clip if oc.grad_clip is not None else math.inf
+    clip = tc.grad_clip if tc.grad_clip is not None else math.inf
     device = accelerator.device
     # the same validation blocks whatever the number of processes
     eval_blocks = None if tc.eval_batches is None else tc.eval_batches * B * world
@@ -299,7 +301,7 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
             batch = blocks[lo : lo + B].to(device)
             sync = contextlib.nullcontext() if m == A - 1 else accelerator.no_sync(model)
             with sync:
-                if cfg.objective == "meap":
+                if cfg.objective.name == "meap":
                     loss = _meap_loss(cfg, model, batch, step, lo, global_batch, mask_id)
                 else:
                     loss = loss_fn(model, batch)
@@ -379,21 +381,18 @@ def _train_loss(model, blocks: torch.Tensor) -> torch.Tensor:
 
 
 def _meap_loss(cfg, model, blocks, step, row_offset, global_batch, mask_id) -> torch.Tensor:
-    """MEAP: next-token cross-entropy on inputs `blocks[:, :-1]` with a share replaced by [MASK],
-    targets `blocks[:, 1:]` clean. The mask is a function of the optimizer step (and, per
-    sequence, of the row's index in the global batch), so every micro-batch, process count and
-    resume sees the same masks as a single-process run."""
-    import meap
-
-    inputs = blocks[:, :-1]
-    if cfg.mask_mode == "reference":
-        inputs = meap.mask_inputs(inputs, cfg.mask_ratio, mask_id, step)
-    else:
-        shape = torch.empty(global_batch, inputs.shape[1], dtype=torch.long)
-        mask = meap.masked_positions(
-            shape, cfg.mask_ratio, step, "per_sequence", seed=cfg.train.seed
-        )[row_offset : row_offset + inputs.shape[0]]
-        inputs = inputs.masked_fill(mask.to(inputs.device), mask_id)
+    """MEAP: next-token cross-entropy on inputs `blocks[:, :-1]` with a share replaced by [MASK]
+    (`meap.MEAPConfig.masked_inputs`), targets `blocks[:, 1:]` clean. The mask is a function of
+    the optimizer step (and, per sequence, of the row's index in the global batch), so every
+    micro-batch, process count and resume sees the same masks as a single-process run."""
+    inputs = cfg.objective.masked_inputs(
+        blocks[:, :-1],
+        mask_id,
+        step,
+        row_offset=row_offset,
+        global_batch=global_batch,
+        seed=cfg.train.seed,
+    )
     logits = model(input_ids=inputs).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), blocks[:, 1:].reshape(-1))
 
