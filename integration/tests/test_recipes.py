@@ -99,7 +99,7 @@ def rounds_to(count: int, label: str) -> bool:
 
 
 def build_on_meta(name: str):
-    from layerwise.train.model import build_model
+    from layerwise.models import build_model
 
     cfg = load_recipe(name)
     with torch.device("meta"):
