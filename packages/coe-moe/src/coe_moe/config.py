@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from layerwise_core import LayerwiseConfig  # first: pydantic comes with layerwise-core
+from layerwise_core import LayerwiseConfig
 
 # isort: split
 from pydantic import Field, model_validator
