@@ -25,8 +25,8 @@ import torch
 
 from layerwise.data import prepare_data
 from layerwise.eval.perplexity import perplexity
+from layerwise.models import load_trained_model
 from layerwise.quickstart import QuickstartConfig, run_quickstart
-from layerwise.train.model import load_trained_model
 from layerwise_core import capture_residual_stream, find_decoder
 from layerwise_core.benchmarking import machine_description, markdown_table
 
@@ -76,7 +76,9 @@ def main() -> None:
                 "num_key_value_heads": 4,
             }
         },
-        "optim": {"lr": args.lr, "warmup_steps": max(1, args.steps // 10), "weight_decay": 0.0},
+        # the recipe's AdamW (betas 0.9, 0.95) at this lr, without weight decay
+        "optimizer": {"lr": args.lr, "weight_decay": 0.0},
+        "schedule": {"warmup_steps": max(1, args.steps // 10)},
         "train": {"steps": args.steps, "eval_every": max(1, args.steps // 4), "batch_size": 16},
     }
     out = Path(args.out)

@@ -102,6 +102,16 @@ def part_a(args, base_folder: Path, tokenizer, sh_eval, out: Path) -> list[dict]
         f"LoRA r={rank}": ("lora", 2e-4 * args.lr_scale),
         f"LIFT rank={rank}": ("lift", 2e-4 * args.lr_scale),
     }
+    method_fields = {
+        "full": {},
+        "lora": {"r": rank, "lora_alpha": 2 * rank},
+        "lift": {
+            "lora_rank": rank,
+            "filter_rank": args.filter_rank,
+            "update_interval": max(2, args.steps // 5),
+            "svd": "lowrank",
+        },
+    }
     for arm, (method, lr) in arms.items():
         cfg = FinetuneConfig.from_dict(
             {
@@ -110,17 +120,10 @@ def part_a(args, base_folder: Path, tokenizer, sh_eval, out: Path) -> list[dict]
                     "eval": str(out / "eval.jsonl"),
                     "max_length": 160,
                 },
-                "finetune": {
-                    "method": method,
-                    "lora": {"r": rank, "alpha": 2 * rank},
-                    "lift": {
-                        "lora_rank": rank,
-                        "filter_rank": args.filter_rank,
-                        "update_interval": max(2, args.steps // 5),
-                        "svd": "lowrank",
-                    },
-                },
-                "optim": {"lr": lr, "warmup_ratio": 0.03},
+                "method": {"name": method, **method_fields[method]},
+                # LIFT's math setting (its SparseAdamW's eps 1e-6, no weight decay)
+                "optimizer": {"lr": lr, "betas": [0.9, 0.95], "eps": 1e-6, "weight_decay": 0.0},
+                "schedule": {"warmup_ratio": 0.03},
                 "train": {
                     "steps": args.steps,
                     "batch_size": args.batch,
