@@ -34,6 +34,7 @@ from pydantic import Field, field_validator, model_validator
 from layerwise.__about__ import __version__
 from layerwise._progress import silenced
 from layerwise.data.prepare import PreparedData, prepare_data
+from layerwise.eval.depth import probe_model, validation_windows
 from layerwise.eval.perplexity import perplexity
 from layerwise.legacy_layout import migrate_pretrain
 from layerwise.models import load_trained_model
@@ -166,7 +167,7 @@ def _claim_output(out: Path, cfg: QuickstartConfig, overwrite: bool) -> None:
 
 
 def _plot(out: Path, results: list[RunResult], unigram_loss: float) -> Path:
-    import matplotlib
+    import matplotlib  # here: the file backend is chosen before pyplot loads, not at import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -343,8 +344,6 @@ def _run_quickstart(cfg: QuickstartConfig, out: Path) -> list[RunResult]:
     results = []
     windows = held = None
     if cfg.depth_report:
-        from layerwise.eval.depth import validation_windows
-
         block, rows = cfg.base.train.block_size, cfg.depth_rows
         windows, held = validation_windows(data.tokenizer, data.corpus, block, rows, held_out=True)
     for run in cfg.runs:
@@ -375,8 +374,6 @@ def _run_quickstart(cfg: QuickstartConfig, out: Path) -> list[RunResult]:
             trained.wall_s,
         )
         if windows is not None:
-            from layerwise.eval.depth import probe_model
-
             print(f"[quickstart] depth report of '{run.name}'")
             depth = probe_model(
                 model,

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layerwise.eval.perplexity import PerplexityResult
 from layerwise_core import all_reduce_sum, get_rank, get_world_size
 
 __all__ = ["forward_process", "masked_diffusion_loss", "mdm_loss", "mdm_validation"]
@@ -138,8 +139,6 @@ def mdm_validation(
     evaluations at different steps see the same masks: an upper bound on the NLL per token
     (`perplexity` of the result = exp(bound)). Same signature and result type as
     `layerwise.eval.perplexity`, so the pre-training loop can call either."""
-    from layerwise.eval.perplexity import PerplexityResult
-
     device = torch.device(device) if device is not None else next(model.parameters()).device
     count = len(blocks) if max_blocks is None else min(len(blocks), max_blocks)
     if count == 0:
