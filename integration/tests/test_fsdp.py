@@ -81,6 +81,8 @@ def _assert_same_training(two, one):
     logs_a, logs_b = _train(two), _train(one)
     assert [r["tokens"] for r in logs_a] == [r["tokens"] for r in logs_b]
     assert len(logs_a) == STEPS
+    # throughput in every train record; no MFU on a CPU (no peak FLOP/s to divide by)
+    assert all(r["tokens_per_s"] > 0 and "mfu" not in r for r in logs_a + logs_b)
     for x, y in zip(logs_a, logs_b):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5), x["step"]
 
