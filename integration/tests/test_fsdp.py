@@ -274,3 +274,30 @@ def test_exported_final_folder_gives_the_logits_of_the_sharded_model(launched):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(logits, sharded["logits"])
+
+
+@pytest.mark.distributed
+def test_export_any_checkpoint_of_a_sharded_run(launched, small_data, tiny_run, tmp_path):
+    """`export_checkpoint` of a mid-run FSDP2 checkpoint, in one process: the Hugging Face folder
+    gives the logits of the checkpoint loaded into the bare model (`load_training_state`)."""
+    from layerwise.train import (
+        PretrainConfig,
+        build_model,
+        export_checkpoint,
+        load_saved_model,
+        load_training_state,
+    )
+    from layerwise.train.optimizers import build_optimizer
+
+    checkpoint = launched / "stopped" / "checkpoints" / "step_5"
+    out = export_checkpoint(checkpoint, tmp_path / "exported")
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    cfg = PretrainConfig.from_dict(tiny_run(tmp_path / "unused", *RESUME, *ONE).to_dict())
+    tokenizer = small_data.tokenizer
+    model = build_model(cfg.model, len(tokenizer), cfg.train.block_size, tokenizer.eos_token_id)
+    load_training_state(checkpoint, model, build_optimizer(cfg, model))
+    ids = small_data.validation.gather(range(2))[:, :-1]
+    with torch.no_grad():
+        want = model.eval()(input_ids=ids).logits
+        got = load_saved_model(out)(input_ids=ids).logits
+    assert torch.equal(got, want)

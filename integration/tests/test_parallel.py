@@ -61,8 +61,8 @@ def test_compiled_layers_share_one_graph_and_match_eager(monkeypatch):
 
 
 def test_compile_matches_eager_over_three_steps(small_data, tmp_path, tiny_run):
-    """The real backend (inductor's C++ code on the CPU): 29 s with a cold cache on the shared
-    dev machine, one graph for the two layers in training and one in evaluation."""
+    """The real backend (inductor's C++ code on the CPU; 29 s with a cold cache on the shared
+    2-core dev machine)."""
     from layerwise.train import pretrain, read_metrics
 
     common = ("train.steps=3", "optim.warmup_steps=1", "train.eval_batches=1")
