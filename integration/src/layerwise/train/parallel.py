@@ -24,9 +24,11 @@ Mixed precision (`train.precision`): FSDP2 keeps fp32 shards and computes in bf1
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -77,9 +79,21 @@ def init_distributed() -> DistributedEnv:
     launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
     if launched and not is_distributed():
         dist.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(_destroy_process_group)
     if not is_distributed():
         return DistributedEnv(1, 0, 0, device)
     return DistributedEnv(dist.get_world_size(), dist.get_rank(), local_rank, device)
+
+
+def _destroy_process_group() -> None:
+    """At exit, the group `init_distributed` created: a barrier, then its destruction (gloo can
+    abort the interpreter's exit without them). After an unhandled error no barrier: the other
+    processes may never reach it."""
+    if not is_distributed():
+        return
+    if getattr(sys, "last_value", None) is None:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 @contextlib.contextmanager

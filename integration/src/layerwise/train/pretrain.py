@@ -153,8 +153,10 @@ def _check_resume(
         )
         raise ResumeDriftError(
             f"cannot resume {folder}: the configuration differs from the checkpoint's in "
-            f"{listed}; a resume may change only {safe}: resume with the checkpoint's values, or "
-            "start a new run (another train.out_dir, or train.overwrite=true)"
+            f"{listed}; a resume may change only {safe} (and train.batch_size / "
+            "train.grad_accum on another number of processes, keeping the global batch): resume "
+            "with the checkpoint's values, or start a new run (another train.out_dir, or "
+            "train.overwrite=true)"
         )
     return {k: [old, new] for k, (old, new) in allowed.items()}
 
