@@ -1,7 +1,9 @@
 """Run by test_fsdp.py under `torch.distributed.run --nproc_per_node 2` (gloo on CPU): the jobs of
 the JSON file argv[1], in order, in every process.
 
-- {"kind": "pretrain", "config": {...}, "stop_at": N | null}: `layerwise.train.pretrain`;
+- {"kind": "pretrain", "config": {...}, "stop_at": N | null}: `layerwise.train.pretrain`; with
+  "diverges": FILE, the run must raise `TrainingDivergedError` on every process, whose message
+  rank 0 writes to FILE;
 - {"kind": "logits", "config": {...}, "checkpoint": DIR, "out": FILE}: the model of `config`
   built and sharded as `pretrain` does, checkpoint DIR loaded into it (`load_training_state`), its
   logits on fixed ids written to FILE (rank 0);
@@ -96,7 +98,18 @@ def main() -> None:
             _logits(job, data)
         else:
             cfg = PretrainConfig.from_dict(job["config"])
-            pretrain(cfg, stop_at=job.get("stop_at"), data=data)
+            if "diverges" not in job:
+                pretrain(cfg, stop_at=job.get("stop_at"), data=data)
+                continue
+            from layerwise.train.divergence import TrainingDivergedError
+
+            try:
+                pretrain(cfg, data=data)
+            except TrainingDivergedError as err:
+                if torch.distributed.get_rank() == 0:
+                    Path(job["diverges"]).write_text(str(err))
+            else:
+                raise AssertionError("the run did not diverge")
     exit_torchrun_worker()  # barrier, then exit without gloo's flaky teardown
 
 

@@ -62,6 +62,8 @@ RESUME = ("optimizer=spam", "spam.density=0.5", "spam.reset_interval=4", "train.
 # FSDP2 equals DDP bit for bit on the same per-process batches (no clipping, whose norm is a sum
 # in another order).
 QUANT = ("model.quant=int4", "optim.grad_clip=null")
+# a learning rate that blows the weights up until the loss is NaN (test_user_errors.py)
+DIVERGES = ("optim.lr=1e3", "optim.grad_clip=null", "train.steps=20", "train.save_every=2")
 
 
 def _params(run, step=STEPS):
@@ -140,6 +142,11 @@ def launched(small_data, tiny_run, tmp_path_factory):
             "config": tiny_run(root / "bf16", *RESUME, *TWO, "train.precision=bf16").to_dict(),
         },
         {"kind": "precision", "out": str(root / "precision.json")},
+        {
+            "kind": "pretrain",
+            "config": tiny_run(root / "diverged", *DIVERGES, *TWO).to_dict(),
+            "diverges": str(root / "diverged.txt"),
+        },
         {
             "kind": "logits",
             "config": resume,
@@ -301,3 +308,18 @@ def test_export_any_checkpoint_of_a_sharded_run(launched, small_data, tiny_run, 
         want = model.eval()(input_ids=ids).logits
         got = load_saved_model(out)(input_ids=ids).logits
     assert torch.equal(got, want)
+
+
+@pytest.mark.distributed
+def test_divergence_guard_stops_every_process_before_the_update(launched):
+    """The loss is all-reduced and the gradient norm is that of the full (sharded) gradient: every
+    process sees the same non-finite value and stops at the same step, before the update."""
+    message = (launched / "diverged.txt").read_text()
+    assert message.startswith("training diverged: the ")
+    step = int(message.split(" at step ")[1].split(";")[0])
+    kept = launched / "diverged" / "checkpoints" / f"step_{(step - 1) // 2 * 2}"
+    assert f"the last good checkpoint, {kept}, is intact" in message
+    for tensor in read_model_state(kept).values():
+        assert torch.isfinite(tensor).all()
+    assert not (launched / "diverged" / "final").exists()
+    assert max(r["step"] for r in read_metrics(launched / "diverged")) == step - 1
