@@ -1,24 +1,24 @@
-"""2 processes (torchrun, gloo) with half the per-process batch == 1 process with the full batch."""
+"""2 processes with half the per-process batch == 1 process with the full batch (DDP, launched by
+`accelerate launch`: the same process group as torchrun's, which test_fsdp.py uses)."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from layerwise.train import pretrain, read_metrics
-from layerwise_core import load_safetensors
+from layerwise.train import pretrain, read_metrics, read_model_state
 from layerwise_core.testing import assert_close
 
 STEPS = 4
 
 
 def _params(out_dir):
-    tensors, _ = load_safetensors(out_dir / "checkpoints" / f"step_{STEPS}" / "model.safetensors")
-    return tensors
+    return read_model_state(out_dir / "checkpoints" / f"step_{STEPS}")
 
 
 def _max_diff(a, b):
@@ -37,13 +37,24 @@ def test_torchrun_two_processes_match_one(small_data, tmp_path, tiny_run):
     config.write_text(
         yaml.safe_dump(tiny_run(tmp_path / "ddp", *common, "train.batch_size=2").to_dict())
     )
+    with socket.socket() as probe:  # a free rendezvous port: parallel test runs do not collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     cmd = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
+        "accelerate.commands.launch",
+        "--multi_gpu",  # on CPU: 2 gloo processes (`--cpu` would run one)
+        "--num_processes",
         "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
         "-m",
         "layerwise.cli",
         "pretrain",

@@ -8,6 +8,7 @@ a marker file that the poison creates when it runs, the mode that `open()` gives
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from layerwise.cli import main
 from layerwise.train import (
@@ -31,9 +33,11 @@ from layerwise.train import (
     load_saved_model,
     pretrain,
     read_metrics,
+    read_model_state,
     save_checkpoint,
 )
 from layerwise.train.checkpoint import recover_checkpoints
+from layerwise.train.metrics import TIMING_FIELDS
 from layerwise_core import (
     CheckpointFileError,
     RunFolderBusyError,
@@ -112,17 +116,17 @@ _KILLED_WRITER = textwrap.dedent(
     import layerwise.train.checkpoint as ckpt
     from layerwise.data import DataConfig, prepare_data
     from layerwise.train import PretrainConfig, pretrain
-    from layerwise_core import atomic_write
 
-    def half_then_sigkill(tensors, path, metadata=None):  # the step-4 write dies half-way
-        if metadata["step"] != "4":
-            return real(tensors, path, metadata=metadata)
-        with atomic_write(path) as handle:
-            handle.write(b"\\0" * 1000)
-            handle.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+    class HalfThenSigkill(ckpt.FileSystemWriter):  # the step-4 write dies half-way
+        def write_data(self, plan, planner):
+            if ".step_4.tmp" not in str(self.path):
+                return super().write_data(plan, planner)
+            with open(self.path / "__0_0.distcp", "wb") as handle:
+                handle.write(b"\\0" * 1000)
+                handle.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
 
-    real, ckpt.save_safetensors = ckpt.save_safetensors, half_then_sigkill
+    ckpt.FileSystemWriter = HalfThenSigkill
     cfg = PretrainConfig.from_yaml(sys.argv[1])
     pretrain(cfg, data=prepare_data(cfg.data, cfg.train.block_size))
     """
@@ -143,7 +147,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_bitwise_equal(small_da
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     debris = killed / "checkpoints" / ".step_4.tmp"
-    assert [p.name for p in debris.iterdir() if p.name.startswith(".model.safetensors.")]
+    assert (debris / "state" / "__0_0.distcp").stat().st_size == 1000
     assert latest_checkpoint(killed / "checkpoints").name == "step_2"  # the old one is intact
 
     resumed = pretrain(_cfg(killed, *common, "train.resume=true"), data=small_data)
@@ -155,8 +159,10 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_bitwise_equal(small_da
     for name in want:
         assert torch.equal(want[name], got[name]), name
 
-    def records(folder):  # every field but the wall time
-        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(folder)]
+    def records(folder):  # every field but the wall time and throughput
+        return [
+            {k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in read_metrics(folder)
+        ]
 
     assert records(killed) == records(tmp_path / "straight")
     history = [json.loads(line) for line in (killed / "history.jsonl").read_text().splitlines()]
@@ -179,19 +185,60 @@ class _Poison:
 def _poison(path: Path, marker: Path) -> None:
     if path.suffix == ".pt":  # torch's own (zip) format, as torch.save writes it
         torch.save({"state": _Poison(marker)}, path)
+    elif path.suffix == ".distcp":  # a shard: items read by offset, each loaded on its own
+        _poison_shard(path, marker)
     else:  # a whole line (a torn last line of metrics.jsonl would be dropped, not read)
         path.write_bytes(pickle.dumps(_Poison(marker)) + b"\n")
 
 
+def _bytes_items(path: Path) -> list[tuple[int, int]]:
+    """(offset, length) of the non-tensor items (optimizer hyper-parameters) of a DCP shard: DCP's
+    default planner loads them with an unrestricted `torch.load`."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    from layerwise.train.checkpoint import _read_metadata
+
+    metadata = _read_metadata(path.parent)
+    return [
+        (info.offset, info.length)
+        for index, info in metadata.storage_data.items()
+        if info.relative_path == path.name
+        and isinstance(metadata.state_dict_metadata[index.fqn], BytesStorageMetadata)
+    ]
+
+
+def _poison_shard(path: Path, marker: Path) -> None:
+    """Every non-tensor item of a DCP shard replaced by a pickle that runs code when loaded."""
+    data = bytearray(path.read_bytes())
+    payload = pickle.dumps(_Poison(marker))
+    items = _bytes_items(path)
+    assert items and all(length >= len(payload) for _, length in items)
+    for offset, length in items:
+        data[offset : offset + length] = payload.ljust(length, b"\0")
+    path.write_bytes(bytes(data))
+
+
 RESUME_READS = [
-    "checkpoints/step_2/optimizer.pt",
+    "checkpoints/step_2/scheduler.pt",
     "checkpoints/step_2/rng_rank0.pt",
-    "checkpoints/step_2/model.safetensors",
+    "checkpoints/step_2/state/.metadata",
+    "checkpoints/step_2/state/__0_0.distcp",
     "checkpoints/step_2/trainer_state.json",
     "checkpoints/step_2/config.yaml",
     "checkpoints/latest",
     "metrics.jsonl",
 ]
+
+
+def _unrestricted_shard_load(path: Path) -> None:
+    """What DCP's default planner does with a shard's non-tensor item."""
+    import io
+
+    offset, length = _bytes_items(path)[0]
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        with contextlib.suppress(RuntimeError):  # "invalid magic number", after the poison ran
+            torch.load(io.BytesIO(handle.read(length)), weights_only=False)
 
 
 @pytest.mark.parametrize("name", RESUME_READS)
@@ -202,6 +249,8 @@ def test_a_poisoned_file_refuses_the_resume_without_running(run_copy, small_data
     with open(run_copy / name, "rb") as handle:
         if name.endswith(".pt"):
             torch.load(handle, weights_only=False)
+        elif name.endswith(".distcp"):
+            _unrestricted_shard_load(run_copy / name)
         else:
             pickle.load(handle)
     assert marker.is_dir()
@@ -224,7 +273,7 @@ def test_a_yaml_config_that_would_run_code_is_refused(run_copy, small_data, tmp_
     _assert_one_line(err.value, "step_2/config.yaml")
 
 
-@pytest.mark.parametrize("name", ["optimizer.pt", "rng_rank0.pt", "model.safetensors"])
+@pytest.mark.parametrize("name", ["scheduler.pt", "rng_rank0.pt", "state/.metadata"])
 def test_load_checkpoint_refuses_a_poisoned_file_before_touching_the_rng(
     finished_run, tmp_path, name
 ):
@@ -293,8 +342,8 @@ def test_a_finished_run_is_replaced_only_with_overwrite(run_copy, small_data):
     assert _snapshot(run_copy) == before
     pretrain(_cfg(run_copy, "train.overwrite=true", "train.seed=1"), data=small_data)
     assert (
-        _snapshot(run_copy)["checkpoints/step_2/model.safetensors"]
-        != before["checkpoints/step_2/model.safetensors"]
+        _snapshot(run_copy)["checkpoints/step_2/state/__0_0.distcp"]
+        != before["checkpoints/step_2/state/__0_0.distcp"]
     )
     history = [json.loads(x) for x in (run_copy / "history.jsonl").read_text().splitlines()]
     assert [(h["event"], h["replaced_run"]) for h in history] == [("start", True)]
@@ -384,10 +433,29 @@ def test_more_steps_are_allowed_recorded_and_final_is_the_longer_run(
     assert ckpt_cfg["train"]["steps"] == 4  # each checkpoint records what it was trained with
     # final/ now holds the 4-step model, not the 2-step one it held before
     final = _params(run_copy / "final" / "model.safetensors")
-    step_4 = _params(run_copy / "checkpoints" / "step_4" / "model.safetensors")
-    step_2 = _params(run_copy / "checkpoints" / "step_2" / "model.safetensors")
+    step_4 = read_model_state(run_copy / "checkpoints" / "step_4")
+    step_2 = read_model_state(run_copy / "checkpoints" / "step_2")
     assert all(torch.equal(final[k], step_4[k]) for k in final)
     assert not all(torch.equal(final[k], step_2[k]) for k in final)
+
+
+def test_a_longer_resume_stretches_stable_spams_cosine(small_data, tmp_path):
+    # optimizer.total_steps: null = the run's length: after train.steps 2 -> 4 the cosine on
+    # beta1 must span 4 steps (the param groups loaded from the checkpoint say 2)
+    out = tmp_path / "run"
+    pretrain(_cfg(out, "optimizer.name=stable_spam"), data=small_data)
+    seen = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append({g["total_steps"] for g in opt.param_groups})
+    )
+    try:
+        pretrain(
+            _cfg(out, "optimizer.name=stable_spam", "train.resume=true", "train.steps=4"),
+            data=small_data,
+        )
+    finally:
+        handle.remove()
+    assert seen[-2:] == [{4}, {4}]  # (a first call: the empty state materialised for loading)
 
 
 # --- retention and leftovers --------------------------------------------------------------------
@@ -404,11 +472,13 @@ def test_keep_last_keeps_the_newest_checkpoints(small_data, tmp_path):
 
 
 def _save(root: Path, step: int, keep_last: int | None = None):
+    model = torch.nn.Linear(2, 1)
     return save_checkpoint(
         root,
         step,
-        model_state={"w": torch.full((2,), float(step))},
-        optimizer_state={"optimizer": {"state": {}}, "scheduler": {}},
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters()),
+        scheduler_state={},
         trainer_state={"data": {}},
         config_yaml="{}\n",
         keep_last=keep_last,
@@ -425,7 +495,7 @@ def test_retention_never_deletes_the_resume_point_before_a_newer_checkpoint(tmp_
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_safetensors", disk_full)
+    monkeypatch.setattr(ckpt, "torch_save_atomic", disk_full)
     with pytest.raises(OSError, match="No space"):
         _save(root, 4, keep_last=1)
     monkeypatch.undo()
@@ -440,7 +510,7 @@ def test_retention_never_deletes_the_resume_point_before_a_newer_checkpoint(tmp_
 def test_leftovers_of_killed_writes_are_recovered_at_the_next_start(run_copy, small_data):
     ckpts = run_copy / "checkpoints"
     (ckpts / ".step_3.tmp").mkdir()  # a checkpoint being written
-    (ckpts / ".step_3.tmp" / "model.safetensors").write_bytes(b"half")
+    (ckpts / ".step_3.tmp" / "scheduler.pt").write_bytes(b"half")
     (ckpts / ".step_1.deleted.tmp").mkdir()  # retention cut short
     (ckpts / ".latest.x1y2.tmp").write_text("step_3")  # atomic_write's temp file
     (run_copy / ".final.ab12.tmp").mkdir()  # an atomic directory being filled
@@ -470,11 +540,14 @@ def test_run_files_follow_the_umask(small_data, tmp_path, umask):
         out / "config.yaml",
         out / "metrics.jsonl",
         out / "checkpoints" / "latest",
-        out / "checkpoints" / "step_1" / "model.safetensors",
-        out / "checkpoints" / "step_1" / "optimizer.pt",
+        out / "checkpoints" / "step_1" / "state" / ".metadata",
+        out / "checkpoints" / "step_1" / "state" / "__0_0.distcp",
+        out / "checkpoints" / "step_1" / "scheduler.pt",
+        out / "checkpoints" / "step_1" / "hf" / "config.json",
         out / "final" / "model.safetensors",
     ]
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
-    for path in (out, out / "checkpoints" / "step_1", out / "final"):
+    step = out / "checkpoints" / "step_1"
+    for path in (out, step, step / "state", step / "hf", out / "final"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask, path

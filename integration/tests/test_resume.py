@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from layerwise.train import latest_checkpoint, pretrain, read_metrics
-from layerwise_core import load_safetensors
+from layerwise.train import latest_checkpoint, pretrain, read_metrics, read_model_state
 
 
 def _losses(folder):
@@ -13,8 +12,7 @@ def _losses(folder):
 
 
 def _params(run_dir, step):
-    tensors, _ = load_safetensors(run_dir / "checkpoints" / f"step_{step}" / "model.safetensors")
-    return tensors
+    return read_model_state(run_dir / "checkpoints" / f"step_{step}")
 
 
 def test_stop_and_resume_is_bitwise_identical(small_data, tmp_path, tiny_run):

@@ -409,14 +409,14 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(
     tmp_path, corpus, capsys, monkeypatch
 ):
     # before: training went on with NaN weights, saved them, and exited with status 0
-    from layerwise.train import PretrainConfig, load_checkpoint, pretrain
+    from layerwise.train import PretrainConfig, load_checkpoint, pretrain, read_model_state
 
     pretrain_module = importlib.import_module("layerwise.train.pretrain")
     config = _run_config(tmp_path, corpus, tmp_path / "run", steps=6, save_every=2)
     # the reference: the same run stopped cleanly after step 4 (same LR schedule over 6 steps)
     clean_cfg = PretrainConfig.from_yaml(config, [f"train.out_dir={tmp_path / 'clean'}"])
     pretrain(clean_cfg, stop_at=4)
-    clean = load_checkpoint(tmp_path / "clean" / "checkpoints" / "step_4", restore_rng=False)
+    clean = read_model_state(tmp_path / "clean" / "checkpoints" / "step_4")
 
     original, calls = pretrain_module._train_loss, []
 
@@ -438,10 +438,11 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["latest", "step_2", "step_4"]
     assert not (tmp_path / "run" / "final").exists()
-    kept = load_checkpoint(step_4, restore_rng=False)
-    assert kept.step == 4 and kept.model_state.keys() == clean.model_state.keys()
-    for name, tensor in kept.model_state.items():  # the state of 4 clean steps, bit for bit
-        assert torch.isfinite(tensor).all() and torch.equal(tensor, clean.model_state[name])
+    assert load_checkpoint(step_4, restore_rng=False).step == 4
+    kept = read_model_state(step_4)
+    assert kept.keys() == clean.keys()
+    for name, tensor in kept.items():  # the state of 4 clean steps, bit for bit
+        assert torch.isfinite(tensor).all() and torch.equal(tensor, clean[name])
     steps = [json.loads(r)["step"] for r in (tmp_path / "run" / "metrics.jsonl").open()]
     assert steps == [1, 2, 3, 4]  # step 5 is not logged
 
@@ -495,3 +496,15 @@ def test_unexpected_errors_keep_their_traceback(tmp_path, corpus, monkeypatch):
     config = _run_config(tmp_path, corpus, tmp_path / "out")
     with pytest.raises(RuntimeError, match="a bug, not a user error"):
         main(["pretrain", "--config", str(config)])
+
+
+def test_mix_ln_with_the_masked_diffusion_objective_is_refused(tmp_path, corpus, capsys):
+    # before: accepted, then a traceback while the bidirectional model was built
+    config = _run_config(tmp_path, corpus, tmp_path / "out")
+    argv = ["pretrain", "--config", str(config), "objective=mdm", "model.norm=mix_ln"]
+    line = _error_line(capsys, argv)
+    assert line == (
+        "layerwise: error: invalid PretrainConfig: model.norm=mix_ln needs a causal Llama, and objective=mdm trains a bidirectional one: "
+        "use model.norm=lns or pre_ln with mdm"
+    )
+    assert not (tmp_path / "out").exists()

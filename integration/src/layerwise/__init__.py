@@ -1,5 +1,5 @@
 """layerwise: the integration package. Real corpora, tokenizers and packing (`layerwise.data`),
-pre-training on accelerate (`layerwise.train`), evaluation (`layerwise.eval`), the quickstart
+pre-training on DDP / FSDP2 (`layerwise.train`), evaluation (`layerwise.eval`), the quickstart
 recipe and the `layerwise` command line.
 
     from layerwise.train import PretrainConfig, pretrain

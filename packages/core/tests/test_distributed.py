@@ -61,3 +61,25 @@ def test_dtensor_shard_statistics_over_two_processes(tmp_path):
     script.write_text(SCRIPT)
     result = run_torchrun(script, nproc=2)
     assert result.stdout.count("OK") == 2
+
+
+@pytest.mark.parametrize(
+    ("count", "batch_size", "world", "expected"),
+    [
+        # rank r scores batches r, r + W, ...; idle = batches of rank 0 minus its own
+        (10, 3, 2, [([0, 6], 0), ([3, 9], 0)]),  # 4 batches: 2 each
+        (7, 3, 2, [([0, 6], 0), ([3], 1)]),  # 3 batches: rank 1 runs one idle pass
+        (2, 4, 3, [([0], 0), ([], 1), ([], 1)]),  # one batch for three processes
+        (5, 2, 1, [([0, 2, 4], 0)]),
+    ],
+)
+def test_rank_batch_starts_deal_batches_and_count_idle_passes(
+    monkeypatch, count, batch_size, world, expected
+):
+    import layerwise_core.distributed as distributed
+
+    monkeypatch.setattr(distributed, "get_world_size", lambda: world)
+    for rank, (starts, idle) in enumerate(expected):
+        monkeypatch.setattr(distributed, "get_rank", lambda rank=rank: rank)
+        got = distributed.rank_batch_starts(count, batch_size)
+        assert (list(got[0]), got[1]) == (starts, idle)

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from layerwise._progress import progress_bar
 from layerwise.data.packing import PackedBlocks
-from layerwise_core import all_reduce_sum, get_rank, get_world_size
+from layerwise_core import all_reduce_sum, rank_batch_starts
 
 __all__ = ["PerplexityResult", "next_token_loss", "perplexity"]
 
@@ -36,7 +36,7 @@ def next_token_loss(
     model: nn.Module, blocks: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:
     """Cross-entropy of predicting `blocks[:, 1:]` from `blocks[:, :-1]` (logits upcast to fp32)."""
-    logits = model(input_ids=blocks[:, :-1]).logits
+    logits = model(input_ids=blocks[:, :-1], use_cache=False).logits
     return F.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), blocks[:, 1:].reshape(-1), reduction=reduction
     )
@@ -62,11 +62,13 @@ def perplexity(
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of NLL, tokens]
-    starts = range(get_rank() * batch_size, count, get_world_size() * batch_size)
+    starts, idle = rank_batch_starts(count, batch_size)
     for start in progress_bar(starts, desc="validation perplexity", quiet=not progress):
         batch = blocks.gather(range(start, min(start + batch_size, count))).to(device)
         total[0] += next_token_loss(model, batch, reduction="sum").double()
         total[1] += batch[:, 1:].numel()
+    for _ in range(idle):  # FSDP2: as many (collective) forward passes as the busiest process
+        model(input_ids=blocks.gather(range(1)).to(device)[:, :-1], use_cache=False)
     model.train(was_training)
     total = all_reduce_sum(total)
     loss = (total[0] / total[1]).item()

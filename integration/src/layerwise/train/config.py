@@ -88,6 +88,13 @@ class TrainConfig(LayerwiseConfig):
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a bf16 GPU, else fp32
     # max global gradient norm; null: no clipping
     grad_clip: float | None = Field(1.0, gt=0.0, allow_inf_nan=False)
+    # data parallelism over the processes of a launch (torchrun / accelerate launch; train/parallel.py):
+    # ddp = replicated model, all-reduced gradients; fsdp2 = parameters, gradients and optimizer
+    # states sharded over the processes (torch fully_shard per decoder layer); bf16 via its
+    # MixedPrecisionPolicy
+    parallelism: Literal["ddp", "fsdp2"] = "ddp"
+    activation_checkpointing: bool = False  # recompute each decoder layer in the backward
+    compile: bool = False  # torch.compile each decoder layer's forward
 
     @model_validator(mode="after")
     def _resume_or_overwrite(self) -> TrainConfig:
@@ -95,6 +102,11 @@ class TrainConfig(LayerwiseConfig):
             raise ValueError(
                 "train.resume and train.overwrite are both true: set one (continue the run in "
                 "out_dir, or replace it)"
+            )
+        if self.parallelism == "fsdp2" and self.precision == "fp16":
+            raise ValueError(
+                "train.precision=fp16 needs a gradient scaler, which train.parallelism=fsdp2 does "
+                "not run: use train.precision=bf16, or train.parallelism=ddp"
             )
         return self
 
@@ -123,6 +135,11 @@ class PretrainConfig(LayerwiseConfig):
                 f"schedule.warmup_steps ({self.schedule.warmup_steps}) exceeds train.steps "
                 f"({self.train.steps}); lower it"
             )
+        if self.objective.name == "mdm" and self.model.norm.scheme.startswith("mix_ln"):
+            raise ValueError(
+                f"model.norm={self.model.norm.scheme} needs a causal Llama, and objective=mdm "
+                "trains a bidirectional one: use model.norm=lns or pre_ln with mdm"
+            )
         return self
 
 
@@ -139,6 +156,12 @@ RESUME_SAFE_CHANGES: dict[str, Literal["any", "increase", "ignored"]] = {
     "train.log_every": "any",
     "train.keep_last": "any",
     "train.out_dir": "any",  # the run folder was moved or copied
+    # how the processes share the work, not what is trained: a checkpoint of either parallelism
+    # resumes under the other (train.batch_size / grad_accum may change with the number of
+    # processes if the global batch stays the same: layerwise.train.pretrain)
+    "train.parallelism": "any",
+    "train.activation_checkpointing": "any",
+    "train.compile": "any",
     "train.resume": "ignored",
     "train.overwrite": "ignored",
     "data.cache_dir": "any",  # caches are keyed by content: another cache holds the same data

@@ -18,6 +18,7 @@ no output, so it is never masked.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -25,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.eval.perplexity import PerplexityResult
-from layerwise_core import all_reduce_sum, get_rank, get_world_size
+from layerwise_core import all_reduce_sum, rank_batch_starts
 
-__all__ = ["forward_process", "masked_diffusion_loss", "mdm_loss", "mdm_validation"]
+__all__ = ["forward_process", "masked_diffusion_loss", "mdm_loss", "mdm_validation", "step_noise"]
 
 
 def forward_process(
@@ -36,16 +37,23 @@ def forward_process(
     eps: float = 1e-3,
     maskable: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_t, masked (B, L) bool, p (B, L)): mask each token with probability p = (1-eps) t + eps.
 
-    `maskable` (B, L) bool restricts which positions may be masked (the answer in SFT).
+    `maskable` (B, L) bool restricts which positions may be masked (the answer in SFT). The
+    uniform draws t (B,) and u (B, L) (masked = u < p) come from `generator` (the global RNG when
+    None), or are given as `noise` (`step_noise`).
     """
     batch, length = input_ids.shape
     device = input_ids.device
-    t = torch.rand(batch, device=device, generator=generator)
+    if noise is None:
+        t = torch.rand(batch, device=device, generator=generator)
+        u = torch.rand(batch, length, device=device, generator=generator)
+    else:
+        t, u = (x.to(device) for x in noise)
     p_mask = ((1 - eps) * t + eps)[:, None].expand(batch, length)
-    masked = torch.rand(batch, length, device=device, generator=generator) < p_mask
+    masked = u < p_mask
     if maskable is not None:
         masked &= maskable
     return input_ids.masked_fill(masked, mask_token_id), masked, p_mask
@@ -61,6 +69,7 @@ def masked_diffusion_loss(
     prompt_lengths: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The masked-diffusion loss of one batch of clean token blocks (scalar, differentiable).
 
@@ -75,6 +84,7 @@ def masked_diffusion_loss(
             each answer is averaged over its length; None for pre-training.
         attention_mask: (B, L) key padding mask passed to the model, if any.
         generator: for the noise draws (global RNG when None).
+        noise: the draws (t (B,), u (B, L)) themselves, e.g. `step_noise` (then no generator).
     """
     if logit_shift not in (0, 1):
         raise ValueError(
@@ -92,7 +102,9 @@ def masked_diffusion_loss(
         maskable &= positions >= prompt_lengths.reshape(-1, 1).to(input_ids.device)
     if logit_shift:
         maskable &= positions >= 1
-    noisy, masked, p_mask = forward_process(input_ids, mask_token_id, eps, maskable, generator)
+    noisy, masked, p_mask = forward_process(
+        input_ids, mask_token_id, eps, maskable, generator, noise
+    )
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
     logits = model(input_ids=noisy, **kwargs).logits
     if logit_shift:
@@ -118,12 +130,27 @@ def _mask_and_shift(model: nn.Module) -> tuple[int, int]:
     return int(mask_token_id), int(getattr(config, "logit_shift", 0))
 
 
-def mdm_loss(model: nn.Module, blocks: torch.Tensor) -> torch.Tensor:
+def step_noise(
+    seed: int, step: int, global_batch: int, length: int, rows: slice
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise draws (t (B,), u (B, L)) of rows `rows` of the global batch of optimizer step
+    `step`: drawn for the whole global batch from a generator of (seed, step) alone, so that a
+    row's masks do not depend on the number of processes, the micro-batching or a resume."""
+    digest = hashlib.sha256(f"mdm-noise\x00{seed}\x00{step}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+    t = torch.rand(global_batch, generator=generator)
+    u = torch.rand(global_batch, length, generator=generator)
+    return t[rows], u[rows]
+
+
+def mdm_loss(
+    model: nn.Module, blocks: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """`masked_diffusion_loss` of packed pre-training blocks, reading the mask id and the shift
     from the model's config (`config.mask_token_id`, `config.logit_shift`): the drop-in for
-    `next_token_loss(model, blocks)` in the pre-training loop."""
+    `next_token_loss(model, blocks)` in the pre-training loop (which passes `step_noise`)."""
     mask_token_id, shift = _mask_and_shift(model)
-    return masked_diffusion_loss(model, blocks, mask_token_id, logit_shift=shift)
+    return masked_diffusion_loss(model, blocks, mask_token_id, logit_shift=shift, noise=noise)
 
 
 @torch.no_grad()
@@ -147,7 +174,8 @@ def mdm_validation(
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of loss * tokens, tokens]
-    for start in range(get_rank() * batch_size, count, get_world_size() * batch_size):
+    starts, idle = rank_batch_starts(count, batch_size)
+    for start in starts:
         batch = blocks.gather(range(start, min(start + batch_size, count))).to(device)
         generator = torch.Generator(device=device).manual_seed(seed + start)
         loss = masked_diffusion_loss(
@@ -155,6 +183,8 @@ def mdm_validation(
         )
         total[0] += loss.double() * batch.numel()
         total[1] += batch.numel()
+    for _ in range(idle):  # FSDP2: as many (collective) forward passes as the busiest process
+        model(input_ids=blocks.gather(range(1)).to(device))
     model.train(was_training)
     total = all_reduce_sum(total)
     loss = (total[0] / total[1]).item()

@@ -9,7 +9,11 @@ from typing import Any
 
 from layerwise_core import CheckpointFileError, atomic_write
 
-__all__ = ["MetricsLog", "read_metrics"]
+__all__ = ["TIMING_FIELDS", "MetricsLog", "read_metrics"]
+
+# fields of a train record that measure time (wall clock, throughput): they differ between two
+# runs of the same training, everything else is reproducible
+TIMING_FIELDS = frozenset({"elapsed_s", "tokens_per_s", "mfu"})
 
 
 class MetricsLog:

@@ -1,4 +1,4 @@
-"""Pre-training loop: next-token prediction on packed blocks, on `accelerate` (1 or N processes).
+"""Pre-training loop: next-token prediction on packed blocks, in 1 or N processes (DDP or FSDP2).
 
 One optimizer step consumes one *global batch* of `batch_size * grad_accum * world_size` blocks:
 
@@ -6,9 +6,10 @@ One optimizer step consumes one *global batch* of `batch_size * grad_accum * wor
     micro-batch m of process r = blocks[(m*W + r)*B : (m*W + r + 1)*B]
 
 Each micro-batch loss is the mean over its B*T tokens, scaled by 1/grad_accum before backward,
-and DDP averages gradients over processes, so the update equals that of the mean loss over the
-whole global batch: a 2-process run with half the per-process batch takes the same steps as a
-1-process run (up to fp32 summation order).
+and DDP / FSDP2 average gradients over processes (`train.parallelism`, train/parallel.py), so the
+update equals that of the mean loss over the whole global batch: a 2-process run with half the
+per-process batch takes the same steps as a 1-process run (up to fp32 summation order), and a
+checkpoint resumes on another number of processes with the same global batch.
 
 The run folder (`train.out_dir`) is locked for the whole call (`layerwise_core.lock_run_folder`):
 a second writer is refused at once. A folder that already holds a run is refused unless
@@ -20,7 +21,6 @@ was started with. See docs/reliability.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -39,8 +39,10 @@ from layerwise.data.prepare import PreparedData, prepare_data
 from layerwise.eval.perplexity import PerplexityResult, perplexity
 from layerwise.models import build_model
 from layerwise.train.checkpoint import (
+    export_checkpoint,
     latest_checkpoint,
     load_checkpoint,
+    load_training_state,
     read_checkpoint_file,
     recover_checkpoints,
     save_checkpoint,
@@ -51,14 +53,26 @@ from layerwise.train.config import (
     resume_changes,
 )
 from layerwise.train.divergence import diverged, divergence_error
-from layerwise.train.mdm import mdm_loss, mdm_validation
+from layerwise.train.mdm import mdm_loss, mdm_validation, step_noise
 from layerwise.train.metrics import MetricsLog
 from layerwise.train.optimizers import build_optimizer, build_spectral_controller
+from layerwise.train.parallel import (
+    DistributedEnv,
+    autocast,
+    clip_grad_norm,
+    gradient_sync,
+    init_distributed,
+    main_process_first,
+    mixed_precision_dtype,
+    parallelize,
+)
 from layerwise.train.schedule import warmup_cosine_scheduler
+from layerwise.train.throughput import Throughput, model_flops_per_token, peak_flops
 from layerwise_core import (
     PathExistsError,
     RunFolderError,
     all_reduce_sum,
+    barrier,
     lock_run_folder,
     remove_temp_leftovers,
     set_rng_state,
@@ -84,14 +98,6 @@ class PretrainResult:
     train_tokens: int  # tokens trained on, all processes together
     wall_s: float  # seconds spent in this call
     num_parameters: int
-
-
-def _mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
 
 
 def _ensure_fresh(out: Path, overwrite: bool, main: bool) -> bool:
@@ -121,9 +127,22 @@ def _checkpoint_config(folder: Path) -> PretrainConfig:
     )
 
 
-def _check_resume(stored: PretrainConfig, cfg: PretrainConfig, folder: Path) -> dict:
-    """The allowed changes `{field: [old, new]}` of a resume; refuses any other change."""
+def _check_resume(
+    stored: PretrainConfig, cfg: PretrainConfig, folder: Path, stored_world: int, world: int
+) -> dict:
+    """The allowed changes `{field: [old, new]}` of a resume; refuses any other change.
+
+    On another number of processes, train.batch_size and train.grad_accum may change when the
+    global batch (batch_size x grad_accum x processes) stays the same: the same steps follow.
+    """
     allowed, refused = resume_changes(stored, cfg)
+    old, new = stored.train, cfg.train
+    if old.batch_size * old.grad_accum * stored_world == new.batch_size * new.grad_accum * world:
+        for key in ("train.batch_size", "train.grad_accum"):
+            if key in refused:
+                allowed[key] = refused.pop(key)
+    if stored_world != world:
+        allowed["processes"] = (stored_world, world)
     if refused:
         listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
         safe = ", ".join(
@@ -133,8 +152,10 @@ def _check_resume(stored: PretrainConfig, cfg: PretrainConfig, folder: Path) -> 
         )
         raise ResumeDriftError(
             f"cannot resume {folder}: the configuration differs from the checkpoint's in "
-            f"{listed}; a resume may change only {safe}: resume with the checkpoint's values, or "
-            "start a new run (another train.out_dir, or train.overwrite=true)"
+            f"{listed}; a resume may change only {safe} (and train.batch_size / "
+            "train.grad_accum on another number of processes, keeping the global batch): resume "
+            "with the checkpoint's values, or start a new run (another train.out_dir, or "
+            "train.overwrite=true)"
         )
     return {k: [old, new] for k, (old, new) in allowed.items()}
 
@@ -162,43 +183,42 @@ def pretrain(
     job would; the LR schedule still spans `cfg.train.steps`. `data` reuses prepared data (several
     runs on one corpus); by default it is prepared (and cached) from `cfg.data`.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    # cpu=True without CUDA: otherwise accelerate ignores a torchrun (gloo) launch on CPU and
-    # every process trains alone
-    accelerator = Accelerator(
-        mixed_precision=_mixed_precision(cfg.train.precision), cpu=not torch.cuda.is_available()
-    )
+    env = init_distributed()  # a torchrun / accelerate launch: join its process group
     with lock_run_folder(cfg.train.out_dir):  # rank 0 holds it; every rank learns a refusal
-        return _pretrain(cfg, accelerator, stop_at, data, t0, tqdm)
+        return _pretrain(cfg, env, stop_at, data, t0, tqdm)
 
 
-def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) -> PretrainResult:
+def _pretrain(
+    cfg: PretrainConfig, env: DistributedEnv, stop_at, data, t0: float, tqdm
+) -> PretrainResult:
     tc = cfg.train
-    main = accelerator.is_main_process
+    main = env.is_main
     out = Path(tc.out_dir)
     ckpt_root = out / "checkpoints"
     if main:  # what a killed writer left: temp files and folders, a checkpoint half-replaced
         remove_temp_leftovers(out)
         recover_checkpoints(ckpt_root)
-    accelerator.wait_for_everyone()
+    barrier()
     # every process checks, so that none waits forever for a refused one; nothing is written
     # to the run folder before these checks pass
     resume_from = latest_checkpoint(ckpt_root) if tc.resume else None
     changes, ckpt = {}, None
     if resume_from is not None:
-        changes = _check_resume(_checkpoint_config(resume_from), cfg, resume_from)
-        # every file read (and refused if unsafe) now; the RNG state is put back further down,
-        # after model construction has drawn from the seeded generators
+        stored = _checkpoint_config(resume_from)
+        # every file but the tensor shards read (and refused if unsafe) now; the shards load
+        # into the model and optimizer below, and the RNG state is put back last
         ckpt = load_checkpoint(resume_from, restore_rng=False)
+        stored_world = ckpt.trainer_state.get("world_size", 1)
+        changes = _check_resume(stored, cfg, resume_from, stored_world, env.world_size)
     replaced = False
     if not tc.resume:
         replaced = _ensure_fresh(out, tc.overwrite, main)
-        accelerator.wait_for_everyone()
+        barrier()
     if data is None:
-        with accelerator.main_process_first():  # one process fills the caches, the others read
+        with main_process_first():  # one process fills the caches, the others read
             data = prepare_data(cfg.data, tc.block_size)
 
     set_seed(tc.seed)
@@ -211,8 +231,7 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
         objective=cfg.objective.name,
         mask_token_id=mask_in_vocab,
     )
-    # the masked-diffusion objective trains and validates with its own loss (train/mdm.py)
-    loss_fn = mdm_loss if cfg.objective.name == "mdm" else _train_loss
+    # the masked-diffusion objective validates with its own loss (train/mdm.py)
     score = mdm_validation if cfg.objective.name == "mdm" else perplexity
     mask_id = None
     if cfg.objective.name == "meap":
@@ -220,27 +239,44 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
 
         # the layerwise BPE already holds [MASK]; a hub tokenizer gets it (and the model its row)
         mask_id = meap.add_mask_token(data.tokenizer, model)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    flops_per_token = model_flops_per_token(model, tc.block_size)
+    # DDP wrapper or the model itself (FSDP2 shards it in place); the optimizer is built after,
+    # on the model's (sharded) parameters
+    train_model = parallelize(
+        model,
+        env,
+        parallelism=tc.parallelism,
+        precision=tc.precision,
+        activation_checkpointing=tc.activation_checkpointing,
+        compile=tc.compile,
+    )
     optimizer = build_optimizer(cfg, model)
     scheduler = warmup_cosine_scheduler(
         optimizer, cfg.schedule.warmup_steps, tc.steps, cfg.schedule.min_lr_ratio
     )
     spectral = build_spectral_controller(cfg, optimizer, model, scheduler)
+    compute_dtype = mixed_precision_dtype(tc.precision)
+    # fp16 (DDP / one process): loss scaling; a step whose gradients overflow is skipped
+    scaler = torch.amp.GradScaler(env.device.type) if compute_dtype == torch.float16 else None
     # a global batch larger than the data is refused here, before the run writes anything
-    global_batch = tc.batch_size * tc.grad_accum * accelerator.num_processes
+    global_batch = tc.batch_size * tc.grad_accum * env.world_size
     sampler = data.training_batches(tc.seed, global_batch)
     log = MetricsLog(out, enabled=main)
     step, pending_loss, pending_steps = 0, 0.0, 0
     if ckpt is not None:
-        set_rng_state(ckpt.rng_state)
-        model.load_state_dict(ckpt.model_state)
-        optimizer.load_state_dict(ckpt.optimizer_state["optimizer"])
-        scheduler.load_state_dict(ckpt.optimizer_state["scheduler"])
+        load_training_state(resume_from, model, optimizer)  # resharded to this run's processes
+        _follow_run_length(optimizer, cfg)
+        scheduler.load_state_dict(ckpt.scheduler_state["scheduler"])
+        if scaler is not None and ckpt.scheduler_state.get("grad_scaler"):
+            scaler.load_state_dict(ckpt.scheduler_state["grad_scaler"])
         sampler.load_state_dict(ckpt.trainer_state["data"])
         step = ckpt.step
         pending_loss = ckpt.trainer_state["pending_loss"]
         pending_steps = ckpt.trainer_state["pending_steps"]
         if spectral is not None:
             spectral.load_state_dict(ckpt.trainer_state["spectral"])
+        set_rng_state(ckpt.rng_state)
     if tc.resume:  # records after the checkpoint (or all, if there is none) are redone
         log.truncate_after(step)
     already_finished = step == tc.steps
@@ -254,76 +290,98 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
             _record_history(
                 out, {"event": "resume", "step": step, "checkpoint": where, "changes": changes}
             )
-    num_parameters = sum(p.numel() for p in model.parameters())
-    model, optimizer = accelerator.prepare(model, optimizer)
 
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world, rank = env.world_size, env.rank
     B, A, T = tc.batch_size, tc.grad_accum, tc.block_size
-    global_batch = B * A * world
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     clip = tc.grad_clip if tc.grad_clip is not None else math.inf
-    device = accelerator.device
+    device = env.device
     # the same validation blocks whatever the number of processes
     eval_blocks = None if tc.eval_batches is None else tc.eval_batches * B * world
+    meter = Throughput(B * A * T, flops_per_token, peak_flops(device, compute_dtype))
 
     def evaluate() -> PerplexityResult:
-        with accelerator.autocast():
-            return score(accelerator.unwrap_model(model), data.validation, B, eval_blocks, device)
+        with autocast(tc.precision, train_model, device):  # the bare model: no DDP hooks
+            return score(model, data.validation, B, eval_blocks, device)
+
+    def write_hf(folder: Path) -> None:  # the Hugging Face folder of the checkpoint, sans weights
+        model.config.save_pretrained(folder)
+        data.tokenizer.save_pretrained(folder)
 
     def checkpoint() -> None:
         save_checkpoint(
             ckpt_root,
             step,
-            model_state=accelerator.get_state_dict(model),
-            optimizer_state={
-                "optimizer": optimizer.state_dict(),
+            model=model,
+            optimizer=optimizer,
+            scheduler_state={
                 "scheduler": scheduler.state_dict(),
+                "grad_scaler": None if scaler is None else scaler.state_dict(),
             },
             trainer_state={
                 "data": sampler.state_dict(),
                 "pending_loss": pending_loss,
                 "pending_steps": pending_steps,
                 "world_size": world,
+                "parallelism": tc.parallelism,
                 "spectral": None if spectral is None else spectral.state_dict(),
             },
             config_yaml=cfg.to_yaml(),
+            write_hf=write_hf,
             keep_last=tc.keep_last,
         )
 
     quiet = not main or is_silenced()  # e.g. run_quickstart(quiet=True)
     bar = tqdm(total=tc.steps, initial=step, disable=quiet, desc=out.name, dynamic_ncols=True)
-    model.train()
+    train_model.train()
     while step < end:
+        meter.start()
         blocks = sampler.next_global_batch(global_batch)
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for m in range(A):
             lo = (m * world + rank) * B
             batch = blocks[lo : lo + B].to(device)
-            sync = contextlib.nullcontext() if m == A - 1 else accelerator.no_sync(model)
-            with sync:
-                if cfg.objective.name == "meap":
-                    loss = _meap_loss(cfg, model, batch, step, lo, global_batch, mask_id)
-                else:
-                    loss = loss_fn(model, batch)
-                accelerator.backward(loss / A)
+            # gradients are averaged over processes in the last micro-batch's backward only
+            with gradient_sync(train_model, m == A - 1):
+                with autocast(tc.precision, train_model, device):
+                    if cfg.objective.name == "meap":
+                        loss = _meap_loss(cfg, train_model, batch, step, lo, global_batch, mask_id)
+                    elif cfg.objective.name == "mdm":  # the noise of the batch's rows (train/mdm.py)
+                        noise = step_noise(
+                            tc.seed, step, global_batch, batch.shape[1], slice(lo, lo + B)
+                        )
+                        loss = mdm_loss(train_model, batch, noise)
+                    else:
+                        loss = _train_loss(train_model, batch)
+                (loss / A if scaler is None else scaler.scale(loss / A)).backward()
             step_loss += loss.detach().double()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = clip_grad_norm(model.parameters(), clip)
         mean_loss = (all_reduce_sum(step_loss) / (A * world)).item()
-        if diverged(mean_loss, grad_norm):  # before the update: never applied, never saved
+        # fp16: an overflowing gradient is the scaler's to skip (and to lower its scale)
+        overflow = scaler is not None and not math.isfinite(float(grad_norm))
+        if diverged(mean_loss, 0.0 if overflow else grad_norm):  # never applied, never saved
             bar.close()
             raise divergence_error(step + 1, mean_loss, grad_norm, latest_checkpoint(ckpt_root))
         if spectral is not None and spectral.step(step):  # alphas recomputed: log them
             alphas = {f"alpha/{name}": alpha for name, alpha in spectral.alphas.items()}
             log.log({"step": step + 1, "split": "spectral", **alphas})
         lr = scheduler.get_last_lr()[-1]  # the last group carries the base LR (LLR: group 0 is 5x)
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         pending_loss += mean_loss
         pending_steps += 1
         bar.update(1)
-        if step % tc.log_every == 0 or step == tc.steps:
+        logged = step % tc.log_every == 0 or step == tc.steps
+        meter.stop(device, sync=logged)
+        if logged:
             record = {
                 "step": step,
                 "split": "train",
@@ -332,6 +390,7 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
                 "grad_norm": float(grad_norm),
                 "tokens": step * global_batch * T,
                 "elapsed_s": round(time.perf_counter() - t0, 3),
+                **meter.record(),  # tokens_per_s per device, mfu (on a GPU of known peak)
             }
             log.log(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
@@ -348,9 +407,10 @@ def _pretrain(cfg: PretrainConfig, accelerator, stop_at, data, t0: float, tqdm) 
         if not already_finished:  # resuming a finished run logs nothing twice
             log.log(_validation_record(step, final_eval))
         # a resumed run that trained further replaces final/; a finished one only completes it
-        _save_final(accelerator, model, data.tokenizer, out / "final", replace=not already_finished)
+        if main:
+            _save_final(latest_checkpoint(ckpt_root), out / "final", replace=not already_finished)
     log.close()
-    accelerator.wait_for_everyone()
+    barrier()
     return PretrainResult(
         out_dir=out,
         step=step,
@@ -371,9 +431,17 @@ def _validation_record(step: int, result: PerplexityResult) -> dict:
     }
 
 
+def _follow_run_length(optimizer, cfg: PretrainConfig) -> None:
+    """After a resume: Stable-SPAM's cosine on beta1 spans the run (`optimizer.total_steps: null`),
+    whose `train.steps` a resume may raise; the loaded param groups hold the old length."""
+    if cfg.optimizer.name == "stable_spam" and cfg.optimizer.total_steps is None:
+        for group in optimizer.param_groups:
+            group["total_steps"] = cfg.train.steps
+
+
 def _train_loss(model, blocks: torch.Tensor) -> torch.Tensor:
     """Next-token loss of `blocks`, plus the MoE/CoE load-balancing loss in training mode."""
-    out = model(input_ids=blocks[:, :-1])
+    out = model(input_ids=blocks[:, :-1], use_cache=False)  # no KV cache while training
     logits = out.logits
     loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), blocks[:, 1:].reshape(-1))
     aux = getattr(out, "aux_loss", None)  # alpha * sum of balance losses; None for dense / eval
@@ -393,22 +461,20 @@ def _meap_loss(cfg, model, blocks, step, row_offset, global_batch, mask_id) -> t
         global_batch=global_batch,
         seed=cfg.train.seed,
     )
-    logits = model(input_ids=inputs).logits
+    logits = model(input_ids=inputs, use_cache=False).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), blocks[:, 1:].reshape(-1))
 
 
-def _save_final(accelerator, model, tokenizer, folder: Path, replace: bool) -> None:
-    """The trained model as a Hugging Face folder (`from_pretrained` loads it), written atomically;
-    with `replace`, an existing `folder` (of fewer steps) gives way once the new one is complete."""
-    from layerwise.data.cache import atomic_directory
-
-    if not accelerator.is_main_process or (folder.exists() and not replace):
+def _save_final(checkpoint: Path, folder: Path, replace: bool) -> None:
+    """The trained model, exported from its last checkpoint (`export_checkpoint`, one process,
+    whatever the parallelism), as a Hugging Face folder that `from_pretrained` loads, written
+    atomically; with `replace`, an existing `folder` (of fewer steps) gives way once the new one
+    is complete."""
+    if folder.exists() and not replace:
         return
     old = folder.parent / f".{folder.name}.replaced.tmp"  # a temp name: cleared if killed
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.rename(folder, old)
-    with atomic_directory(folder) as tmp:
-        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+    export_checkpoint(checkpoint, folder)
     shutil.rmtree(old, ignore_errors=True)

@@ -43,6 +43,7 @@ from layerwise_core.distributed import (
     is_dtensor,
     is_main_process,
     local_tensor,
+    rank_batch_starts,
 )
 from layerwise_core.errors import MissingPathError, PathExistsError, UsageError, error_line
 from layerwise_core.model_packages import (
@@ -156,6 +157,7 @@ __all__ = [
     "pad_token_rows",
     "parse_override",
     "pattern_param_groups",
+    "rank_batch_starts",
     "read_json_lines",
     "remove_temp_leftovers",
     "renamed_kwargs",

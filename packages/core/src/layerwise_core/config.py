@@ -226,8 +226,11 @@ def _format_errors(cls: type[BaseModel], err: ValidationError) -> str:
                     )
             lines.append(f"unknown field '{dotted}'{hint}; valid fields here: {names}")
         else:
-            dotted = ".".join(_resolve(cls, loc)[0]) or "<root>"
+            dotted = ".".join(_resolve(cls, loc)[0])
             message = item["msg"].removeprefix("Value error, ")  # our validators' own words
+            if not dotted:  # a check across fields: its message names them (no dump of it all)
+                lines.append(message)
+                continue
             lines.append(f"field '{dotted}': {message} (got {item.get('input')!r})")
     return f"invalid {cls.__name__}: " + "; ".join(lines)
 

@@ -23,6 +23,7 @@ __all__ = [
     "is_dtensor",
     "is_main_process",
     "local_tensor",
+    "rank_batch_starts",
 ]
 
 
@@ -101,3 +102,17 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def rank_batch_starts(count: int, batch_size: int) -> tuple[range, int]:
+    """Items 0..count-1 scored `batch_size` at a time, batches dealt round robin to the
+    processes: (the start indices of this process's batches, how many batches fewer than the
+    busiest process it has).
+
+    Under FSDP2 a forward pass is collective (each layer all-gathers its weights): a process with
+    fewer batches must run that many idle forward passes, or the busiest one waits forever.
+    """
+    rank, world = get_rank(), get_world_size()
+    starts = range(rank * batch_size, count, world * batch_size)
+    busiest = len(range(0, count, world * batch_size))  # rank 0 gets the first batch of each round
+    return starts, busiest - len(starts)
