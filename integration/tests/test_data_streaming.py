@@ -248,7 +248,12 @@ def test_pretrain_on_a_stream_resumes_bitwise(stream_folder, tmp_path, tiny_run)
 def test_two_processes_on_a_stream_match_one(stream_folder, tmp_path, tiny_run):
     from layerwise.train import pretrain, read_metrics
 
-    common = ("train.steps=4", "train.grad_accum=2", "schedule.warmup_steps=1", "train.save_every=4")
+    common = (
+        "train.steps=4",
+        "train.grad_accum=2",
+        "schedule.warmup_steps=1",
+        "train.save_every=4",
+    )
     config = tmp_path / "ddp.yaml"
     ddp = _tiny_stream_run(tiny_run, tmp_path / "ddp", stream_folder, *common, "train.batch_size=2")
     config.write_text(yaml.safe_dump(ddp.to_dict()))

@@ -56,7 +56,12 @@ SWITCHES = {
 }
 # the resume runs: SPAM with sparse momentum (the dense round trip of its moments) and a mask
 # redraw every 4 steps (from the restored RNG), a checkpoint at step 5
-RESUME = ("optimizer=spam", "optimizer.density=0.5", "optimizer.reset_interval=4", "train.save_every=5")
+RESUME = (
+    "optimizer=spam",
+    "optimizer.density=0.5",
+    "optimizer.reset_interval=4",
+    "train.save_every=5",
+)
 # fake quantisation is discontinuous: a weight that moves by 1e-7 across a rounding boundary moves
 # its quantised value by a whole step, so no two fp32 summation orders stay within fp32
 # tolerance of each other (1 vs 2 processes: 1e-3 after 10 steps). Sharding itself is exact:

@@ -346,7 +346,9 @@ def _pretrain(
                 with autocast(tc.precision, train_model, device):
                     if cfg.objective.name == "meap":
                         loss = _meap_loss(cfg, train_model, batch, step, lo, global_batch, mask_id)
-                    elif cfg.objective.name == "mdm":  # the noise of the batch's rows (train/mdm.py)
+                    elif (
+                        cfg.objective.name == "mdm"
+                    ):  # the noise of the batch's rows (train/mdm.py)
                         noise = step_noise(
                             tc.seed, step, global_batch, batch.shape[1], slice(lo, lo + B)
                         )
