@@ -30,7 +30,8 @@ from layerwise.data import (
     pack_documents,
     prepare_data,
 )
-from layerwise_core import UsageError, load_safetensors
+from layerwise.train.checkpoint import read_model_state
+from layerwise_core import UsageError
 
 T = 32  # block size: documents below span several blocks, so most cuts fall inside one
 
@@ -216,8 +217,7 @@ def stream_folder(documents, tokenizer, tmp_path_factory):
 
 
 def _params(run_dir, step):
-    tensors, _ = load_safetensors(run_dir / "checkpoints" / f"step_{step}" / "model.safetensors")
-    return tensors
+    return read_model_state(run_dir / "checkpoints" / f"step_{step}")
 
 
 def _max_diff(a, b):

@@ -33,8 +33,10 @@ def test_dense_llama_flops_by_hand():
 
 
 def test_chain_of_experts_counts_the_experts_a_token_visits():
-    cfg = ModelConfig(mlp="coe", num_experts=4, top_k=2, moe_intermediate_size=16)
-    model = build_model(cfg, V, T)  # C = 2 iterations, 1 shared expert, one router each
+    experts = {"num_experts": 4, "top_k": 2, "moe_intermediate_size": 16}
+    model = build_model(
+        ModelConfig(mlp={"name": "coe", **experts}), V, T
+    )  # C = 2 iterations, 1 shared expert, one router each
     routed = 4 * (2 * 16) * 64 + 4 * 64 * 16  # gate_up [E, 2I, h] + down [E, h, I]
     shared = 3 * 64 * 16
     router = 4 * 64
@@ -42,7 +44,7 @@ def test_chain_of_experts_counts_the_experts_a_token_visits():
     per_layer = ATTENTION + 2 * (routed * 2 / 4 + shared + router)
     weights = 2 * per_layer + V * 64
     assert model_flops_per_token(model, T) == pytest.approx(6 * weights + ATTENTION_SCORES)
-    moe = build_model(cfg.model_copy(update={"mlp": "moe"}), V, T)  # C = 1
+    moe = build_model(ModelConfig(mlp={"name": "moe", **experts}), V, T)  # C = 1
     per_layer = ATTENTION + routed * 2 / 4 + shared + router
     assert model_flops_per_token(moe, T) == pytest.approx(
         6 * (2 * per_layer + V * 64) + ATTENTION_SCORES
