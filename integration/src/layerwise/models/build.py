@@ -1,19 +1,41 @@
 """`build_model`: the model of a run, a Hugging Face `LlamaForCausalLM` of a named size (or its
 masked-diffusion / MoE / CoE variant) initialised as in the papers, with its norm scheme and
-simulated quantisation."""
+simulated quantisation; `init_model_weights`: the initial weights of a model built on the meta
+device, materialised whole or as this process's FSDP2 shards.
+
+The model is always constructed on the meta device (no memory, no draw from the global RNG), then
+materialised: every parameter's initial value is a function of (seed, parameter name) alone,
+
+    N(0, init_std)  every Linear / Embedding weight, CoE's experts and routers
+    ones            norm weights (RMSNorm, Mix-LN's Post-LN norms); zeros: biases
+
+each N(0, init_std) drawn on the CPU from its own generator, seeded by a hash of (seed, name), one
+parameter at a time. So a model sharded before it is materialised (FSDP2: each process copies its
+rows of each drawn parameter, holding one full parameter at most) has exactly the weights of the
+same model materialised whole, whatever the number of processes, device or construction order.
+Buffers (RoPE's inverse frequencies) are recomputed from the config.
+"""
 
 from __future__ import annotations
 
-from transformers import LlamaForCausalLM
+import hashlib
+from collections.abc import Iterator
 
+import torch
+from torch import nn
+from transformers import LlamaForCausalLM
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from coe_moe.chain_of_experts import CoEExperts
+from coe_moe.routing import CoERouter
 from layerwise.models.config import ModelConfig
-from layerwise_core import UsageError, init_normal_, llama_config
+from layerwise_core import UsageError, is_dtensor, llama_config, local_part
 from layerwise_core.bidirectional_llama import (
     BidirectionalLlamaConfig,
     BidirectionalLlamaForMaskedDiffusion,
 )
 
-__all__ = ["build_model"]
+__all__ = ["build_model", "init_model_weights", "initial_value"]
 
 
 def build_model(
@@ -24,6 +46,8 @@ def build_model(
     *,
     objective: str = "ntp",
     mask_token_id: int | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
 ):
     """`LlamaForCausalLM(llama_config(preset, vocab_size, **overrides))` with N(0, init_std) weights
     (the bidirectional masked-diffusion Llama for `objective="mdm"`, the MoE / CoE model of
@@ -31,8 +55,23 @@ def build_model(
     type "ln_scaling", so the Auto classes reload the model once `ln_scaling` is imported) and the
     simulated quantisation of `cfg.quant`.
 
-    Draws from the global torch RNG: seed it first (`layerwise_core.set_seed`).
+    The initial weights are those of `init_model_weights(model, cfg.init_std, seed)`: a function
+    of `seed` and the parameter names, not of the global torch RNG (which is left untouched).
+    `device`: where the model is materialised (default: torch's default device, the CPU); "meta"
+    (or the default inside a `with torch.device("meta")` block) returns it unmaterialised, to be
+    sharded first and then materialised by `init_model_weights`.
     """
+    target = torch.get_default_device() if device is None else torch.device(device)
+    with torch.device("meta"):
+        model = _construct(cfg, vocab_size, block_size, eos_token_id, objective, mask_token_id)
+    if target.type != "meta":
+        init_model_weights(model, cfg.init_std, seed, target)
+    return model
+
+
+def _construct(cfg, vocab_size, block_size, eos_token_id, objective, mask_token_id):
+    """The model of `build_model`, with the values its constructors give (on the meta device:
+    none)."""
     fields = dict(cfg.overrides)
     fields.setdefault("max_position_embeddings", max(block_size, 128))
     if eos_token_id is not None:
@@ -61,8 +100,105 @@ def build_model(
         model = cfg.mlp.build(config, init_std=cfg.init_std)
     else:
         model = LlamaForCausalLM(config)
-    init_normal_(model, cfg.init_std)
-    if cfg.norm.scheme != "pre_ln":
-        # after the init: Mix-LN's new Post-LN norms start at ones, LNS adds no parameters
+    if cfg.norm.scheme != "pre_ln":  # Mix-LN's new Post-LN norms start at ones
         cfg.norm.apply(model)
     return cfg.quant.apply(model)
+
+
+def _init_rule(module: nn.Module, name: str) -> str:
+    """How parameter `name` of `module` starts: "normal" (N(0, init_std)), "ones" or "zeros"."""
+    kind = type(module).__name__
+    if isinstance(module, (nn.Linear, nn.Embedding)):  # FakeQuantLinear included
+        return "normal" if name == "weight" else "zeros"  # the papers' init (init_normal_)
+    if isinstance(module, (CoEExperts, CoERouter)):  # CoEPreTrainedModel._init_weights
+        return "normal"
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or (
+        ("RMSNorm" in kind or "LayerNorm" in kind) and not kind.startswith("Gemma")
+    ):
+        return "ones" if name == "weight" else "zeros"
+    raise TypeError(
+        f"init_model_weights: no initialisation rule for parameter {name!r} of {kind}: add one "
+        "to layerwise.models.build._init_rule"
+    )
+
+
+def _parameter_seed(seed: int, name: str) -> int:
+    """A 63-bit generator seed from (seed, parameter name), the same in every process (unlike
+    Python's salted `hash`)."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def initial_value(
+    rule: str, name: str, shape: torch.Size, dtype: torch.dtype, init_std: float, seed: int
+) -> torch.Tensor:
+    """The full initial value of parameter `name` on the CPU: N(0, init_std) from a generator
+    seeded by (seed, name) for `rule="normal"`, else ones or zeros."""
+    if rule == "ones":
+        return torch.ones(shape, dtype=dtype, device="cpu")
+    if rule == "zeros":
+        return torch.zeros(shape, dtype=dtype, device="cpu")
+    generator = torch.Generator(device="cpu").manual_seed(_parameter_seed(seed, name))
+    return torch.empty(shape, dtype=dtype, device="cpu").normal_(0.0, init_std, generator=generator)
+
+
+def _named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Parameter]]:
+    """(qualified name, module, local name, parameter), each parameter once under its first name
+    (`model.named_parameters()`'s names: a tied weight is initialised once)."""
+    seen: set[int] = set()
+    for prefix, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) not in seen:
+                seen.add(id(param))
+                yield (f"{prefix}.{name}" if prefix else name), module, name, param
+
+
+def _recompute_buffers(model: nn.Module) -> None:
+    """Buffers after `to_empty`: RoPE's inverse frequencies from the config, as the rotary
+    embedding's constructor computes them; any other buffer is refused (its value is unknown)."""
+    for prefix, module in model.named_modules():
+        names = [name for name, _ in module.named_buffers(recurse=False)]
+        if not names:
+            continue
+        if sorted(names) == ["inv_freq", "original_inv_freq"] and hasattr(module, "rope_type"):
+            if module.rope_type == "default":
+                rope_fn = module.compute_default_rope_parameters
+            else:
+                rope_fn = ROPE_INIT_FUNCTIONS[module.rope_type]
+            with torch.device("cpu"):
+                inv_freq, _ = rope_fn(module.config)
+            module.inv_freq.copy_(inv_freq)
+            module.original_inv_freq.copy_(inv_freq)
+            continue
+        raise TypeError(
+            f"init_model_weights: cannot recompute the buffers {names} of {prefix or 'the model'} "
+            f"({type(module).__name__}) after a meta-device build: add them to "
+            "layerwise.models.build._recompute_buffers"
+        )
+
+
+@torch.no_grad()
+def init_model_weights(
+    model: nn.Module, init_std: float, seed: int, device: torch.device | str = "cpu"
+) -> nn.Module:
+    """Materialise `model`, built on the meta device (`build_model(..., device="meta")`) and
+    possibly sharded since (FSDP2's `fully_shard`), on `device`, with its initial weights; in
+    place, returns it.
+
+    Each parameter's full value (`initial_value`: N(0, init_std) from a generator seeded by
+    (seed, name), ones or zeros, see `_init_rule`) is made on the CPU, one parameter at a time, and
+    this process's part of it (a DTensor's local shard) is copied to `device`: the weights equal
+    those of the model materialised whole, bit for bit, and a process holds its shards plus one
+    full parameter at most. RoPE buffers are recomputed.
+    """
+    model.to_empty(device=device)
+    tie = getattr(model, "tie_weights", None)
+    if callable(tie) and getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        tie()  # to_empty gave the embedding and the LM head separate tensors
+    for name, module, local, param in _named_parameters(model):
+        rule = _init_rule(module, local)
+        full = initial_value(rule, name, param.shape, param.dtype, init_std, seed)
+        target = param.to_local() if is_dtensor(param) else param
+        target.copy_(local_part(full, param))
+    _recompute_buffers(model)
+    return model

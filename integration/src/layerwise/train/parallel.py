@@ -14,7 +14,9 @@
   reduce-scattered (averaged). Optimizers that need a statistic of the full gradient (SPAM,
   Stable-SPAM) or the full weight (AlphaDecay, LLR) reduce / gather over the mesh themselves.
 
-In a single process (no launcher) both train the bare model. `torchrun` and `accelerate launch`
+In a single process (no launcher) both train the bare model. Under FSDP2 the model can be built on
+the meta device and materialised after `parallelize`, each process allocating its shards only
+(`shards_parameters`; `layerwise.models.init_model_weights`). `torchrun` and `accelerate launch`
 both start the processes with RANK / WORLD_SIZE / MASTER_ADDR in the environment: one code path.
 
 Mixed precision (`train.precision`): FSDP2 keeps fp32 shards and computes in bf16 through its
@@ -48,6 +50,7 @@ __all__ = [
     "main_process_first",
     "mixed_precision_dtype",
     "parallelize",
+    "shards_parameters",
 ]
 
 Parallelism = Literal["ddp", "fsdp2"]
@@ -130,6 +133,13 @@ def _checkpoint_forward(layer: nn.Module) -> None:
     layer.forward = checkpointed
 
 
+def shards_parameters(parallelism: Parallelism) -> bool:
+    """Whether `parallelize` shards the parameters over the processes (FSDP2 in a process group):
+    then a model built on the meta device is materialised after `parallelize`, shard by shard
+    (`layerwise.models.init_model_weights`), and no process ever holds the whole model."""
+    return parallelism == "fsdp2" and is_distributed()
+
+
 def parallelize(
     model: nn.Module,
     env: DistributedEnv,
@@ -145,6 +155,9 @@ def parallelize(
     In this order, as in torchtitan: per decoder layer, activation checkpointing, then
     `torch.compile` of the layer's forward (FSDP2's hooks stay outside the compiled code), then
     the data parallelism. Build the optimizer afterwards, on `model`'s (new) parameters.
+
+    A model on the meta device stays there under FSDP2 (`shards_parameters`): materialise its
+    shards afterwards, before building the optimizer (`layerwise.models.init_model_weights`).
     """
     layers = find_decoder(model).layers
     for layer in layers:
@@ -154,7 +167,7 @@ def parallelize(
             layer.forward = torch.compile(layer.forward)
     if not is_distributed():
         return model.to(env.device)
-    if parallelism == "fsdp2":
+    if shards_parameters(parallelism):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -166,7 +179,8 @@ def parallelize(
             )
         mesh = init_device_mesh(env.device.type, (env.world_size,))
         policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-        for layer in layers:  # fully_shard moves the shards to the mesh's device
+        # fully_shard moves the shards to the mesh's device (shards on the meta device stay there)
+        for layer in layers:
             fully_shard(layer, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)  # embeddings, final norm, LM head
         return model

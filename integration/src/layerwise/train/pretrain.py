@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from layerwise._progress import is_silenced
 from layerwise.data.prepare import PreparedData, prepare_data
 from layerwise.eval.perplexity import PerplexityResult, perplexity
-from layerwise.models import build_model
+from layerwise.models import build_model, init_model_weights
 from layerwise.train.checkpoint import (
     export_checkpoint,
     latest_checkpoint,
@@ -65,6 +65,7 @@ from layerwise.train.parallel import (
     main_process_first,
     mixed_precision_dtype,
     parallelize,
+    shards_parameters,
 )
 from layerwise.train.schedule import warmup_cosine_scheduler
 from layerwise.train.throughput import Throughput, model_flops_per_token, peak_flops
@@ -223,22 +224,32 @@ def _pretrain(
 
     set_seed(tc.seed)
     mask_in_vocab = data.tokenizer.get_vocab().get("[MASK]")  # layerwise's BPE has one
-    model = build_model(
-        cfg.model,
-        len(data.tokenizer),
-        tc.block_size,
-        data.tokenizer.eos_token_id,
-        objective=cfg.objective.name,
-        mask_token_id=mask_in_vocab,
-    )
-    # the masked-diffusion objective validates with its own loss (train/mdm.py)
-    score = mdm_validation if cfg.objective.name == "mdm" else perplexity
+    vocab_size = len(data.tokenizer)
     mask_id = None
     if cfg.objective.name == "meap":
         import meap
 
-        # the layerwise BPE already holds [MASK]; a hub tokenizer gets it (and the model its row)
-        mask_id = meap.add_mask_token(data.tokenizer, model)
+        # the layerwise BPE already holds [MASK]; a hub tokenizer gets it here (and the model
+        # its row below, initialised from the other rows by the resize)
+        mask_id = meap.add_mask_token(data.tokenizer)
+    # the initial weights are a function of (train.seed, parameter name): the same whole or
+    # sharded. Under FSDP2 the model is built on the meta device and each process materialises
+    # its shards only, after parallelize (but a [MASK] row to add needs the whole embedding)
+    on_meta = shards_parameters(tc.parallelism) and (mask_id is None or mask_id < vocab_size)
+    model = build_model(
+        cfg.model,
+        vocab_size,
+        tc.block_size,
+        data.tokenizer.eos_token_id,
+        objective=cfg.objective.name,
+        mask_token_id=mask_in_vocab,
+        seed=tc.seed,
+        device="meta" if on_meta else env.device,
+    )
+    # the masked-diffusion objective validates with its own loss (train/mdm.py)
+    score = mdm_validation if cfg.objective.name == "mdm" else perplexity
+    if mask_id is not None:
+        meap.add_mask_token(data.tokenizer, model)  # resizes the embeddings if the id is new
     num_parameters = sum(p.numel() for p in model.parameters())
     flops_per_token = model_flops_per_token(model, tc.block_size)
     # DDP wrapper or the model itself (FSDP2 shards it in place); the optimizer is built after,
@@ -251,6 +262,8 @@ def _pretrain(
         activation_checkpointing=tc.activation_checkpointing,
         compile=tc.compile,
     )
+    if on_meta:  # this process's shards of the initial weights, on its device
+        init_model_weights(model, cfg.model.init_std, tc.seed, env.device)
     optimizer = build_optimizer(cfg, model)
     scheduler = warmup_cosine_scheduler(
         optimizer, cfg.schedule.warmup_steps, tc.steps, cfg.schedule.min_lr_ratio

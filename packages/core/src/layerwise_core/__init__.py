@@ -42,6 +42,7 @@ from layerwise_core.distributed import (
     is_distributed,
     is_dtensor,
     is_main_process,
+    local_part,
     local_tensor,
     rank_batch_starts,
 )
@@ -150,6 +151,7 @@ __all__ = [
     "load_pretrained",
     "load_safetensors",
     "load_tokenizer_folder",
+    "local_part",
     "local_tensor",
     "lock_run_folder",
     "module_param_groups",

@@ -22,6 +22,7 @@ __all__ = [
     "is_distributed",
     "is_dtensor",
     "is_main_process",
+    "local_part",
     "local_tensor",
     "rank_batch_starts",
 ]
@@ -59,6 +60,26 @@ def is_dtensor(tensor: Any) -> bool:
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor, or the tensor itself."""
     return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def local_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The part of the full value `full` that a DTensor shaped like it, `like`, holds in this
+    process (e.g. its rows under FSDP2's Shard(0)): a view, without communication; `full` itself
+    when `like` is a plain tensor. The inverse of `full_tensor`, e.g. to fill a sharded parameter
+    from a value every process computes."""
+    if not is_dtensor(like):
+        return full
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if tuple(full.shape) != tuple(like.shape):
+        raise ValueError(
+            f"local_part: a full value of shape {tuple(full.shape)} for a DTensor of "
+            f"shape {tuple(like.shape)}"
+        )
+    shape, offset = compute_local_shape_and_global_offset(
+        full.shape, like.device_mesh, like.placements
+    )
+    return full[tuple(slice(o, o + s) for o, s in zip(offset, shape, strict=True))]
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
