@@ -1,13 +1,16 @@
 """The integration's import layering (docs/architecture.md): data -> models -> eval -> train -> cli.
 
 Every `import layerwise...` of every module (at module level or inside a function) is read with
-`ast`; no module imports a module of a higher layer, and the import graph has no cycle. `cli.py`
-imports at module level only, except optional dependencies.
+`ast`; no module imports a module of a higher layer, and the import graph has no cycle. The
+command modules (`layerwise.commands`) import at module level only, except optional dependencies;
+`cli.py` imports only the standard library and `layerwise.__about__`, and imports a command module
+through `importlib` in one function.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ LAYERS = [
         (
             "layerwise.quickstart",
             "layerwise.recipes",
+            "layerwise.commands",
             "layerwise.cli",
             "layerwise.__main__",
             "layerwise",
@@ -137,12 +141,58 @@ def test_the_layering_test_sees_a_violation(tmp_path):
     assert layer_of("layerwise.train.pretrain") > layer_of("layerwise.eval.perplexity")
 
 
-def test_the_cli_imports_at_module_level_except_optional_dependencies():
-    tree = ast.parse((PACKAGE / "cli.py").read_text())
+def function_level_imports(path: Path) -> list[tuple[str, int]]:
+    """(module, line) of every import inside a function or class of `path`."""
+    tree = ast.parse(path.read_text())
     top_level = {id(node) for node in tree.body}
     late = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top_level:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
-            late += [(n, node.lineno) for n in names if n not in OPTIONAL_DEPENDENCIES]
-    assert not late, f"function-level imports in cli.py: {late}"
+            late += [(n, node.lineno) for n in names]
+    return late
+
+
+def test_the_command_modules_import_at_module_level_except_optional_dependencies():
+    commands = sorted((PACKAGE / "commands").glob("*.py"))
+    assert {"pretrain.py", "finetune.py", "probe.py"} <= {p.name for p in commands}
+    late = [
+        (path.name, *found)
+        for path in [PACKAGE / "cli.py", *commands]
+        for found in function_level_imports(path)
+        if found[0] not in OPTIONAL_DEPENDENCIES
+    ]
+    assert not late, f"function-level imports: {late}"
+
+
+def test_the_cli_imports_the_command_modules_through_one_resolver():
+    """`layerwise --help` stays fast: cli.py imports only the standard library and
+    layerwise.__about__, and calls importlib.import_module in one function; every subcommand of
+    its table names a command module in the top layer."""
+    from layerwise.cli import COMMANDS_PACKAGE, SUBCOMMANDS
+
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    imported = [
+        name
+        for node in tree.body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for name in (
+            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+        )
+    ]
+    heavy = [
+        n
+        for n in imported
+        if n.split(".")[0] not in sys.stdlib_module_names and n != "layerwise.__about__"
+    ]
+    assert not heavy, f"cli.py imports {heavy} at module level: name them in a command module"
+    callers = {
+        function.name
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef)
+        for node in ast.walk(function)
+        if isinstance(node, ast.Attribute) and node.attr == "import_module"
+    }
+    assert callers == {"_import"}
+    for module in [COMMANDS_PACKAGE, *(command.module for command in SUBCOMMANDS)]:
+        assert module in MODULES and LAYERS[layer_of(module)][0] == "cli", module

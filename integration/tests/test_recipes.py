@@ -229,7 +229,7 @@ def test_resolve_config_takes_a_file_or_a_recipe_name(tmp_path):
 
 
 def test_cli_pretrain_takes_a_recipe_name(monkeypatch, capsys):
-    import layerwise.cli
+    import layerwise.commands.pretrain
     from layerwise.cli import main
 
     seen = []
@@ -238,7 +238,7 @@ def test_cli_pretrain_takes_a_recipe_name(monkeypatch, capsys):
         seen.append(cfg)
         return type("Result", (), {"final_eval": None})()
 
-    monkeypatch.setattr(layerwise.cli, "pretrain", fake_pretrain)
+    monkeypatch.setattr(layerwise.commands.pretrain, "pretrain", fake_pretrain)
     assert main(["pretrain", "--config", "lns-130m", "train.seed=3"]) == 0
     assert seen == [load_recipe("lns-130m", ["train.seed=3"])]
     assert main(["pretrain", "--config", "lns-13m"]) == 2

@@ -487,12 +487,12 @@ def test_finetune_divergence_saves_nothing(saved, tmp_path, capsys):
 
 
 def test_unexpected_errors_keep_their_traceback(tmp_path, corpus, monkeypatch):
-    import layerwise.cli
+    import layerwise.commands.pretrain
 
     def broken(cfg):
         raise RuntimeError("a bug, not a user error")
 
-    monkeypatch.setattr(layerwise.cli, "pretrain", broken)
+    monkeypatch.setattr(layerwise.commands.pretrain, "pretrain", broken)
     config = _run_config(tmp_path, corpus, tmp_path / "out")
     with pytest.raises(RuntimeError, match="a bug, not a user error"):
         main(["pretrain", "--config", str(config)])
