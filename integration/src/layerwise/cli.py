@@ -123,7 +123,8 @@ def _parser(set_up: Iterable[Subcommand] = ()) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"layerwise {__version__}")
-    groups = {
+    # the subcommands under each group path: () for `layerwise COMMAND`, ("eval",) for its TASKs
+    under: dict[tuple[str, ...], _Subparsers] = {
         (): parser.add_subparsers(
             dest="command", required=True, metavar="COMMAND", action=_Subparsers
         )
@@ -131,21 +132,21 @@ def _parser(set_up: Iterable[Subcommand] = ()) -> argparse.ArgumentParser:
     for command in SUBCOMMANDS:
         for depth in range(1, len(command.path)):
             group = command.path[:depth]
-            if group not in groups:  # `layerwise eval`: a subcommand holding subcommands
-                holder = groups[group[:-1]].add_parser(
+            if group not in under:  # `layerwise eval`: a subcommand holding subcommands
+                group_parser = under[group[:-1]].add_parser(
                     group[-1],
                     help=_GROUPS[group],
                     formatter_class=argparse.RawDescriptionHelpFormatter,
                 )
-                groups[group] = holder.add_subparsers(
+                under[group] = group_parser.add_subparsers(
                     dest="task", required=True, metavar="TASK", action=_Subparsers
                 )
-        holder = groups[command.path[:-1]]
-        holder.add_parser(command.path[-1], help=command.help)
-        holder.pending[command.path[-1]] = command
+        siblings = under[command.path[:-1]]
+        siblings.add_parser(command.path[-1], help=command.help)
+        siblings.pending[command.path[-1]] = command
     for command in set_up:
-        holder = groups[command.path[:-1]]
-        _set_up(holder.pending.pop(command.path[-1]), holder.choices[command.path[-1]])
+        siblings = under[command.path[:-1]]
+        _set_up(siblings.pending.pop(command.path[-1]), siblings.choices[command.path[-1]])
     return parser
 
 
