@@ -132,6 +132,35 @@ class StepClock:
         return {"median": statistics.median(steps), "mean": statistics.fmean(steps)}
 
 
+def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per arm: the medians over runs of the runs' median and mean step, and the spread of the
+    runs' medians (lowest and highest, relative to their median)."""
+    out = {}
+    for arm, values in runs.items():
+        median = statistics.median(r["median"] for r in values)
+        out[arm] = {
+            "median": median,
+            "mean": statistics.median(r["mean"] for r in values),
+            "low": min(r["median"] for r in values) / median - 1,
+            "high": max(r["median"] for r in values) / median - 1,
+        }
+    return out
+
+
+def spread(stats: dict[str, dict[str, float]], names: dict[str, str]) -> str:
+    return ", ".join(
+        f"{label} {stats[arm]['low']:+.0%} / {stats[arm]['high']:+.0%}"
+        for arm, label in names.items()
+    )
+
+
+def rotated(arms: list[str], round_: int) -> list[str]:
+    """The arms in the order of round `round_`: each starts a round in turn, so that what a run
+    inherits from the one before it (heap, caches, the neighbours' load) falls on every arm."""
+    k = round_ % len(arms)
+    return arms[k:] + arms[:k]
+
+
 def logged_losses(out_dir: Path) -> list[float]:
     from layerwise.train import read_metrics
 
@@ -302,13 +331,16 @@ def bench_loop(args) -> dict:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats + 1):  # round 0: warm-up (and the first compile)
-            for arm in arms:
+            for arm in rotated(arms, repeat):  # round 0 starts with the bare loop's reference
                 out = Path(tmp) / arm
                 raw = run_config(out, SMALL, data_cfg, steps=args.steps, compile=arm == "compile")
                 cfg = PretrainConfig.from_dict(raw)
                 if arm == "bare":
                     losses, clock = bare_loop(cfg, data)
-                    reference = window_means(losses, cfg.train.log_every)
+                    if repeat == 0:
+                        reference = window_means(losses, cfg.train.log_every)
+                    elif window_means(losses, cfg.train.log_every) != reference:
+                        raise AssertionError("the bare loop's losses changed between runs")
                 else:
                     if arm == "compile":
                         torch._dynamo.reset()  # every compiled run compiles its own model
@@ -349,10 +381,7 @@ def bench_loop(args) -> dict:
         timed(lambda: perplexity(model, data.validation, 8, blocks)) for _ in range(3)
     )
     return {
-        "steady": {
-            arm: {k: statistics.median(r[k] for r in runs) for k in ("median", "mean")}
-            for arm, runs in steady.items()
-        },
+        "steady": summarize(steady),
         "first_step": first_step,
         "wrap_up": statistics.median(wrap_up),
         "eval_s": eval_s,
@@ -375,7 +404,7 @@ def write_loop(args, res: dict, out: Path) -> None:
             f"{ours['mean'] / bare['mean']:.3f}x",
         ],
     ]
-    body = markdown_table(["Loop", "Step time vs bare loop", "Mean step vs bare loop"], rows)
+    body = markdown_table(["Loop", "Median step vs bare loop", "Mean step vs bare loop"], rows)
     step_us = bare["median"] * 1e6
     extras = res["extras"]
     own_us = sum(us / every for what, us, every in extras if not what.startswith("clip"))
@@ -401,6 +430,9 @@ def write_loop(args, res: dict, out: Path) -> None:
         f"the mean; no validation or checkpoint in between); medians of {args.repeats} runs per "
         "arm, interleaved with the compile arm after one warm-up round, one process. "
         "Target: <= 1.05x.",
+        "Run-to-run spread (lowest / highest run median vs that arm's median): "
+        + spread(s, {"bare": "bare loop", "pretrain": "pretrain", "compile": "compile"})
+        + " (a 2-core machine shared with other jobs).",
         "Same training: the losses `pretrain` logs equal the bare loop's (max relative "
         f"difference {res['max_loss_diff']:.1e}).",
         f"Outside the steady state: one validation at the default eval_batches "
@@ -423,7 +455,7 @@ def write_loop(args, res: dict, out: Path) -> None:
             f"{compiled['mean'] / eager['mean']:.3f}x",
         ],
     ]
-    body = markdown_table(["`pretrain()`", "Step time vs eager", "Mean step vs eager"], rows)
+    body = markdown_table(["`pretrain()`", "Median step vs eager", "Mean step vs eager"], rows)
     notes = [
         "The runs of the section above (same process, arms interleaved; `torch.compile` of each "
         "decoder layer's forward, inductor on CPU, fp32); medians of the runs' steady-state steps.",
@@ -523,7 +555,8 @@ def worker(job_file: str) -> None:
         steady = {name: [] for name in job["configs"]}
         losses = {}
         for repeat in range(job["repeats"] + 1):  # round 0: warm-up
-            for name, raw in job["configs"].items():
+            for name in rotated(list(job["configs"]), repeat):
+                raw = job["configs"][name]
                 cfg = PretrainConfig.from_dict(raw)
                 run = timed_pretrain(cfg, data).steady(job["warmup"])
                 if rank == 0:
@@ -588,11 +621,7 @@ def bench_dist(args, tmp: Path) -> dict:
     rank0 = launch(job, tmp, "dist", args.dist_threads)[0]
     losses = rank0["losses"]
     diff = max(abs(a - b) / abs(b) for a, b in zip(losses["fsdp2"], losses["ddp"]))
-    steady = {
-        arm: {k: statistics.median(r[k] for r in runs) for k in ("median", "mean")}
-        for arm, runs in rank0["steady"].items()
-    }
-    return {"steady": steady, "loss_diff": diff, "threads": rank0["threads"]}
+    return {"steady": summarize(rank0["steady"]), "loss_diff": diff, "threads": rank0["threads"]}
 
 
 def write_dist(args, res: dict, out: Path) -> None:
@@ -605,7 +634,7 @@ def write_dist(args, res: dict, out: Path) -> None:
             f"{fsdp2['mean'] / ddp['mean']:.3f}x",
         ],
     ]
-    body = markdown_table(["train.parallelism", "Step time vs DDP", "Mean step vs DDP"], rows)
+    body = markdown_table(["train.parallelism", "Median step vs DDP", "Mean step vs DDP"], rows)
     notes = [
         f"`torchrun --standalone --nproc_per_node 2` (gloo), {res['threads']} torch thread per "
         "process, one launch: the loop section's model, data and global batch (4 blocks x 2 "
@@ -613,6 +642,9 @@ def write_dist(args, res: dict, out: Path) -> None:
         "`train.parallelism=ddp|fsdp2`; step times of rank 0 after step "
         f"{args.warmup}, medians of {args.dist_repeats} runs per arm interleaved after one warm-up "
         "round.",
+        "Run-to-run spread (lowest / highest run median vs the arm's median): "
+        + spread(res["steady"], {"ddp": "DDP", "fsdp2": "FSDP2"})
+        + ".",
         f"Same training: FSDP2's logged losses equal DDP's within {res['loss_diff']:.1e} "
         "(relative).",
     ]
@@ -699,6 +731,17 @@ def write_memory(args, res: dict, out: Path) -> None:
         )
     )
     threads = res["ddp", "default"][0]["threads"]
+
+    def now(arm):
+        return [r["now"][last] for r in res[arm]]
+
+    # FSDP2's RSS after a step beyond its data-prepared RSS and its training state
+    state = sum(res["fsdp2", "default"][0]["state"].values()) / MIB
+    beyond = [
+        n - r["marks"]["data prepared"] - state
+        for n, r in zip(now(("fsdp2", "fixed")), res["fsdp2", "fixed"])
+    ]
+    kept = [a - b for a, b in zip(now(("fsdp2", "default")), now(("fsdp2", "fixed")))]
     notes = [
         "llama-130m (hidden 768, 12 layers, ffn 2048, vocab 32000 BPE: 134.1M parameters), fp32, "
         "AdamW, blocks of 64, 1 block per process, `train.steps=4` stopped after step 3 "
@@ -712,9 +755,10 @@ def write_memory(args, res: dict, out: Path) -> None:
         "optimizer); each optimizer step; the checkpoint written. `RSS now` = VmRSS at the end "
         "of that step (gradients still held).",
         "Fixed mmap: `MALLOC_MMAP_THRESHOLD_=131072` (glibc's malloc, set for the launch). With "
-        "it FSDP2's RSS after a step is its shards plus ~20 MiB; without it ~1.2 GiB more. Our "
-        "reading: glibc raises its mmap threshold (up to 32 MiB) each time it frees an mmapped "
-        "block, after which FSDP2's per-layer all-gather / reduce-scatter buffers (~28 MiB per "
+        "it FSDP2's RSS after a step is the data-prepared RSS + its training state + "
+        f"{min(beyond):.0f}-{max(beyond):.0f} MiB; by default {min(kept):.0f}-{max(kept):.0f} MiB "
+        "more. Our reading: glibc raises its mmap threshold (up to 32 MiB) each time it frees an mmapped "
+        "block, after which FSDP2's per-layer all-gather / reduce-scatter buffers (~27 MiB per "
         "decoder layer here) come from the heap, which keeps them once freed.",
         f"Informative only (2 step intervals per run): FSDP2 / DDP step time at 130M "
         f"{step_ratio:.2f}x.",
