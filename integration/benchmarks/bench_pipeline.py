@@ -328,6 +328,7 @@ def bench_loop(args) -> dict:
     graphs, max_loss_diff = [], 0.0
     # a fresh inductor cache: the first compile is what a first run on a new machine pays
     cache = tempfile.mkdtemp(prefix="bench-inductor-")
+    old_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats + 1):  # round 0: warm-up (and the first compile)
@@ -366,6 +367,11 @@ def bench_loop(args) -> dict:
                     flush=True,
                 )
     shutil.rmtree(cache, ignore_errors=True)
+    # the torchrun workers of the other parts would recreate it
+    if old_cache is None:
+        del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = old_cache
     if max_loss_diff > 1e-6:
         raise AssertionError(
             f"pretrain's logged losses differ from the bare loop's: {max_loss_diff}"
