@@ -70,6 +70,26 @@ def _memory(job) -> dict:
     }
 
 
+def _accumulation(job) -> dict:
+    """One micro-batch's backward outside the last (no gradient sync asked for) under FSDP2:
+    whether every parameter then holds its reduced, sharded gradient (FSDP2's
+    set_requires_gradient_sync(False) would instead keep each whole gradient unsharded)."""
+    from layerwise.models import ModelConfig
+    from layerwise.train.parallel import gradient_sync
+
+    model = _sharded(ModelConfig.from_dict(job["model"]), job["vocab"])
+    ids = torch.randint(0, job["vocab"], (2, BLOCK), generator=torch.Generator().manual_seed(0))
+    with gradient_sync(model, enabled=False):
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    return {
+        "sharded_grads": sum(
+            p.grad is not None and p.grad.to_local().shape == p.to_local().shape
+            for p in model.parameters()
+        ),
+        "params": sum(1 for _ in model.parameters()),
+    }
+
+
 def _expected_rows(full: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     """Rank `rank`'s rows of `full` under Shard(0): torch.chunk's split (trailing shards empty)."""
     chunks = full.chunk(world, dim=0)
@@ -168,7 +188,12 @@ def main() -> None:
     from layerwise_core.testing import exit_torchrun_worker
 
     init_distributed()
-    kinds = {"memory": _memory, "shards": _shards, "pretrain": _pretrain}
+    kinds = {
+        "memory": _memory,
+        "shards": _shards,
+        "pretrain": _pretrain,
+        "accumulation": _accumulation,
+    }
     for job in json.loads(Path(sys.argv[1]).read_text()):
         report = kinds[job["kind"]](job)
         reports = [None] * dist.get_world_size()

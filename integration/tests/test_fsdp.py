@@ -67,7 +67,14 @@ RESUME = (
 # tolerance of each other (1 vs 2 processes: 1e-3 after 10 steps). Sharding itself is exact:
 # FSDP2 equals DDP bit for bit on the same per-process batches (no clipping, whose norm is a sum
 # in another order).
-QUANT = ("model.quant.format=int4", "train.grad_clip=null")
+# one micro-batch per step: FSDP2 reduces after every micro-batch, DDP once per step (another sum
+# order as soon as grad_accum > 1)
+QUANT = (
+    "model.quant.format=int4",
+    "train.grad_clip=null",
+    "train.batch_size=4",
+    "train.grad_accum=1",
+)
 # a learning rate that blows the weights up until the loss is NaN (test_user_errors.py)
 DIVERGES = ("optimizer.lr=1e3", "train.grad_clip=null", "train.steps=20", "train.save_every=2")
 
@@ -138,10 +145,10 @@ def launched(small_data, tiny_run, tmp_path_factory):
             "kind": "pretrain",
             "config": tiny_run(root / "from_ddp", *RESUME, *TWO, "train.resume=true").to_dict(),
         },
-        {"kind": "pretrain", "config": tiny_run(root / "quant_fsdp2", *QUANT, *TWO).to_dict()},
+        {"kind": "pretrain", "config": tiny_run(root / "quant_fsdp2", *TWO, *QUANT).to_dict()},
         {
             "kind": "pretrain",
-            "config": tiny_run(root / "quant_ddp", *QUANT, *TWO, "train.parallelism=ddp").to_dict(),
+            "config": tiny_run(root / "quant_ddp", *TWO, *QUANT, "train.parallelism=ddp").to_dict(),
         },
         {
             "kind": "pretrain",

@@ -135,6 +135,12 @@ def launched(small_data, tiny_run, tmp_path_factory):
         },
         {"kind": "shards", "models": models, "out": str(root / "shards.json")},
         {"kind": "pretrain", "config": pretrain, "out": str(root / "pretrain.json")},
+        {
+            "kind": "accumulation",
+            "model": {},
+            "vocab": 101,
+            "out": str(root / "accumulation.json"),
+        },
     ]
     (root / "jobs.json").write_text(json.dumps(jobs))
     worker = __file__.replace("test_meta_init.py", "_meta_init_worker.py")
@@ -184,3 +190,12 @@ def test_pretrain_under_fsdp2_builds_on_meta_and_trains_the_shards(launched):
         assert report["device"] == "meta" and report["built_on_meta"]
         assert report["materialised_shards"]
         assert report["step"] == 2 and report["loss_finite"]
+
+
+@pytest.mark.distributed
+def test_fsdp2_reduces_every_micro_batch_instead_of_holding_whole_gradients(launched):
+    # grad_accum > 1 under FSDP2: a micro-batch before the last leaves sharded gradients, not
+    # each layer's whole fp32 gradient held until the last one (which would undo sharding)
+    for report in _reports(launched, "accumulation"):
+        assert report["params"] > 0
+        assert report["sharded_grads"] == report["params"]

@@ -209,16 +209,13 @@ def _is_fsdp(module: nn.Module) -> bool:
 @contextlib.contextmanager
 def gradient_sync(train_model: nn.Module, enabled: bool) -> Iterator[None]:
     """With `enabled=False`, the backward passes of the block accumulate local gradients without
-    averaging them over processes (all micro-batches of an optimizer step but the last):
-    DDP's `no_sync`, FSDP2's `set_requires_gradient_sync(False)`."""
-    if enabled or not is_distributed():
+    averaging them over processes (all micro-batches of an optimizer step but the last): DDP's
+    `no_sync`. FSDP2 reduce-scatters after every micro-batch and accumulates the sharded
+    gradients (as torchtitan does): skipping the reduction would hold each layer's whole
+    gradient, upcast to fp32, on every process until the last micro-batch, which defeats
+    sharding at the recipes' grad_accum of 8-64."""
+    if enabled or not is_distributed() or _is_fsdp(train_model):
         yield
-    elif _is_fsdp(train_model):
-        train_model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            train_model.set_requires_gradient_sync(True)
     else:
         with train_model.no_sync():
             yield
