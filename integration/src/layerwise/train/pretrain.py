@@ -208,10 +208,11 @@ def _pretrain(
     resume_from = latest_checkpoint(ckpt_root) if tc.resume else None
     changes, ckpt = {}, None
     if resume_from is not None:
-        stored = _checkpoint_config(resume_from)
-        # every file but the tensor shards read (and refused if unsafe) now; the shards load
-        # into the model and optimizer below, and the RNG state is put back last
+        # every file but the tensor shards read (and refused if unsafe: an earlier version's
+        # checkpoint first of all) now; the shards load into the model and optimizer below, and
+        # the RNG state is put back last
         ckpt = load_checkpoint(resume_from, restore_rng=False)
+        stored = _checkpoint_config(resume_from)
         stored_world = ckpt.trainer_state.get("world_size", 1)
         changes = _check_resume(stored, cfg, resume_from, stored_world, env.world_size)
     replaced = False
