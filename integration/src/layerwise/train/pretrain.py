@@ -355,14 +355,14 @@ def _pretrain(
         for m in range(A):
             lo = (m * world + rank) * B
             batch = blocks[lo : lo + B].to(device)
-            # gradients are averaged over processes in the last micro-batch's backward only
+            # DDP averages gradients over processes in the last micro-batch's backward only;
+            # FSDP2 reduce-scatters after each (train/parallel.gradient_sync)
             with gradient_sync(train_model, m == A - 1):
                 with autocast(tc.precision, train_model, device):
                     if cfg.objective.name == "meap":
                         loss = _meap_loss(cfg, train_model, batch, step, lo, global_batch, mask_id)
-                    elif (
-                        cfg.objective.name == "mdm"
-                    ):  # the noise of the batch's rows (train/mdm.py)
+                    elif cfg.objective.name == "mdm":
+                        # the noise of this micro-batch's rows of the global batch (train/mdm.py)
                         noise = step_noise(
                             tc.seed, step, global_batch, batch.shape[1], slice(lo, lo + B)
                         )
