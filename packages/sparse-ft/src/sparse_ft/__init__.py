@@ -21,6 +21,7 @@ from sparse_ft.calibration import (
 )
 from sparse_ft.config import LiftConfig, PruneConfig, SeftConfig
 from sparse_ft.lift import lift_initial_indices, lift_refresh, lift_refresh_due
+from sparse_ft.low_rank import LowRankConfig, LowRankLinear
 from sparse_ft.magnitude import lowest_fraction_mask, magnitude_prune_mask
 from sparse_ft.nm_sparsity import is_nm_sparse, nm_prune_mask, parse_nm
 from sparse_ft.owl import owl_outlier_ratio, owl_sparsities
@@ -56,6 +57,8 @@ __all__ = [
     "HessianStatistics",
     "InputNormStatistics",
     "LiftConfig",
+    "LowRankConfig",
+    "LowRankLinear",
     "PruneConfig",
     "PruneResult",
     "SeftConfig",
