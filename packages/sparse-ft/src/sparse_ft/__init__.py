@@ -21,6 +21,7 @@ from sparse_ft.calibration import (
 )
 from sparse_ft.config import LiftConfig, PruneConfig, SeftConfig
 from sparse_ft.lift import lift_initial_indices, lift_refresh, lift_refresh_due
+from sparse_ft.loro import LOROAdamW, LOROConfig, loro_param_groups
 from sparse_ft.low_rank import LowRankConfig, LowRankLinear
 from sparse_ft.magnitude import lowest_fraction_mask, magnitude_prune_mask
 from sparse_ft.nm_sparsity import is_nm_sparse, nm_prune_mask, parse_nm
@@ -56,6 +57,8 @@ __all__ = [
     "BlockInputs",
     "HessianStatistics",
     "InputNormStatistics",
+    "LOROAdamW",
+    "LOROConfig",
     "LiftConfig",
     "LowRankConfig",
     "LowRankLinear",
@@ -76,6 +79,7 @@ __all__ = [
     "lift_initial_indices",
     "lift_refresh",
     "lift_refresh_due",
+    "loro_param_groups",
     "low_rank_approximation",
     "lowest_fraction_mask",
     "magnitude_prune_mask",
