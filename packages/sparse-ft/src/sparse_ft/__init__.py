@@ -20,6 +20,21 @@ from sparse_ft.calibration import (
     run_block,
 )
 from sparse_ft.config import LiftConfig, PruneConfig, SeftConfig
+from sparse_ft.elas import (
+    ELASConfig,
+    ElasLlamaConfig,
+    ElasLlamaForCausalLM,
+    ReLU2MLPConfig,
+    apply_elas,
+    merge_elas,
+)  # registers model type "elas_llama"
+from sparse_ft.elas_ffn import (
+    ELASFFN,
+    Relu2Sparse24Matmul,
+    elas_stats,
+    relu2_sparse24_matmul,
+    set_elas_step,
+)
 from sparse_ft.lift import lift_initial_indices, lift_refresh, lift_refresh_due
 from sparse_ft.loro import LOROAdamW, LOROConfig, loro_param_groups
 from sparse_ft.low_rank import LowRankConfig, LowRankLinear
@@ -53,8 +68,12 @@ def __getattr__(name: str):
 
 __all__ = [
     "ALLOCATIONS",
+    "ELASFFN",
     "METHODS",
     "BlockInputs",
+    "ELASConfig",
+    "ElasLlamaConfig",
+    "ElasLlamaForCausalLM",
     "HessianStatistics",
     "InputNormStatistics",
     "LOROAdamW",
@@ -64,14 +83,18 @@ __all__ = [
     "LowRankLinear",
     "PruneConfig",
     "PruneResult",
+    "ReLU2MLPConfig",
+    "Relu2Sparse24Matmul",
     "SeftConfig",
     "SparseDeltaLinear",
     "SparseFTCallback",
     "SparseFTModel",
     "__version__",
+    "apply_elas",
     "capture_block_inputs",
     "drop_and_grow",
     "effective_weight",
+    "elas_stats",
     "get_sparse_model",
     "is_nm_sparse",
     "layer_sparsities",
@@ -83,6 +106,7 @@ __all__ = [
     "low_rank_approximation",
     "lowest_fraction_mask",
     "magnitude_prune_mask",
+    "merge_elas",
     "nm_prune_mask",
     "owl_outlier_ratio",
     "owl_sparsities",
@@ -91,10 +115,12 @@ __all__ = [
     "principal_weight_indices",
     "principal_weight_mask",
     "prune",
+    "relu2_sparse24_matmul",
     "remap_optimizer_state",
     "run_block",
     "seft_budget",
     "sensitivity",
+    "set_elas_step",
     "sparsegpt_prune",
     "target_linear_names",
     "to_shira",
