@@ -333,6 +333,11 @@ _LOADER = textwrap.dedent(
         out["unregistered"] = "loaded"
     except (ValueError, KeyError) as err:
         out["unregistered"] = str(err)
+    import layerwise_core
+
+    assert "sparse_ft" not in sys.modules
+    model = layerwise_core.load_pretrained(cases[0][1])  # imports sparse_ft: config.json says so
+    out["load_pretrained"] = {"class": type(model).__name__, "logits": model(ids).logits}
     import sparse_ft
 
     for name, path in cases:
@@ -391,6 +396,12 @@ def reloaded(tmp_path_factory):
 def test_unknown_model_type_without_sparse_ft(reloaded):
     _, out = reloaded
     assert "elas_llama" in out["unregistered"]
+
+
+def test_load_pretrained_imports_sparse_ft(reloaded):
+    models, out = reloaded
+    assert out["load_pretrained"]["class"] == "ElasLlamaForCausalLM"
+    assert torch.equal(out["load_pretrained"]["logits"], models["sparse"](IDS).logits)
 
 
 @pytest.mark.parametrize("name", ["sparse", "full_rank_masked", "warmup", "swiglu", "merged"])

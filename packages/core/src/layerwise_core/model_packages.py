@@ -8,6 +8,7 @@ config.json, and the package that defines it registers that type with `AutoConfi
     model_type                        import                               pip install
     ln_scaling                        ln_scaling                           ln-scaling
     coe                               coe_moe                              coe-moe
+    elas_llama                        sparse_ft                            sparse-ft
     layerwise_bidirectional_llama     layerwise_core.bidirectional_llama   'layerwise-core[hf]'
 
 So `import ln_scaling` (say) before `AutoModelForCausalLM.from_pretrained(path)` gives the model as
@@ -58,6 +59,7 @@ class ModelPackage:
 MODEL_PACKAGES: dict[str, ModelPackage] = {
     "ln_scaling": ModelPackage("ln_scaling", "ln-scaling", "LayerNorm Scaling / Mix-LN"),
     "coe": ModelPackage("coe_moe", "coe-moe", "Chain-of-Experts / MoE"),
+    "elas_llama": ModelPackage("sparse_ft", "sparse-ft", "ELAS (low-rank, 2:4 squared-ReLU) Llama"),
     "layerwise_bidirectional_llama": ModelPackage(
         "layerwise_core.bidirectional_llama",
         "'layerwise-core[hf]'",
