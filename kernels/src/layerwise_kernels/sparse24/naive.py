@@ -143,7 +143,8 @@ def compress_24(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     The kept slots of a group are those of `mask_24(s)` (its non-zeros first, then the lowest zero
     slots), values in slot order, index byte = i0 | (i1 << 2) with i0 < i1. For any s with at most
-    two non-zeros per group `decompress_24(*compress_24(s))` equals s bit for bit; for others it is
+    two non-zeros per group `decompress_24(*compress_24(s))` equals s (bit for bit, except that a
+    -0.0 in a dropped slot comes back as +0.0; the selector's outputs have none); for others it is
     `sparsify_24(s)` (the two largest are kept).
     """
     check_groups(s.shape[-1], "compress_24")
