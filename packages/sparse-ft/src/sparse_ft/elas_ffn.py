@@ -44,8 +44,10 @@ from sparse_ft.low_rank import LowRankLinear
 __all__ = [
     "ELASFFN",
     "Relu2Sparse24Matmul",
+    "analytic_saved_bytes",
     "elas_stats",
     "relu2_sparse24_matmul",
+    "saved_activation_bytes",
     "set_elas_step",
 ]
 
@@ -310,3 +312,44 @@ def elas_stats(model: nn.Module, reset: bool = True) -> dict[str, Sparse24Stats]
             if reset:
                 module._stats = None
     return out
+
+
+def analytic_saved_bytes(
+    mode: Literal["dense", "ste", "masked"],
+    hidden_size: int,
+    ffn_dim: int,
+    rank: int | None,
+    e: int,
+) -> int:
+    """Bytes per token an `ELASFFN` keeps for backward, e bytes per activation element.
+
+    Both projections keep their inputs: x [d] and, low rank, h1 = x A_up and h2 = s A_dn [r each].
+    The middle keeps: "dense" (S inactive) relu(y1) and y2 = relu(y1)^2 (autograd's relu and the
+    down GEMM), 2F e; "ste" y1, F e; "masked" the compact s, F/2 values and F/4 index bytes.
+    ELAS spec §3.5 counts x, h1, y1, y2, h2 for the dense FFN (the same), nibble-packed indices
+    (F/8) for masked mode, and y1 plus the compact s for STE (we recompute s from y1 instead).
+    """
+    outer = hidden_size + (2 * rank if rank is not None else 0)
+    middle = {
+        "dense": 2 * ffn_dim * e,
+        "ste": ffn_dim * e,
+        "masked": ffn_dim // 2 * e + ffn_dim // 4,
+    }
+    return outer * e + middle[mode]
+
+
+def saved_activation_bytes(module: nn.Module, *args: Any) -> int:
+    """Bytes autograd saves for backward in `module(*args)`: every saved tensor's storage once,
+    parameters (and views of them) excluded. Measured with `torch.autograd.graph.saved_tensors_hooks`."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(*args)
+    return sum(storages.values())
