@@ -79,10 +79,9 @@ def check_groups(size: int, what: str) -> None:
         )
 
 
-def _beats(a_j, nan_j, a_i, nan_i, j_first: bool) -> torch.Tensor:
-    """Slot j ranks above slot i in the order (NaN, |v|) descending, then index ascending."""
-    more = (a_j >= a_i) if j_first else (a_j > a_i)  # equal |v|: the lower index wins
-    return (nan_j & ~nan_i) | ((nan_j == nan_i) & more)
+def _beats(a_j, nan_j, a_i, nan_i) -> torch.Tensor:
+    """Slot j > i ranks above slot i: NaN above numbers, then a strictly larger |v|."""
+    return (nan_j & ~nan_i) | ((nan_j == nan_i) & (a_j > a_i))
 
 
 def mask_24_naive(y: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -93,13 +92,19 @@ def mask_24_naive(y: torch.Tensor, dim: int = -1) -> torch.Tensor:
     a = groups.abs()
     nan = a.isnan()
     a = a.masked_fill(nan, 0.0)  # NaN's rank comes from `nan`, never from a comparison
-    slots = [(a[..., i], nan[..., i]) for i in range(GROUP)]
+    # Slot-major copies: each comparison below reads contiguous memory.
+    a, nan = a.movedim(-1, 0).contiguous(), nan.movedim(-1, 0).contiguous()
+    # The order is total, so for i < j: i beats j exactly when j does not beat i (a tie goes to
+    # the lower index i); the 6 pairs give every c_i.
+    beats = {
+        (j, i): _beats(a[j], nan[j], a[i], nan[i])
+        for i in range(GROUP)
+        for j in range(i + 1, GROUP)
+    }
     kept = []
-    for i, (a_i, nan_i) in enumerate(slots):
+    for i in range(GROUP):
         c_i = sum(
-            _beats(a_j, nan_j, a_i, nan_i, j < i).to(torch.uint8)
-            for j, (a_j, nan_j) in enumerate(slots)
-            if j != i
+            (beats[j, i] if j > i else ~beats[i, j]).to(torch.uint8) for j in range(GROUP) if j != i
         )
         kept.append(c_i < 2)
     return torch.stack(kept, dim=-1).reshape(y.shape).movedim(-1, dim)
