@@ -7,18 +7,23 @@ The model is always constructed on the meta device (no memory, no draw from the 
 materialised: every parameter's initial value is a function of (seed, parameter name) alone,
 
     N(0, init_std)  every Linear / Embedding weight, CoE's experts and routers
+    Xavier normal   ELAS's low-rank factors (sparse_ft.LowRankLinear weight_in [in, r],
+                    weight_out [out, r]): N(0, std sqrt(2 / (in + r)), resp. (out + r)), as
+                    LowRankLinear.reset_parameters draws them
     ones            norm weights (RMSNorm, Mix-LN's Post-LN norms); zeros: biases
 
 each N(0, init_std) drawn on the CPU from its own generator, seeded by a hash of (seed, name), one
 parameter at a time. So a model sharded before it is materialised (FSDP2: each process copies its
 rows of each drawn parameter, holding one full parameter at most) has exactly the weights of the
 same model materialised whole, whatever the number of processes, device or construction order.
-Buffers (RoPE's inverse frequencies) are recomputed from the config.
+Buffers (RoPE's inverse frequencies) are recomputed from the config; ELAS's warm-up step
+(`elas_step`) starts at 0.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -34,6 +39,9 @@ from layerwise_core.bidirectional_llama import (
     BidirectionalLlamaConfig,
     BidirectionalLlamaForMaskedDiffusion,
 )
+from sparse_ft.elas import ELASConfig, ReLU2MLPConfig
+from sparse_ft.elas_ffn import ELASFFN
+from sparse_ft.low_rank import LowRankLinear
 
 __all__ = ["build_model", "init_model_weights", "initial_value"]
 
@@ -51,9 +59,11 @@ def build_model(
 ):
     """`LlamaForCausalLM(llama_config(preset, vocab_size, **overrides))` with N(0, init_std) weights
     (the bidirectional masked-diffusion Llama for `objective="mdm"`, the MoE / CoE model of
-    `cfg.mlp`), then the norm scheme of `cfg.norm` (`ln_scaling.NormConfig.apply`; saved as model
-    type "ln_scaling", so the Auto classes reload the model once `ln_scaling` is imported) and the
-    simulated quantisation of `cfg.quant`.
+    `cfg.mlp`), then ELAS (`sparse_ft.ELASConfig(low_rank=cfg.low_rank, mlp=cfg.mlp).apply`
+    when `cfg.mlp` is relu2 or `cfg.low_rank` has a rank; saved as model type "elas_llama"), the
+    norm scheme of `cfg.norm` (`ln_scaling.NormConfig.apply`; saved as model type "ln_scaling",
+    so the Auto classes reload the model once `ln_scaling` is imported) and the simulated
+    quantisation of `cfg.quant`.
 
     The initial weights are those of `init_model_weights(model, cfg.init_std, seed)`: a function
     of `seed` and the parameter names, not of the global torch RNG (which is left untouched).
@@ -96,20 +106,34 @@ def _construct(cfg, vocab_size, block_size, eos_token_id, objective, mask_token_
         model = BidirectionalLlamaForMaskedDiffusion(
             BidirectionalLlamaConfig(mask_token_id=mask_token_id, logit_shift=0, **kept)
         )
-    elif cfg.mlp.name != "dense":  # coe_moe.MoEMLPConfig / CoEMLPConfig
+    elif cfg.mlp.name in ("moe", "coe"):  # coe_moe.MoEMLPConfig / CoEMLPConfig
         model = cfg.mlp.build(config, init_std=cfg.init_std)
     else:
         model = LlamaForCausalLM(config)
+    if cfg.elas:  # on the meta device: the factors and the FFN are materialised with the rest
+        _elas_config(cfg).apply(model)
     if cfg.norm.scheme != "pre_ln":  # Mix-LN's new Post-LN norms start at ones
         cfg.norm.apply(model)
     return cfg.quant.apply(model)
 
 
+def _elas_config(cfg: ModelConfig) -> ELASConfig:
+    """The `sparse_ft.ELASConfig` of `model.low_rank` and `model.mlp` (None: SwiGLU kept, low-rank
+    if `low_rank.mlp`), as the package's own classes (the model's config records its dump)."""
+    mlp = None
+    if cfg.mlp.name == "relu2":
+        mlp = ReLU2MLPConfig.model_validate(cfg.mlp.model_dump(exclude={"name"}))
+    return ELASConfig(low_rank=cfg.low_rank, mlp=mlp)
+
+
 def _init_rule(module: nn.Module, name: str) -> str:
-    """How parameter `name` of `module` starts: "normal" (N(0, init_std)), "ones" or "zeros"."""
+    """How parameter `name` of `module` starts: "normal" (N(0, init_std)), "xavier_normal",
+    "ones" or "zeros"."""
     kind = type(module).__name__
     if isinstance(module, (nn.Linear, nn.Embedding)):  # FakeQuantLinear included
         return "normal" if name == "weight" else "zeros"  # the papers' init (init_normal_)
+    if isinstance(module, LowRankLinear):  # LORO / ELAS: both factors Xavier normal
+        return "xavier_normal" if name in ("weight_in", "weight_out") else "zeros"
     if isinstance(module, (CoEExperts, CoERouter)):  # CoEPreTrainedModel._init_weights
         return "normal"
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or (
@@ -133,13 +157,22 @@ def initial_value(
     rule: str, name: str, shape: torch.Size, dtype: torch.dtype, init_std: float, seed: int
 ) -> torch.Tensor:
     """The full initial value of parameter `name` on the CPU: N(0, init_std) from a generator
-    seeded by (seed, name) for `rule="normal"`, else ones or zeros."""
+    seeded by (seed, name) for `rule="normal"`; Xavier normal for `rule="xavier_normal"`
+    (N(0, 2 / (fan_in + fan_out)), torch.nn.init.xavier_normal_'s std with gain 1: for a factor
+    [a, r] that is 2 / (a + r) whichever side is the fan-in), from the same generator; else ones
+    or zeros."""
     if rule == "ones":
         return torch.ones(shape, dtype=dtype, device="cpu")
     if rule == "zeros":
         return torch.zeros(shape, dtype=dtype, device="cpu")
+    std = init_std
+    if rule == "xavier_normal":
+        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(torch.empty(shape, device="meta"))
+        std = math.sqrt(2.0 / float(fan_in + fan_out))
+    elif rule != "normal":
+        raise ValueError(f"unknown initialisation rule {rule!r}")
     generator = torch.Generator(device="cpu").manual_seed(_parameter_seed(seed, name))
-    return torch.empty(shape, dtype=dtype, device="cpu").normal_(0.0, init_std, generator=generator)
+    return torch.empty(shape, dtype=dtype, device="cpu").normal_(0.0, std, generator=generator)
 
 
 def _named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Parameter]]:
@@ -155,7 +188,8 @@ def _named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, n
 
 def _recompute_buffers(model: nn.Module) -> None:
     """Buffers after `to_empty`: RoPE's inverse frequencies from the config, as the rotary
-    embedding's constructor computes them; any other buffer is refused (its value is unknown)."""
+    embedding's constructor computes them; ELAS's warm-up step `elas_step` zero (no update
+    done); any other buffer is refused (its value is unknown)."""
     for prefix, module in model.named_modules():
         names = [name for name, _ in module.named_buffers(recurse=False)]
         if not names:
@@ -169,6 +203,9 @@ def _recompute_buffers(model: nn.Module) -> None:
                 inv_freq, _ = rope_fn(module.config)
             module.inv_freq.copy_(inv_freq)
             module.original_inv_freq.copy_(inv_freq)
+            continue
+        if names == ["elas_step"] and isinstance(module, ELASFFN):  # no update done yet
+            module.set_step(0)  # the buffer and its host copy
             continue
         raise TypeError(
             f"init_model_weights: cannot recompute the buffers {names} of {prefix or 'the model'} "

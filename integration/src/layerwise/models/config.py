@@ -5,11 +5,19 @@
       norm: {scheme: lns}                     # ln_scaling.NormConfig (or just `norm: lns`)
       mlp: {name: coe, top_k: 4}              # dense | moe: coe_moe.MoEMLPConfig
                                               #       | coe: coe_moe.CoEMLPConfig
+                                              #       | relu2: sparse_ft.ReLU2MLPConfig (ELAS)
+      low_rank: 128                           # sparse_ft.LowRankConfig (or {rank: 128, ...})
       quant: {format: int4}                   # simulated low-bit training (or `quant: int4`)
 
-The norm scheme and the MLP are their packages' own configs (the MLP a tagged choice); only the
-quantisation switch is written here, since layerwise_kernels (plain torch) has no config class:
-its defaults are `apply_fake_quant`'s.
+The norm scheme, the MLP and the low-rank factorisation are their packages' own configs (the MLP
+a tagged choice); only the quantisation switch is written here, since layerwise_kernels (plain
+torch) has no config class: its defaults are `apply_fake_quant`'s.
+
+ELAS (arXiv 2605.03667): `mlp: relu2` (a squared-ReLU FFN, 2:4 activation sparsity after a dense
+warm-up) and / or `low_rank: R` (attention and MLP linears as two rank-R factors, LORO's
+parameterisation); `build_model` applies `sparse_ft.ELASConfig(low_rank=..., mlp=...)` to the
+Llama. Unquoted `activation_sparsity: 2:4` is the YAML 1.1 sexagesimal int 124, which
+`ReLU2MLPConfig` reads as "2:4".
 """
 
 from __future__ import annotations
@@ -25,11 +33,14 @@ from layerwise.legacy_layout import migrate_model
 from layerwise_core import LLAMA_PRESETS, LayerwiseConfig, check_config_fields, tagged_choice
 from layerwise_kernels import apply_fake_quant
 from ln_scaling import NormConfig
+from sparse_ft.elas import ReLU2MLPConfig
+from sparse_ft.low_rank import LowRankConfig
 
 __all__ = ["MLPS", "ModelConfig", "QuantConfig"]
 
-# dense: Llama's SwiGLU; moe / coe: coe-moe's top-k MoE / Chain-of-Experts (arXiv 2506.18945)
-MLPS = {"dense": None, "moe": MoEMLPConfig, "coe": CoEMLPConfig}
+# dense: Llama's SwiGLU; moe / coe: coe-moe's top-k MoE / Chain-of-Experts (arXiv 2506.18945);
+# relu2: sparse-ft's squared-ReLU FFN with 2:4 activation sparsity (ELAS, arXiv 2605.03667)
+MLPS = {"dense": None, "moe": MoEMLPConfig, "coe": CoEMLPConfig, "relu2": ReLU2MLPConfig}
 
 
 class QuantConfig(LayerwiseConfig):
@@ -68,6 +79,9 @@ class ModelConfig(LayerwiseConfig):
     quant: QuantConfig = Field(default_factory=QuantConfig)  # simulated low-bit training
     # MLP of every block: Llama's dense SwiGLU, a top-k MoE, or Chain-of-Experts (coe-moe)
     mlp: tagged_choice(MLPS, default="dense")
+    # ELAS / LORO: attention and MLP linears as two rank-r factors (sparse_ft.LowRankLinear);
+    # `low_rank: 128` means {rank: 128}; rank null: full rank (the default)
+    low_rank: LowRankConfig = Field(default_factory=LowRankConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -75,11 +89,36 @@ class ModelConfig(LayerwiseConfig):
         # model.post_ln_fraction, model.quant_*_group_size, ...: see layerwise.legacy_layout
         return migrate_model(data) if isinstance(data, dict) else data
 
+    @property
+    def elas(self) -> bool:
+        """Whether the model is an ELAS model (`mlp: relu2` or a `low_rank` rank)."""
+        return self.mlp.name == "relu2" or self.low_rank.enabled
+
     @model_validator(mode="after")
     def _mix_ln_is_dense(self) -> ModelConfig:
         if self.mlp.name != "dense" and self.norm.scheme.startswith("mix_ln"):
             raise ValueError(
                 f"model.norm={self.norm.scheme} needs model.mlp=dense (Mix-LN rewires the residual)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _elas_fits(self) -> ModelConfig:
+        if self.low_rank.enabled and self.mlp.name in ("moe", "coe"):
+            raise ValueError(
+                f"model.low_rank factorises a Llama's linears, not model.mlp={self.mlp.name}'s "
+                "experts: use model.mlp=dense or relu2 with model.low_rank, or model.low_rank=null"
+            )
+        if self.elas and self.norm.scheme != "pre_ln":
+            raise ValueError(
+                f"model.norm={self.norm.scheme} with ELAS (model.mlp=relu2 / model.low_rank): "
+                "both change the saved model type; use model.norm=pre_ln with ELAS"
+            )
+        if self.elas and self.quant.format != "none":
+            raise ValueError(
+                f"model.quant={self.quant.format} fake-quantises nn.Linear layers, not ELAS's "
+                "low-rank factors and 2:4 FFN: use model.quant=none with model.mlp=relu2 / "
+                "model.low_rank"
             )
         return self
 

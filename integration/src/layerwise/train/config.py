@@ -9,6 +9,7 @@ with its `name`, or just the name; `layerwise_core.tagged_choice`):
     objective     ntp | meap: meap.MEAPConfig | mdm
     optimizer     adamw: layerwise_core.AdamWConfig | spam: spam_opt.SPAMConfig
                   | stable_spam: spam_opt.StableSPAMConfig
+                  | loro: sparse_ft.LOROConfig (needs model.low_rank)
     spectral      none | alphadecay: spectral_opt.AlphaDecayConfig
                   | llr: spectral_opt.LayerwiseLRConfig
 
@@ -32,6 +33,7 @@ from layerwise.models.config import ModelConfig
 from layerwise_core import AdamWConfig, LayerwiseConfig, tagged_choice
 from meap import MEAPConfig
 from spam_opt import SPAMConfig, StableSPAMConfig
+from sparse_ft.loro import LOROConfig
 from spectral_opt import AlphaDecayConfig, LayerwiseLRConfig
 
 __all__ = [
@@ -51,8 +53,15 @@ __all__ = [
 # ntp: next-token prediction; meap: MEAP (arXiv 2502.07490), a share of the inputs replaced by
 # [MASK], targets clean; mdm: masked diffusion (LLaDA), a bidirectional model (train/mdm.py)
 OBJECTIVES = {"ntp": None, "meap": MEAPConfig, "mdm": None}
-# every optimizer decays only matrices: param groups from `optimizer.weight_decay`
-OPTIMIZERS = {"adamw": AdamWConfig, "spam": SPAMConfig, "stable_spam": StableSPAMConfig}
+# every optimizer decays only matrices: param groups from `optimizer.weight_decay`; loro: LORO's
+# Riemannian steps on the low-rank factors of model.low_rank (its own param groups, and a restart
+# factor on the LR schedule: LOROConfig.param_groups / schedule_factor)
+OPTIMIZERS = {
+    "adamw": AdamWConfig,
+    "spam": SPAMConfig,
+    "stable_spam": StableSPAMConfig,
+    "loro": LOROConfig,
+}
 # heavy-tail guided hyper-parameters: AlphaDecay (per-module weight decay), LLR (per-module LR)
 SPECTRAL = {"none": None, "alphadecay": AlphaDecayConfig, "llr": LayerwiseLRConfig}
 
@@ -117,7 +126,7 @@ class PretrainConfig(LayerwiseConfig):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: tagged_choice(OBJECTIVES, default="ntp")  # training loss: ntp | meap | mdm
-    optimizer: tagged_choice(OPTIMIZERS, default="adamw")  # adamw | spam | stable_spam
+    optimizer: tagged_choice(OPTIMIZERS, default="adamw")  # adamw | spam | stable_spam | loro
     spectral: tagged_choice(SPECTRAL, default="none")  # none | alphadecay | llr
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -139,6 +148,27 @@ class PretrainConfig(LayerwiseConfig):
             raise ValueError(
                 f"model.norm={self.model.norm.scheme} needs a causal Llama, and objective=mdm "
                 "trains a bidirectional one: use model.norm=lns or pre_ln with mdm"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _elas_fits(self) -> PretrainConfig:
+        elas = self.model.elas
+        if elas and self.objective.name == "mdm":
+            raise ValueError(
+                "objective=mdm trains a bidirectional Llama, which ELAS (model.mlp=relu2 / "
+                "model.low_rank) does not convert: use objective=ntp or meap with ELAS"
+            )
+        if self.optimizer.name == "loro" and not self.model.low_rank.enabled:
+            raise ValueError(
+                "optimizer=loro trains low-rank factors and the model has none: set "
+                "model.low_rank=R (e.g. 128), or use optimizer=adamw"
+            )
+        if self.spectral.name != "none" and self.model.low_rank.enabled:
+            raise ValueError(
+                f"spectral={self.spectral.name} reads the spectra of nn.Linear weights, and "
+                "model.low_rank replaces them by factor pairs: use spectral=none with "
+                "model.low_rank"
             )
         return self
 

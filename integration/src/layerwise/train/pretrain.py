@@ -17,6 +17,14 @@ a second writer is refused at once. A folder that already holds a run is refused
 configuration with the checkpoint's and refuses any change outside `RESUME_SAFE_CHANGES`; the
 allowed ones are appended to `history.jsonl`, and `config.yaml` keeps the configuration the run
 was started with. See docs/reliability.md.
+
+ELAS models (`model.mlp: relu2`, `model.low_rank`; sparse_ft): the FFNs' dense warm-up follows the
+number of completed updates (`sparse_ft.set_elas_step` after each update and after a resume; the
+step is a buffer, saved with the model). The optimizer step of every train record collects each
+FFN's 2:4 statistics (`collect_stats`, `sparse_ft.elas_stats`), summed over its micro-batches and
+processes in one all-reduce: the record carries `activation_sparsity/<module>` (share of zeros of
+ReLU^2) and `dropped_mass_fraction/<module>` (share of the ReLU^2 mass the 2:4 select drops, or
+would drop during the warm-up) per layer, and `PretrainResult.elas_stats` the last ones.
 """
 
 from __future__ import annotations
@@ -79,6 +87,8 @@ from layerwise_core import (
     set_rng_state,
     set_seed,
 )
+from layerwise_kernels import Sparse24Stats
+from sparse_ft.elas_ffn import ELASFFN, elas_stats, set_elas_step
 
 __all__ = ["HISTORY", "PretrainResult", "ResumeDriftError", "pretrain"]
 
@@ -99,6 +109,9 @@ class PretrainResult:
     train_tokens: int  # tokens trained on, all processes together
     wall_s: float  # seconds spent in this call
     num_parameters: int
+    # ELAS: the last train record's 2:4 statistics per FFN module name ({"activation_sparsity",
+    # "dropped_mass_fraction"}); None for a model without ELAS FFNs or with no record logged
+    elas_stats: dict[str, dict[str, float]] | None = None
 
 
 def _ensure_fresh(out: Path, overwrite: bool, main: bool) -> bool:
@@ -266,9 +279,14 @@ def _pretrain(
     if on_meta:  # this process's shards of the initial weights, on its device
         init_model_weights(model, cfg.model.init_std, tc.seed, env.device)
     optimizer = build_optimizer(cfg, model)
+    # LORO restarts its LR schedule after each exact step: a factor on top of warm-up + cosine
+    factor = cfg.optimizer.schedule_factor if cfg.optimizer.name == "loro" else None
     scheduler = warmup_cosine_scheduler(
-        optimizer, cfg.schedule.warmup_steps, tc.steps, cfg.schedule.min_lr_ratio
+        optimizer, cfg.schedule.warmup_steps, tc.steps, cfg.schedule.min_lr_ratio, factor
     )
+    # ELAS FFNs: their dense warm-up counts completed updates; their 2:4 statistics are logged
+    elas_ffns = [m for m in model.modules() if isinstance(m, ELASFFN)]
+    last_elas_stats = None
     spectral = build_spectral_controller(cfg, optimizer, model, scheduler)
     compute_dtype = mixed_precision_dtype(tc.precision)
     # fp16 (DDP / one process): loss scaling; a step whose gradients overflow is skipped
@@ -291,6 +309,8 @@ def _pretrain(
         if spectral is not None:
             spectral.load_state_dict(ckpt.trainer_state["spectral"])
         set_rng_state(ckpt.rng_state)
+    if elas_ffns:  # loaded with the model; set from the step all the same
+        set_elas_step(model, step)
     if tc.resume:  # records after the checkpoint (or all, if there is none) are redone
         log.truncate_after(step)
     already_finished = step == tc.steps
@@ -351,6 +371,9 @@ def _pretrain(
     while step < end:
         meter.start()
         blocks = sampler.next_global_batch(global_batch)
+        will_log = (step + 1) % tc.log_every == 0 or step + 1 == tc.steps
+        for ffn in elas_ffns:  # the 2:4 statistics of the steps that are logged
+            ffn.collect_stats = will_log
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for m in range(A):
             lo = (m * world + rank) * B
@@ -371,6 +394,8 @@ def _pretrain(
                         loss = _train_loss(train_model, batch)
                 (loss / A if scaler is None else scaler.scale(loss / A)).backward()
             step_loss += loss.detach().double()
+        for ffn in elas_ffns:
+            ffn.collect_stats = False
         if scaler is not None:
             scaler.unscale_(optimizer)
         grad_norm = clip_grad_norm(model.parameters(), clip)
@@ -392,6 +417,8 @@ def _pretrain(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if elas_ffns:  # the FFNs' 2:4 select starts after model.mlp.warmup_steps updates
+            set_elas_step(model, step)
         pending_loss += mean_loss
         pending_steps += 1
         bar.update(1)
@@ -408,6 +435,11 @@ def _pretrain(
                 "elapsed_s": round(time.perf_counter() - t0, 3),
                 **meter.record(),  # tokens_per_s per device, mfu (on a GPU of known peak)
             }
+            if elas_ffns:
+                last_elas_stats = _reduced_elas_stats(model)
+                for name, values in last_elas_stats.items():
+                    for key, value in values.items():
+                        record[f"{key}/{name}"] = value
             log.log(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
             pending_loss, pending_steps = 0.0, 0
@@ -434,7 +466,36 @@ def _pretrain(
         train_tokens=step * global_batch * T,
         wall_s=time.perf_counter() - t0,
         num_parameters=num_parameters,
+        elas_stats=last_elas_stats,
     )
+
+
+def _reduced_elas_stats(model) -> dict[str, dict[str, float]]:
+    """The ELAS FFNs' 2:4 statistics collected since the last call (`sparse_ft.elas_stats`, which
+    resets them), summed over the processes in one all-reduce and read in one host sync:
+    `{module name: {"activation_sparsity": ..., "dropped_mass_fraction": ...}}`."""
+    stats = elas_stats(model, reset=True)
+    if not stats:
+        return {}
+    fields = Sparse24Stats._fields  # count, nonzero_before, nonzero_after, mass_before, mass_after
+    # float64 holds the int64 counters exactly up to 2^53 elements
+    rows = torch.stack(
+        [torch.stack([getattr(s, f).to(torch.float64) for f in fields]) for s in stats.values()]
+    )
+    rows = all_reduce_sum(rows).cpu()
+    out = {}
+    for name, row in zip(stats, rows):
+        total = Sparse24Stats(
+            *(
+                v.to(torch.int64) if f.startswith(("count", "nonzero")) else v
+                for f, v in zip(fields, row)
+            )
+        )
+        out[name] = {
+            "activation_sparsity": float(total.activation_sparsity),
+            "dropped_mass_fraction": float(total.dropped_mass_fraction),
+        }
+    return out
 
 
 def _validation_record(step: int, result: PerplexityResult) -> dict:

@@ -1,8 +1,10 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay to a floor."""
+"""Learning-rate schedule: linear warm-up, then cosine decay to a floor (times an optimizer's own
+factor: LORO's restarts)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -24,8 +26,20 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
 
 
 def warmup_cosine_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float,
+    factor: Callable[[int], float] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """`warmup_cosine` as a scheduler; with `factor`, the multiplier at step s is
+    `warmup_cosine(s, ...) * factor(s)` (LORO: `LOROConfig.schedule_factor`, its re-warm-up after
+    each exact step)."""
+    if factor is None:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps, min_lr_ratio)
+        )
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps, min_lr_ratio)
+        optimizer,
+        lambda s: warmup_cosine(s, warmup_steps, total_steps, min_lr_ratio) * factor(s),
     )
