@@ -296,6 +296,37 @@ def test_sparse24_mm_dense_fallback_and_support():
     assert not sparse24_mm(x, w).requires_grad  # not differentiable
 
 
+def test_sparse24_mm_pads_to_the_backend_tile_and_slices(monkeypatch):
+    # A stand-in "sparse" class with CUTLASS bf16's tile (32 rows, 64 columns): the padding and the
+    # slicing run on CPU; the product itself is then the dense one on the padded operands.
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    from layerwise_kernels.sparse24 import mm
+
+    limits = namedtuple("limits", "sparse_min_rows sparse_min_cols dense_min_rows dense_min_cols")
+    seen = []
+
+    def from_dense(x):
+        seen.append(x)
+        return x
+
+    tile = SimpleNamespace(
+        _DTYPE_SHAPE_CONSTRAINTS={torch.float32: limits(32, 64, 8, 8)}, from_dense=from_dense
+    )
+    monkeypatch.setattr(mm, "_pick", lambda device, dtype, backend: "tile")
+    monkeypatch.setattr(mm, "_subclass", lambda backend: tile)
+    s = sparsify_24(_randn((50, 100), seed=18), backend="torch")[0].cpu()
+    w = _randn((100, 7), seed=19).cpu()
+    out = sparse24_mm(s, w)
+    assert seen[0].shape == (64, 128) and seen[0].is_contiguous()
+    assert (
+        torch.equal(seen[0][:50, :100], s) and not seen[0][50:].any() and not seen[0][:, 100:].any()
+    )
+    assert out.shape == (50, 7)
+    torch.testing.assert_close(out, s @ w, rtol=1e-6, atol=1e-6)
+
+
 def test_errors_name_the_fix():
     with pytest.raises(ValueError, match="multiple of 4"):
         mask_24(torch.randn(3, 6))

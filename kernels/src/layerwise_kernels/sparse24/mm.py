@@ -89,6 +89,14 @@ def _pick(device: torch.device, dtype: torch.dtype, backend: str) -> str | None:
         )
     if backend == "dense":
         return None
+    if (
+        backend == "auto"
+        and dtype == torch.float32
+        and torch.get_float32_matmul_precision() == "highest"
+    ):
+        # CUTLASS's fp32 sparse GEMM runs in TF32: "auto" takes it only where dense fp32 matmuls
+        # may use TF32 too (torch.set_float32_matmul_precision("high")), else it stays dense.
+        return None
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     order = _default_order() if backend == "auto" else (backend,)
@@ -120,7 +128,8 @@ def sparse24_mm(
         s: [T, F] 2:4 along F (e.g. `relu2_sparsify_24(y1).values`), F % 4 == 0.
         w: [F, N] dense, s's dtype and device.
         backend: "auto" (torch's semi-structured GEMM where the device, dtype and probe allow,
-            else dense), "cusparselt" / "cutlass" (that backend where it works, else dense), or
+            else dense; fp32 only under `torch.set_float32_matmul_precision("high")`, as the
+            sparse fp32 GEMM is TF32), "cusparselt" / "cutlass" (that backend where it works, else dense), or
             "dense" (`s @ w`). A sparse backend that cannot run falls back to dense, never fails:
             `semi_structured_supported` says what runs.
         check: verify that s is 2:4 (one reduction and a host sync); off by default because the
