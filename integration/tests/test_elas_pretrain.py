@@ -24,7 +24,7 @@ from layerwise.train import PretrainConfig, pretrain, read_metrics, read_model_s
 from layerwise.train.metrics import TIMING_FIELDS
 from layerwise.train.pretrain import _reduced_elas_stats
 from layerwise_core import ConfigError
-from layerwise_core.testing import assert_close, run_torchrun
+from layerwise_core.testing import assert_close, run_python, run_torchrun
 from layerwise_kernels import mask_24
 from sparse_ft.elas import ReLU2MLPConfig
 from sparse_ft.elas_ffn import ELASFFN, set_elas_step
@@ -133,9 +133,7 @@ def test_defaults_shown_are_the_packages():
         (("optimizer=loro",), "set model.low_rank=R"),
         (("optimizer=loro", "model.low_rank={rank: 8, attention: false, mlp: false}"), "low_rank"),
         (("model.mlp=moe", "model.low_rank=8"), "use model.mlp=dense or relu2"),
-        (("model.norm=mix_ln", "model.mlp=relu2"), "needs model.mlp=dense"),
-        (("model.norm=mix_ln", "model.low_rank=8"), "use model.norm=pre_ln with ELAS"),
-        (("model.norm=lns", "model.mlp=relu2"), "use model.norm=pre_ln with ELAS"),
+        (("model.norm=mix_ln", "model.mlp=coe"), "needs model.mlp=dense or relu2"),
         (("objective=mdm", "model.mlp=relu2"), "use objective=ntp or meap with ELAS"),
         (("objective=mdm", "model.low_rank=8"), "use objective=ntp or meap with ELAS"),
         (("spectral=alphadecay", "model.low_rank=8"), "use spectral=none"),
@@ -179,6 +177,30 @@ def test_build_model_is_the_same_whatever_the_construction_device():
     # another seed: other weights
     other = build_model(cfg, 96, 32, seed=4)
     assert not torch.equal(other.model.layers[0].mlp.up_proj.weight_in, ffns[0].up_proj.weight_in)
+
+
+@pytest.mark.parametrize("scheme", ["lns", "mix_ln+lns"])
+def test_norm_schemes_combine_with_elas_and_reload_in_a_fresh_process(tmp_path, scheme):
+    """A norm scheme applied after ELAS wraps the ELAS model: saved, it reloads (Auto classes, a
+    fresh interpreter: nothing registered by this session) with the same logits."""
+    cfg = _model_cfg(*ELAS[:2], f"model.norm={scheme}", "model.mlp.warmup_steps=0")
+    model = build_model(cfg, 96, 32, seed=0).eval()
+    ids = torch.randint(0, 96, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    torch.save({"ids": ids, "logits": logits}, tmp_path / "expected.pt")
+    code = (
+        "import sys, torch\n"
+        "from layerwise.models import load_saved_model\n"
+        "want = torch.load(sys.argv[1] + '/expected.pt')\n"
+        "model = load_saved_model(sys.argv[1])\n"
+        "print(type(model).__name__, torch.equal(model(input_ids=want['ids']).logits, "
+        "want['logits']))\n"
+    )
+    out = run_python(code, str(tmp_path)).stdout.split()
+    assert out[-2:] == ["ElasLlamaForCausalLM", "True"]
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "ln_scaling"
 
 
 def test_low_rank_factors_are_xavier_normal_per_name():

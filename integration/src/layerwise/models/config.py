@@ -96,9 +96,12 @@ class ModelConfig(LayerwiseConfig):
 
     @model_validator(mode="after")
     def _mix_ln_is_dense(self) -> ModelConfig:
-        if self.mlp.name != "dense" and self.norm.scheme.startswith("mix_ln"):
+        # Mix-LN rewires the residual of Llama's decoder layers, which the MoE / CoE model does
+        # not have (ELAS keeps them: relu2 only replaces the MLP module)
+        if self.mlp.name in ("moe", "coe") and self.norm.scheme.startswith("mix_ln"):
             raise ValueError(
-                f"model.norm={self.norm.scheme} needs model.mlp=dense (Mix-LN rewires the residual)"
+                f"model.norm={self.norm.scheme} needs model.mlp=dense or relu2 (Mix-LN rewires "
+                "the residual of Llama's decoder layers)"
             )
         return self
 
@@ -108,11 +111,6 @@ class ModelConfig(LayerwiseConfig):
             raise ValueError(
                 f"model.low_rank factorises a Llama's linears, not model.mlp={self.mlp.name}'s "
                 "experts: use model.mlp=dense or relu2 with model.low_rank, or model.low_rank=null"
-            )
-        if self.elas and self.norm.scheme != "pre_ln":
-            raise ValueError(
-                f"model.norm={self.norm.scheme} with ELAS (model.mlp=relu2 / model.low_rank): "
-                "both change the saved model type; use model.norm=pre_ln with ELAS"
             )
         if self.elas and self.quant.format != "none":
             raise ValueError(
