@@ -157,6 +157,16 @@ def test_select_along_another_dim_and_strided_rows():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_and_one_dimensional_inputs(backend):
+    assert mask_24(torch.zeros(0, 8, device=DEVICE), backend=backend).shape == (0, 8)
+    s, m = sparsify_24(torch.tensor([1.0, -2.0, 3.0, -4.0], device=DEVICE), backend=backend)
+    assert s.cpu().tolist() == [0.0, 0.0, 3.0, -4.0] and m.shape == (4,)
+    y1 = torch.zeros(0, 3, 8, device=DEVICE)
+    st = relu2_sparsify_24(y1, out="compact", stats=True, backend=backend).stats
+    assert [int(t) for t in st[:3]] == [0, 0, 0] and float(st.dropped_mass_fraction) == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_idempotent_and_scale_equivariant(backend):
     y = torch.cat([_tied((16, 24), seed=6), _randn((16, 24), seed=7)])
     s, m = sparsify_24(y, backend=backend)
