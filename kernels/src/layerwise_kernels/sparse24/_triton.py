@@ -206,7 +206,7 @@ def select_24_triton(y: torch.Tensor, *, relu2: bool, out: str, stats: bool) -> 
         per_program_counts = counts.view(-1, 2).to(torch.int64).sum(0)
         per_program_mass = mass.view(-1, 2).sum(0)
         st = Sparse24Stats(
-            count=torch.tensor(rows.numel(), dtype=torch.int64, device=dev),
+            count=torch.full((), rows.numel(), dtype=torch.int64, device=dev),
             nonzero_before=per_program_counts[0],
             nonzero_after=per_program_counts[1],
             mass_before=per_program_mass[0],

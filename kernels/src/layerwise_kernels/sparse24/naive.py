@@ -128,7 +128,8 @@ def sparse24_stats(y2: torch.Tensor, mask: torch.Tensor) -> Sparse24Stats:
         )
     kept = torch.where(mask, y2, torch.zeros((), dtype=y2.dtype, device=y2.device))
     return Sparse24Stats(
-        count=torch.tensor(y2.numel(), dtype=torch.int64, device=y2.device),
+        # torch.full launches a fill: no host-to-device copy that would wait for the stream.
+        count=torch.full((), y2.numel(), dtype=torch.int64, device=y2.device),
         nonzero_before=torch.count_nonzero(y2),
         nonzero_after=torch.count_nonzero(kept),
         mass_before=y2.sum(dtype=torch.float32),
