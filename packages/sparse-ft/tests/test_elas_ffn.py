@@ -139,6 +139,22 @@ def test_sparse_forward_equals_dense_forward_with_explicit_mask(grad, lead):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("grad", ["ste", "masked"])
+def test_inference_forward_equals_the_training_forward_bitwise(grad):
+    m = _ffn(warmup_steps=0, grad=grad, dtype=torch.float32)
+    m.collect_stats = True
+    x = _x(2, 5, dtype=torch.float32)
+    train = m(x)
+    st_train = elas_stats(m)[""]
+    with torch.no_grad():
+        infer = m(x)
+    st_infer = elas_stats(m)[""]
+    assert train.requires_grad and not infer.requires_grad
+    assert torch.equal(train, infer)
+    assert int(st_train.count) == 2 * 5 * FFN
+    assert all(torch.equal(a, b) for a, b in zip(st_train, st_infer, strict=True))
+
+
 # --- backward -----------------------------------------------------------------------------------
 
 

@@ -142,6 +142,12 @@ def relu2_sparse24_matmul(
             f"relu2_sparse24_matmul needs w of shape [F, N] with F = y1.shape[-1] = "
             f"{y1.shape[-1]}, got {tuple(w.shape)}: pass A_dn [F, r] or the Down weight's .T"
         )
+    if not (torch.is_grad_enabled() and (y1.requires_grad or w.requires_grad)):
+        # inference: nothing to save, so no compact form either (both modes: the same forward)
+        select_backend, mm_backend = _kernel_backends(backend)
+        sel = relu2_sparsify_24(y1, out="masked", stats=stats, backend=select_backend)
+        h2 = sparse24_mm(sel.values.reshape(-1, y1.shape[-1]), w.to(y1.dtype), backend=mm_backend)
+        return h2.reshape(*y1.shape[:-1], w.shape[1]), sel.stats
     out = Relu2Sparse24Matmul.apply(y1, w, grad, backend, stats)
     if not stats:
         return out, None
