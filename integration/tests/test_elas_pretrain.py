@@ -149,6 +149,63 @@ def test_incompatible_or_wrong_switches_are_refused(overrides, message):
         PretrainConfig.from_dict({}, overrides)
 
 
+# --- the paper recipes -------------------------------------------------------------------------
+
+# specs/elas.md 2.1 and LORO's scripts: size -> (rank, steps, LR warm-up, lr, exact_every)
+RECIPES = {
+    "elas-60m": (128, 10_000, 1_000, 1e-2, 500),
+    "elas-130m": (256, 20_000, 2_000, 1e-2, 500),
+    "elas-350m": (256, 60_000, 2_000, 1e-2, 500),
+    "elas-1b": (512, 100_000, 10_000, 5e-3, 200),
+}
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipes_hold_the_papers_setting(name):
+    from layerwise.recipes import load_recipe
+
+    rank, steps, warmup, lr, exact_every = RECIPES[name]
+    cfg = load_recipe(name)
+    assert cfg.model.low_rank == LowRankConfig(rank=rank)  # attention and MLP
+    mlp = cfg.model.mlp
+    assert (mlp.name, mlp.activation_sparsity, mlp.grad, mlp.warmup_steps) == (
+        "relu2",
+        "2:4",
+        "ste",
+        1000,  # dense updates before the 2:4 select, every size
+    )
+    optimizer = cfg.optimizer
+    assert (optimizer.name, optimizer.lr, optimizer.exact_every) == ("loro", lr, exact_every)
+    assert optimizer.weight_decay == 0.0
+    assert (cfg.train.steps, cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio) == (
+        steps,
+        warmup,
+        0.1,
+    )
+    # 512 sequences of 256 tokens per step, bf16, no clipping
+    assert cfg.train.batch_size * cfg.train.grad_accum == 512 and cfg.train.block_size == 256
+    assert (cfg.train.precision, cfg.train.grad_clip) == ("bf16", None)
+
+
+def test_smoke_runs_time_the_sparse_ffn():
+    """The smoke runner cuts an ELAS recipe's dense FFN warm-up to one update (the timed steps
+    2..N run the 2:4 select), and leaves the other recipes' models alone."""
+    from layerwise.recipes import list_recipes, load_recipe, smoke
+
+    assert set(RECIPES) <= set(list_recipes())
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        overrides = smoke.smoke_overrides(5, "/tmp/unused", name)
+        cfg = load_recipe(name, overrides)
+        elas = name in RECIPES
+        assert ("model.mlp.warmup_steps=1" in overrides) == elas, name
+        if elas:
+            assert cfg.model.mlp.warmup_steps == 1
+            assert cfg.model.with_overrides(["mlp.warmup_steps=1000"]) == recipe.model
+        else:
+            assert cfg.model == recipe.model, name
+
+
 # --- the model --------------------------------------------------------------------------------
 
 

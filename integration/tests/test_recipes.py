@@ -9,6 +9,7 @@ label. The smoke runner of `nox -s gpu` is tested for its pieces that need no GP
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class Paper:
     label_matches: bool = True  # False: the reference's dimensions do not count to its label
     experts: int = 0  # MoE / CoE: routed experts (+1 shared) and routers per layer
     routers: int = 0
+    rank: int = 0  # ELAS: attention and FFN linears as two rank-r factors, squared-ReLU FFN
 
 
 # GaLore's LLaMA configs (specs/ln-scaling.md table; specs/spam-opt.md: "LLaMA configs of GaLore"),
@@ -74,10 +76,21 @@ PAPERS["meap-1b"] = Paper(2048, 24, 5632, 32064, 4096, 256, "1B", kv_hidden=128)
 # The paper's model has MLA attention and states no total: no label.
 PAPERS["coe-k4c2"] = Paper(1024, 4, 704, 102400, 512, 64, None, experts=63, routers=2)
 PAPERS["coe-moe-k8"] = Paper(1024, 4, 704, 102400, 512, 64, None, experts=63, routers=1)
+# ELAS (specs/elas.md 2.1): GaLore's sizes with LORO's ranks; labels: the parameter counts of the
+# paper's table (43M / 94M / 185M / 609M, counted with the SwiGLU width; ours with the 1.5x ReLU^2
+# width rounded to 64 count 42.3M / 91.6M / 179.6M / 584.2M)
+for _size, _rank, _label in (("60m", 128, "43M"), ("130m", 256, "94M"), ("350m", 256, "185M")):
+    PAPERS[f"elas-{_size}"] = Paper(**{**_galore(_size).__dict__, "label": _label, "rank": _rank})
+PAPERS["elas-1b"] = Paper(**{**_galore("1b").__dict__, "label": "609M", "rank": 512})
 
 
 def hand_count(paper: Paper) -> int:
     """Parameters of the paper's model, from its dimensions alone."""
+    if paper.rank:  # ELAS: a d x d linear as [d, r] + [d, r]; FFN F = ceil(1.5 d_ff / 64) x 64
+        d, r = paper.hidden, paper.rank
+        ffn = math.ceil(1.5 * paper.ffn / 64) * 64
+        block = 4 * 2 * d * r + 2 * r * (d + ffn) + 2 * d  # q k v o, up + down, two RMSNorms
+        return 2 * paper.vocab * d + paper.layers * block + d
     if not paper.experts:
         return llama_param_count(
             paper.hidden, paper.layers, paper.ffn, paper.vocab, kv_hidden=paper.kv_hidden
@@ -175,11 +188,18 @@ def _switches(cfg) -> dict[str, str]:
         "objective": cfg.objective.name,
         "mlp": cfg.model.mlp.name,
         "quant": cfg.model.quant.format,
+        "low_rank": cfg.model.low_rank.enabled,
     }
 
 
 PLAIN = dict(
-    norm="pre_ln", optimizer="adamw", spectral="none", objective="ntp", mlp="dense", quant="none"
+    norm="pre_ln",
+    optimizer="adamw",
+    spectral="none",
+    objective="ntp",
+    mlp="dense",
+    quant="none",
+    low_rank=False,
 )
 SWITCHES = {  # recipe name prefix -> the switches that differ from a plain Pre-LN AdamW run
     "lns-": dict(norm="lns"),
@@ -192,6 +212,7 @@ SWITCHES = {  # recipe name prefix -> the switches that differ from a plain Pre-
     "meap-": dict(objective="meap"),
     "coe-moe-": dict(mlp="moe"),
     "coe-": dict(mlp="coe"),
+    "elas-": dict(optimizer="loro", mlp="relu2", low_rank=True),
 }
 
 

@@ -9,6 +9,8 @@ schedule shape and micro-batch are the recipe's, the data are Shakespeare with a
 (no network), one micro-batch per step, no evaluation before the end. Throughput is the median of
 the logged steps after the first (which pays for warm-up): `tokens_per_s` and `mfu` of the metrics
 records when the run logs them, else tokens/s derived from the records' `tokens` and `elapsed_s`.
+ELAS recipes (`model.mlp: relu2`) shorten their dense warm-up to one update, so that the timed
+steps run the 2:4-sparse FFN.
 Without a CUDA device the command refuses (exit status 2) before running anything.
 """
 
@@ -48,15 +50,29 @@ SMOKE_OVERRIDES = (
 )
 
 
-def smoke_overrides(steps: int, out_dir: str | os.PathLike) -> list[str]:
+def smoke_overrides(steps: int, out_dir: str | os.PathLike, recipe: str | None = None) -> list[str]:
     """`SMOKE_OVERRIDES` for a run of `steps` optimizer steps writing into `out_dir` (the LR
-    warm-up shortened to one step, since a recipe's warm-up is longer than the run)."""
-    return [
+    warm-up shortened to one step, since a recipe's warm-up is longer than the run). For an ELAS
+    `recipe` (`model.mlp: relu2`) the FFN's dense warm-up is one update too: the steps after the
+    first, which the throughput counts, run the 2:4 select."""
+    overrides = [
         *SMOKE_OVERRIDES,
         f"train.steps={steps}",
         "schedule.warmup_steps=1",
         f"train.out_dir={out_dir}",
     ]
+    if recipe is not None and _mlp_name(recipe) == "relu2":
+        overrides.append("model.mlp.warmup_steps=1")
+    return overrides
+
+
+def _mlp_name(recipe: str) -> str | None:
+    """The `model.mlp` choice a recipe's YAML names (read without validating it)."""
+    import yaml
+
+    data = yaml.safe_load(recipe_path(recipe).read_text()) or {}
+    mlp = (data.get("model") or {}).get("mlp")
+    return mlp.get("name") if isinstance(mlp, dict) else mlp
 
 
 @dataclass
@@ -99,7 +115,7 @@ def _run_one(name: str, steps: int, root: Path, timeout_s: float) -> SmokeResult
         "pretrain",
         "--config",
         str(recipe_path(name)),
-        *smoke_overrides(steps, out),
+        *smoke_overrides(steps, out, name),
     ]
     print(f"== {name}: {' '.join(command[2:])}", flush=True)
     try:
