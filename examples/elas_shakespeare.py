@@ -27,6 +27,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import re
 import statistics
 import time
@@ -64,10 +65,10 @@ def mlp_override(sparse: bool, grad: str = "ste", warmup: int = 0) -> str:
     return "model.mlp=" + json.dumps(section)
 
 
-def arm_overrides(arm: str, rank: int, warmup: int, loro_lr: float) -> list[str]:
+def arm_overrides(arm: str, rank: int, warmup: int, loro_lr: float, exact_every: int) -> list[str]:
     """The overrides of the base config that make `arm`."""
     low = [f"model.low_rank={rank}"]
-    loro = [f"optimizer={json.dumps({'name': 'loro', 'lr': loro_lr})}"]
+    loro = ["optimizer=" + json.dumps({"name": "loro", "lr": loro_lr, "exact_every": exact_every})]
     table = {
         "A": [],
         "B": [mlp_override(False)],
@@ -160,7 +161,7 @@ def train_one(arm: str, seed: int, lr: float | None, args, data) -> dict:
     from layerwise.train.pretrain import pretrain
 
     folder = Path(args.out) / run_tag(arm, seed, lr)
-    overrides = arm_overrides(arm, args.rank, args.elas_warmup, args.loro_lr)
+    overrides = arm_overrides(arm, args.rank, args.elas_warmup, args.loro_lr, args.loro_exact_every)
     if lr is not None:
         overrides.append(f"optimizer.lr={lr}")
     overrides += [f"train.seed={seed}", f"train.out_dir={folder}", "train.overwrite=true"]
@@ -220,6 +221,9 @@ def setup_record(args) -> dict:
         "elas_warmup": args.elas_warmup,
         "loro_lr": args.loro_lr,
         "threads": torch.get_num_threads(),
+        "loro_exact_every": args.loro_exact_every,
+        # the commit of the code that trained (set by whoever launches from a snapshot)
+        "code_commit": os.environ.get("ELAS_CODE_COMMIT"),
     }
 
 
@@ -451,6 +455,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--wd", type=float, default=0.0)
     parser.add_argument("--loro-lr", type=float, default=1e-2)
+    parser.add_argument(
+        "--loro-exact-every", type=int, default=None, help="LORO exact step period (steps / 6)"
+    )
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARM_NAMES))
@@ -467,6 +474,7 @@ def main() -> None:
     args.ffn = args.ffn or 8 * math.ceil(8 * args.hidden / 3 / 8)
     args.rank = args.rank or args.hidden // 4
     args.elas_warmup = args.steps // 10
+    args.loro_exact_every = args.loro_exact_every or max(1, args.steps // 6)
 
     if not args.replot:
         from layerwise.data import prepare_data
@@ -480,10 +488,19 @@ def main() -> None:
             tag = run_tag(arm, seed, lr)
             done = Path(args.out) / tag / "result.json"
             if done.exists():
+                old = json.loads(done.read_text())
+                if old.get("setup", {}).get("steps") != args.steps:
+                    raise SystemExit(
+                        f"{done} was trained with another setup ({old.get('setup')}): "
+                        "remove it or choose another --out"
+                    )
                 print(f"[elas] {tag}: done, skipped", flush=True)
+                if not args.no_save and tag not in load_results()["runs"]:
+                    save_result(tag, old, setup_record(args))
                 continue
             t0 = time.perf_counter()
             result = train_one(arm, seed, lr, args, data)
+            result["setup"] = setup_record(args)
             done.write_text(json.dumps(result) + "\n")
             if not args.no_save:
                 save_result(tag, result, setup_record(args))
