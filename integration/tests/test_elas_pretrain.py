@@ -24,7 +24,7 @@ from layerwise.train import PretrainConfig, pretrain, read_metrics, read_model_s
 from layerwise.train.metrics import TIMING_FIELDS
 from layerwise.train.pretrain import _reduced_elas_stats
 from layerwise_core import ConfigError
-from layerwise_core.testing import assert_close, run_python, run_torchrun
+from layerwise_core.testing import run_python, run_torchrun
 from layerwise_kernels import mask_24
 from sparse_ft.elas import ReLU2MLPConfig
 from sparse_ft.elas_ffn import ELASFFN, set_elas_step
@@ -403,39 +403,67 @@ def test_final_model_reloads_as_trained(runs, small_data):
 
 TWO = ("train.batch_size=2", "train.grad_accum=2")
 ONE = ("train.batch_size=4", "train.grad_accum=2")
+# one micro-batch per step and no clipping: FSDP2 and DDP sum the same gradients in the same order
+# (FSDP2 reduces after every micro-batch, DDP once per step; a clip norm is a sum over shards),
+# so sharding itself (LORO's exact step gathers each factor pair and writes back its shard) must
+# be exact
+EXACT = ("train.batch_size=4", "train.grad_accum=1", "train.grad_clip=null")
 
 
 @pytest.fixture(scope="module")
 def launched(small_data, tiny_run, tmp_path_factory):
-    """The tiny ELAS run on 2 gloo processes, FSDP2 and DDP, in one torchrun launch."""
+    """The tiny ELAS run on 2 gloo processes, FSDP2 and DDP, in one torchrun launch, and the same
+    run in this process."""
     root = tmp_path_factory.mktemp("elas_two")
+    runs = {
+        "fsdp2": (*TWO, "train.parallelism=fsdp2"),
+        "ddp": (*TWO, "train.parallelism=ddp"),
+        "fsdp2_exact": (*EXACT, "train.parallelism=fsdp2"),
+        "ddp_exact": (*EXACT, "train.parallelism=ddp"),
+    }
     jobs = [
-        {
-            "kind": "pretrain",
-            "config": tiny_run(root / name, *ELAS, *TWO, f"train.parallelism={name}").to_dict(),
-        }
-        for name in ("fsdp2", "ddp")
+        {"kind": "pretrain", "config": tiny_run(root / name, *ELAS, *extra).to_dict()}
+        for name, extra in runs.items()
     ]
     (root / "jobs.json").write_text(json.dumps(jobs))
     worker = __file__.replace("test_elas_pretrain.py", "_fsdp_worker.py")
     run_torchrun(worker, root / "jobs.json", nproc=2, timeout=900)
-    one = root / "one"
-    pretrain(tiny_run(one, *ELAS, *ONE), data=small_data)
+    pretrain(tiny_run(root / "one", *ELAS, *ONE), data=small_data)
     return root
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("parallelism", ["fsdp2", "ddp"])
 def test_two_processes_train_as_one(launched, parallelism):
+    """2 processes x 2 blocks x 2 micro-batches == 1 process x 4 x 2, up to fp32 summation order.
+    LORO at lr 1e-2 (exact steps: QR and SVD of each factor pair at the unscaled step size) moves
+    factors of std ~0.1-0.16 by ~1e-2 per update and carries the order's rounding further than
+    AdamW's test_fsdp runs: parameters within atol 1e-4 (measured: 3.7e-5 after 8 updates,
+    while the exact steps move every factor by 0.4-1.0), every loss within 1e-5 relative."""
     two, one = launched / parallelism, launched / "one"
     a, b = _params(two), _params(one)
     assert a.keys() == b.keys()
     for name in b:
-        assert_close(a[name], b[name])
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3)
     logs_a, logs_b = _train(two), _train(one)
     assert len(logs_a) == len(logs_b) == STEPS
     for x, y in zip(logs_a, logs_b):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5), x["step"]
-        # the statistics of the global batch: summed over micro-batches and processes
+        # the statistics of the global batch, summed over micro-batches and processes: equal up
+        # to a ReLU output that rounds across 0 (one element of 4 x 64 x 320 is 6.1e-6)
         for key in (k for k in y if k.startswith(KINDS)):
-            assert x[key] == pytest.approx(y[key], abs=1e-6), (x["step"], key)
+            assert x[key] == pytest.approx(y[key], abs=2e-5), (x["step"], key)
+
+
+@pytest.mark.distributed
+def test_fsdp2_equals_ddp_bitwise_on_the_same_sums(launched):
+    fsdp2, ddp = _params(launched / "fsdp2_exact"), _params(launched / "ddp_exact")
+    assert fsdp2.keys() == ddp.keys()
+    for name, value in ddp.items():
+        assert torch.equal(fsdp2[name], value), name
+    fsdp2_log, ddp_log = _timeless(launched / "fsdp2_exact"), _timeless(launched / "ddp_exact")
+    for a, b in zip(fsdp2_log, ddp_log, strict=True):
+        # the logged gradient norm is a sum over shards in FSDP2: equal to fp32 rounding only
+        if "grad_norm" in b:
+            assert a.pop("grad_norm") == pytest.approx(b.pop("grad_norm"), rel=1e-6)
+        assert a == b
