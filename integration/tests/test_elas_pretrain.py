@@ -323,7 +323,8 @@ def test_logged_statistics_are_those_of_the_ffn_inputs():
 @pytest.fixture(scope="module")
 def runs(small_data, tiny_run, tmp_path_factory):
     """The tiny ELAS run (8 updates, 2:4 from update 5), the same run without the switch
-    (stopped after 5 updates), and the run stopped at the switch (step 4) and resumed."""
+    (stopped after 5 updates), the run stopped at the switch (step 4) and resumed, and the run
+    with activation checkpointing."""
     root = tmp_path_factory.mktemp("elas")
     result = pretrain(tiny_run(root / "straight", *ELAS), data=small_data)
     never = "model.mlp.warmup_steps=1000"
@@ -331,6 +332,8 @@ def runs(small_data, tiny_run, tmp_path_factory):
     pretrain(tiny_run(root / "resumed", *ELAS), stop_at=WARMUP, data=small_data)
     torch.manual_seed(123)  # the global RNG disturbed between the invocations
     pretrain(tiny_run(root / "resumed", *ELAS, "train.resume=true"), data=small_data)
+    checkpointed = ("train.activation_checkpointing=true",)
+    pretrain(tiny_run(root / "checkpointed", *ELAS, *checkpointed), data=small_data)
     return root, result
 
 
@@ -378,6 +381,16 @@ def test_resume_across_the_warmup_switch_is_bitwise(runs):
     # training moved the factors: not a comparison of two initialisations
     moved = _params(root / "resumed", WARMUP)["model.layers.0.mlp.down_proj.weight_in"]
     assert not torch.equal(moved, straight["model.layers.0.mlp.down_proj.weight_in"])
+
+
+def test_activation_checkpointing_trains_and_logs_the_same(runs):
+    """Activation checkpointing recomputes the 2:4 FFN forwards in the backward (the warm-up
+    state and the select included): the same training, bit for bit, and the same records."""
+    root, _ = runs
+    assert _timeless(root / "checkpointed") == _timeless(root / "straight")
+    straight, checkpointed = _params(root / "straight"), _params(root / "checkpointed")
+    for name, value in straight.items():
+        assert torch.equal(value, checkpointed[name]), name
 
 
 def test_final_model_reloads_as_trained(runs, small_data):

@@ -480,7 +480,7 @@ def _reduced_elas_stats(model) -> dict[str, dict[str, float]]:
     fields = Sparse24Stats._fields  # count, nonzero_before, nonzero_after, mass_before, mass_after
     # float64 holds the int64 counters exactly up to 2^53 elements
     rows = torch.stack(
-        [torch.stack([getattr(s, f).to(torch.float64) for f in fields]) for s in stats.values()]
+        [torch.stack([getattr(s, f).detach().double() for f in fields]) for s in stats.values()]
     )
     rows = all_reduce_sum(rows).cpu()
     out = {}
