@@ -26,10 +26,14 @@ from layerwise.train.pretrain import _reduced_elas_stats
 from layerwise_core import ConfigError
 from layerwise_core.testing import run_python, run_torchrun
 from layerwise_kernels import mask_24
-from sparse_ft.elas import ReLU2MLPConfig
-from sparse_ft.elas_ffn import ELASFFN, set_elas_step
-from sparse_ft.loro import LOROConfig
-from sparse_ft.low_rank import LowRankConfig, LowRankLinear
+from sparse_ft import (
+    ELASFFN,
+    LOROConfig,
+    LowRankConfig,
+    LowRankLinear,
+    ReLU2MLPConfig,
+    set_elas_step,
+)
 
 STEPS = 8
 WARMUP = 4  # dense updates before the 2:4 select

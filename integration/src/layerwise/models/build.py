@@ -39,9 +39,7 @@ from layerwise_core.bidirectional_llama import (
     BidirectionalLlamaConfig,
     BidirectionalLlamaForMaskedDiffusion,
 )
-from sparse_ft.elas import ELASConfig, ReLU2MLPConfig
-from sparse_ft.elas_ffn import ELASFFN
-from sparse_ft.low_rank import LowRankLinear
+from sparse_ft import ELASFFN, ELASConfig, LowRankLinear, ReLU2MLPConfig
 
 __all__ = ["build_model", "init_model_weights", "initial_value"]
 

@@ -33,8 +33,7 @@ from layerwise.legacy_layout import migrate_model
 from layerwise_core import LLAMA_PRESETS, LayerwiseConfig, check_config_fields, tagged_choice
 from layerwise_kernels import apply_fake_quant
 from ln_scaling import NormConfig
-from sparse_ft.elas import ReLU2MLPConfig
-from sparse_ft.low_rank import LowRankConfig
+from sparse_ft import LowRankConfig, ReLU2MLPConfig
 
 __all__ = ["MLPS", "ModelConfig", "QuantConfig"]
 

@@ -33,7 +33,7 @@ from layerwise.models.config import ModelConfig
 from layerwise_core import AdamWConfig, LayerwiseConfig, tagged_choice
 from meap import MEAPConfig
 from spam_opt import SPAMConfig, StableSPAMConfig
-from sparse_ft.loro import LOROConfig
+from sparse_ft import LOROConfig
 from spectral_opt import AlphaDecayConfig, LayerwiseLRConfig
 
 __all__ = [

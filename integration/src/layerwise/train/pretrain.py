@@ -88,7 +88,7 @@ from layerwise_core import (
     set_seed,
 )
 from layerwise_kernels import Sparse24Stats
-from sparse_ft.elas_ffn import ELASFFN, elas_stats, set_elas_step
+from sparse_ft import ELASFFN, elas_stats, set_elas_step
 
 __all__ = ["HISTORY", "PretrainResult", "ResumeDriftError", "pretrain"]
 
