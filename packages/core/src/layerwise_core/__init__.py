@@ -31,6 +31,7 @@ from layerwise_core.config import (
 )
 from layerwise_core.decoder_map import DecoderMap, DecoderSpec, LayerMap, find_decoder
 from layerwise_core.deprecation import renamed_kwargs, warn_renamed
+from layerwise_core.diffusion_masking import masked_copies
 from layerwise_core.distributed import (
     all_reduce_max,
     all_reduce_sum,
@@ -47,6 +48,7 @@ from layerwise_core.distributed import (
     rank_batch_starts,
 )
 from layerwise_core.errors import MissingPathError, PathExistsError, UsageError, error_line
+from layerwise_core.heavy_tail import FITS, PowerLawFit, fit_power_law, hill_alpha, normalise_fit
 from layerwise_core.model_packages import (
     BASE_MODEL_TYPE_KEY,
     MODEL_PACKAGES,
@@ -100,6 +102,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BASE_MODEL_TYPE_KEY",
+    "FITS",
     "LLAMA_PRESETS",
     "MODEL_PACKAGES",
     "AdamBetas",
@@ -114,6 +117,7 @@ __all__ = [
     "MissingPathError",
     "ModelPackage",
     "PathExistsError",
+    "PowerLawFit",
     "ResidualStream",
     "RunFolderBusyError",
     "RunFolderError",
@@ -136,10 +140,12 @@ __all__ = [
     "decay_param_groups",
     "error_line",
     "find_decoder",
+    "fit_power_law",
     "full_tensor",
     "get_rank",
     "get_rng_state",
     "get_world_size",
+    "hill_alpha",
     "import_model_packages",
     "init_normal_",
     "is_distributed",
@@ -154,7 +160,9 @@ __all__ = [
     "local_part",
     "local_tensor",
     "lock_run_folder",
+    "masked_copies",
     "module_param_groups",
+    "normalise_fit",
     "pad_token_id",
     "pad_token_rows",
     "parse_override",
