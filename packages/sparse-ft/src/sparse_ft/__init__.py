@@ -6,20 +6,23 @@
 
     sparse_ft.prune(model, "wanda", 0.5, allocation="owl", calibration=token_ids)
     sparse_ft.PruneConfig(method="wanda", allocation="owl").apply(model, token_ids)  # as a config
+    sparse_ft.quantize(model, "gptq", bits=3, group_size=128, calibration=token_ids)  # GPTQ / RTN
 
 LIFT (arXiv 2506.00772): W' = U_r S_r V_r^T, train the top-k |W'| entries. SEFT (arXiv 2505.24037):
 drop / grow / sensitivity re-prune on a pruned model. Wanda (2306.11695): |W| * ||X||. SparseGPT
-(2301.00774): OBS reconstruction. OWL (2310.05175): outlier-weighted layer-wise sparsity.
+(2301.00774): OBS reconstruction. OWL (2310.05175): outlier-weighted layer-wise sparsity. GPTQ
+(2210.17323): OBQ column updates onto a min-max grid; RTN on the same grid.
 """
 
 from sparse_ft.__about__ import __version__
 from sparse_ft.calibration import (
     BlockInputs,
     capture_block_inputs,
+    diffusion_masked_copies,
     packed_calibration,
     run_block,
 )
-from sparse_ft.config import LiftConfig, PruneConfig, SeftConfig
+from sparse_ft.config import LiftConfig, PruneConfig, QuantizeConfig, SeftConfig
 from sparse_ft.elas import (
     ELASConfig,
     ElasLlamaConfig,
@@ -35,6 +38,7 @@ from sparse_ft.elas_ffn import (
     relu2_sparse24_matmul,
     set_elas_step,
 )
+from sparse_ft.gptq import GPTQHessian, QuantizedWeight, gptq_quantize, rtn_quantize
 from sparse_ft.lift import lift_initial_indices, lift_refresh, lift_refresh_due
 from sparse_ft.loro import LOROAdamW, LOROConfig, loro_param_groups
 from sparse_ft.low_rank import LowRankConfig, LowRankLinear
@@ -48,6 +52,14 @@ from sparse_ft.principal_weight_mask import (
     principal_weight_mask,
 )
 from sparse_ft.pruning import METHODS, PruneResult, prune
+from sparse_ft.quant_grid import QuantGrid, fit_grid, grid_quantize
+from sparse_ft.quantization import (
+    QUANTIZATION_METHODS,
+    QuantizeResult,
+    load_quantized,
+    quantize,
+    save_quantized,
+)
 from sparse_ft.seft import drop_and_grow, seft_budget, sensitivity
 from sparse_ft.shira import to_shira
 from sparse_ft.sparse_delta import SparseDeltaLinear, effective_weight, remap_optimizer_state
@@ -70,10 +82,12 @@ __all__ = [
     "ALLOCATIONS",
     "ELASFFN",
     "METHODS",
+    "QUANTIZATION_METHODS",
     "BlockInputs",
     "ELASConfig",
     "ElasLlamaConfig",
     "ElasLlamaForCausalLM",
+    "GPTQHessian",
     "HessianStatistics",
     "InputNormStatistics",
     "LOROAdamW",
@@ -83,6 +97,10 @@ __all__ = [
     "LowRankLinear",
     "PruneConfig",
     "PruneResult",
+    "QuantGrid",
+    "QuantizeConfig",
+    "QuantizeResult",
+    "QuantizedWeight",
     "ReLU2MLPConfig",
     "Relu2Sparse24Matmul",
     "SeftConfig",
@@ -92,16 +110,21 @@ __all__ = [
     "__version__",
     "apply_elas",
     "capture_block_inputs",
+    "diffusion_masked_copies",
     "drop_and_grow",
     "effective_weight",
     "elas_stats",
+    "fit_grid",
     "get_sparse_model",
+    "gptq_quantize",
+    "grid_quantize",
     "is_nm_sparse",
     "layer_sparsities",
     "lift_budget",
     "lift_initial_indices",
     "lift_refresh",
     "lift_refresh_due",
+    "load_quantized",
     "loro_param_groups",
     "low_rank_approximation",
     "lowest_fraction_mask",
@@ -115,9 +138,12 @@ __all__ = [
     "principal_weight_indices",
     "principal_weight_mask",
     "prune",
+    "quantize",
     "relu2_sparse24_matmul",
     "remap_optimizer_state",
+    "rtn_quantize",
     "run_block",
+    "save_quantized",
     "seft_budget",
     "sensitivity",
     "set_elas_step",

@@ -3,6 +3,7 @@
     LiftConfig(lora_rank=128, filter_rank=64, update_interval=400)    LIFT (arXiv 2506.00772)
     SeftConfig(budget_rank=8, update_interval=10, drop_fraction=0.1)  SEFT (arXiv 2505.24037)
     PruneConfig(method="wanda", sparsity=0.5).apply(model, calibration)   Wanda / SparseGPT / ...
+    QuantizeConfig(method="gptq", bits=3).apply(model, calibration)       GPTQ / RTN
 
 Pydantic models on `layerwise_core.LayerwiseConfig`: keyword construction, unknown fields refused
 (with "did you mean"), YAML round trip (`to_yaml` / `from_yaml`), dotted overrides. LIFT and SEFT
@@ -23,9 +24,10 @@ from torch import nn
 from layerwise_core import LayerwiseConfig
 from sparse_ft.nm_sparsity import parse_nm
 from sparse_ft.pruning import PruneResult, prune
+from sparse_ft.quantization import QuantizeResult, quantize
 from sparse_ft.sparsity_allocation import Allocation
 
-__all__ = ["LiftConfig", "PruneConfig", "SeftConfig"]
+__all__ = ["LiftConfig", "PruneConfig", "QuantizeConfig", "SeftConfig"]
 
 # PEFT's target_modules: a list of names (a module matches its own name or a suffix ".name"),
 # a regex over the full name, or None (every Linear of the decoder blocks)
@@ -170,6 +172,67 @@ class PruneConfig(LayerwiseConfig):
             allocation=self.allocation,
             calibration=batches,
         )
+
+
+class QuantizeConfig(LayerwiseConfig):
+    """Weight quantisation, as `sparse_ft.quantize` does it (GPTQ, arXiv 2210.17323, or RTN).
+
+    Defaults: no quantisation; when a method is chosen, `quantize()`'s defaults (tested equal),
+    which are the official GPTQ CLI's (asymmetric, one grid per row, percdamp 0.01, 128
+    calibration sequences) with 4 bits (the CLI's 16 means off). The diffusion-LM study's
+    GPTQ_VIRTUAL: `bits=3, group_size=128, sym=True, true_sequential=True`.
+    """
+
+    method: Literal["none", "gptq", "rtn"] = "none"  # none: leave weights
+    bits: int = Field(4, ge=2, le=8)  # maxq = 2^bits - 1
+    group_size: int = -1  # -1: one grid per output row; g: per row and g input columns
+    sym: bool = False  # symmetric grid (zero = 2^(bits-1)); the CLI's default is asymmetric
+    act_order: bool = False  # quantise columns by decreasing diag H
+    static_groups: bool = False  # group grids fitted up front on the original weights
+    true_sequential: bool = False  # [q,k,v] -> [o] -> [gate,up] -> [down], re-forward between
+    blocksize: int = Field(128, ge=1)  # GPTQ's lazy-batch columns
+    percdamp: float = Field(0.01, ge=0)  # damping: percdamp * mean(diag H)
+    mse: bool = False  # shrink search of the grid range
+    damp_retries: int = Field(1, ge=0)  # retries with 10x damping when Cholesky fails
+    calibration_masking: Literal["none", "diffusion"] = "none"  # diffusion LMs: masked copies
+    mask_token_id: int | None = None  # None: model.config.mask_token_id
+    mask_repeats: int = Field(4, ge=1)  # masked copies per calibration sequence
+    seed: int = 0  # generator of the masked copies
+    batch_size: int = Field(1, ge=1)  # sequences per forward (the official driver: 1)
+    reference_quirks: bool = False  # the official code's stale group refit (g < B) and grid order
+    calibration_sequences: int = Field(128, ge=1)  # token sequences used as calibration data
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, group_size: int) -> int:
+        if group_size != -1 and group_size < 1:
+            raise ValueError(f"group_size must be -1 (a grid per row) or >= 1, got {group_size}")
+        return group_size
+
+    @model_validator(mode="after")
+    def _static_needs_groups(self) -> QuantizeConfig:
+        if self.static_groups and self.group_size == -1:
+            raise ValueError("static_groups fits one grid per group: set group_size (e.g. 128)")
+        return self
+
+    def apply(
+        self,
+        model: nn.Module,
+        calibration: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    ) -> QuantizeResult | None:
+        """Quantise `model` in place (`sparse_ft.quantize`); None when `method="none"`.
+
+        `calibration`: token ids [sequences, tokens]; the first `calibration_sequences` are used
+        (GPTQ only), on the model's device.
+        """
+        if self.method == "none":
+            return None
+        batches = None
+        if calibration is not None and self.method == "gptq":
+            device = next(model.parameters()).device
+            batches = _first_sequences(calibration, self.calibration_sequences, device)
+        fields = self.model_dump(exclude={"method", "calibration_sequences"})
+        return quantize(model, self.method, calibration=batches, **fields)
 
 
 def _first_sequences(
