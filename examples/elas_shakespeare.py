@@ -317,6 +317,7 @@ def plot(saved: dict, path: Path) -> None:
 
 def loss_table(saved: dict) -> tuple[str, dict]:
     lr = saved["setup"]["lr"]
+    embeddings = 2 * 4096 * saved["setup"]["hidden"]  # input embedding + untied lm_head
     means, rows = {}, []
     for arm in ARM_NAMES:
         runs = _runs_of(saved, arm, lr)
@@ -326,13 +327,19 @@ def loss_table(saved: dict) -> tuple[str, dict]:
         means[arm] = mean
         last = [r["stats"] for r in runs if r["stats"]["step"]]
         sparsity = dropped = "-"
-        if last:
-            sparsity = f"{statistics.mean(statistics.mean(s['sparsity'][-1]) for s in last):.3f}"
-            dropped = f"{statistics.mean(statistics.mean(s['dropped_mass'][-1]) for s in last):.3f}"
+        if last:  # per layer, mean over seeds
+            sparsity, dropped = (
+                " / ".join(
+                    f"{statistics.mean(s[key][-1][i] for s in last):.{digits}f}"
+                    for i in range(len(last[0][key][-1]))
+                )
+                for key, digits in (("sparsity", 2), ("dropped_mass", 3))
+            )
         rows.append(
             [
                 f"{arm} {ARM_NAMES[arm]}",
                 f"{runs[0]['parameters'] / 1e6:.2f}M",
+                f"{(runs[0]['parameters'] - embeddings) / 1e6:.2f}M",
                 f"{mean:.4f} ± {spread:.4f}",
                 f"{math.exp(mean):.1f}",
                 "-" if arm == "A" or "A" not in means else f"{100 * (mean / means['A'] - 1):+.2f}%",
@@ -347,11 +354,12 @@ def loss_table(saved: dict) -> tuple[str, dict]:
     header = [
         "Arm",
         "Parameters",
+        "Without embeddings",
         "Val loss (mean ± half-range)",
         "Val ppl",
         "vs A",
-        "ReLU² sparsity, last log",
-        "Dropped mass, last log",
+        "ReLU² sparsity per layer, last log",
+        "Dropped-mass fraction per layer, last log",
         "Train time",
         "Seeds",
     ]
