@@ -25,6 +25,7 @@ LAYERS = [
     ("models", ("layerwise.models",)),
     ("eval", ("layerwise.eval",)),
     ("train", ("layerwise.train", "layerwise.finetune")),
+    ("studies", ("layerwise.studies",)),
     (
         "cli",
         (

@@ -5,6 +5,7 @@
     layerwise eval retrieval --model DIR [--contexts 128 256] [--depths 0 0.5 1] [--json OUT]
     layerwise eval decode --model DIR --prompts FILE.jsonl [--config FILE.yaml] [decode=prophet ...]
     layerwise probe --model DIR --out DIR [--source shakespeare] [--max-length 128] [--rows 8]
+    layerwise study NAME|FILE [--out DIR] [--jobs N] [--report] [a.b=c ...]   (docs/studies.md)
 
 Overrides are dotted `key=value` pairs applied on top of the YAML file (values parse as YAML
 scalars: `train.steps=300`, `optimizer.betas=[0.9,0.95]`, `train.resume=true`; a tagged
@@ -89,6 +90,11 @@ SUBCOMMANDS: list[Subcommand] = [
         ("probe",),
         "depth-probe report of a saved model on a corpus's validation text",
         "layerwise.commands.probe",
+    ),
+    Subcommand(
+        ("study",),
+        "a controlled study: named runs x seeds from one YAML, resumable, one report",
+        "layerwise.commands.study",
     ),
 ]
 

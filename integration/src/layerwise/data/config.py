@@ -26,5 +26,8 @@ class DataConfig(LayerwiseConfig):
     # keep only the first N documents (quick runs); a stream: its first N rows, and BPE trains on
     # the first N (10,000 if unset) of the stream
     max_documents: int | None = Field(None, ge=2)
+    # keep only the first N tokens of the train split (its blocks repeat epoch after epoch: N
+    # unique tokens, e.g. the overtraining arm of docs/studies.md); None: all. Not for a stream
+    max_train_tokens: int | None = Field(None, ge=2)
     # corpora, tokenizers, token shards; default $LAYERWISE_CACHE or ~/.cache/layerwise
     cache_dir: str | None = None

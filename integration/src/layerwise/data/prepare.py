@@ -54,6 +54,14 @@ def prepare_data(cfg: DataConfig, block_size: int) -> PreparedData:
     tokenizer = load_tokenizer(cfg.tokenizer, corpus, cfg.vocab_size, cfg.cache_dir)
     names = ("validation",) if corpus.stream is not None else ("train", "validation")
     streams = token_streams(corpus, tokenizer, cfg.cache_dir, names)
+    if cfg.max_train_tokens is not None:
+        if corpus.stream is not None:
+            raise UsageError(
+                "data.max_train_tokens caps a train split held in memory, and this corpus is "
+                "streamed: use data.streaming=false (a local corpus), or unset data.max_train_tokens"
+            )
+        # N unique tokens: blocks of T + 1 share their boundary token, so N + 1 of the stream
+        streams = {**streams, "train": streams["train"][: cfg.max_train_tokens + 1]}
     splits = {name: PackedBlocks(streams[name], block_size) for name in names}
     for name, blocks in splits.items():
         if len(blocks) == 0:
