@@ -30,6 +30,7 @@ import math
 import os
 import re
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -231,11 +232,9 @@ def setup_record(args) -> dict:
 
 
 def _runs_of(saved: dict, arm: str, lr: float) -> list[dict]:
-    return [
-        r
-        for tag, r in saved["runs"].items()
-        if r["arm"] == arm and math.isclose(r["lr"], lr) and "_lr" not in tag
-    ]
+    """The main runs of `arm` (not the LR sweep's; `lr` is the main one, LORO arms have theirs)."""
+    del lr
+    return [r for tag, r in saved["runs"].items() if r["arm"] == arm and "_lr" not in tag]
 
 
 def mean_spread(values: list[float]) -> tuple[float, float]:
@@ -384,59 +383,113 @@ def sweep_table(saved: dict) -> str:
     return "LR sweep (seed 0):\n\n" + markdown_table(["Arm", "lr", "Seed", "Val loss"], rows)
 
 
-def _gap(means: dict, a: str, b: str) -> str:
-    if a in means and b in means:
-        return f"{100 * (means[a] / means[b] - 1):+.2f}%"
-    return "n/a"
+def paired_gap(saved: dict, a: str, b: str) -> tuple[float, list[float]] | None:
+    """Validation loss of arm a minus arm b, seed by seed (seeds both have): (mean, per seed)."""
+    lr = saved["setup"]["lr"]
+    la = {r["seed"]: r["val_loss"] for r in _runs_of(saved, a, lr)}
+    lb = {r["seed"]: r["val_loss"] for r in _runs_of(saved, b, lr)}
+    diffs = [la[s] - lb[s] for s in sorted(la.keys() & lb.keys())]
+    return (statistics.mean(diffs), diffs) if diffs else None
+
+
+GAPS = [
+    ("B", "A", "ReLU² vs SwiGLU, full rank"),
+    ("C", "B", "2:4, full rank"),
+    ("D", "A", "low rank, SwiGLU"),
+    ("E", "D", "ReLU² vs SwiGLU, low rank"),
+    ("F", "E", "2:4, low rank (ELAS vs its dense twin)"),
+    ("G", "F", "masked vs STE backward"),
+    ("H", "F", "no dense warm-up"),
+    ("F", "A", "ELAS vs full-rank SwiGLU"),
+    ("D_loro", "D", "LORO vs AdamW, low-rank SwiGLU"),
+    ("F_loro", "F", "LORO vs AdamW, ELAS"),
+]
+
+
+def gap_table(saved: dict) -> str:
+    from layerwise_core.benchmarking import markdown_table
+
+    rows = []
+    for a, b, what in GAPS:
+        gap = paired_gap(saved, a, b)
+        if gap is None:
+            continue
+        mean, diffs = gap
+        rows.append([f"{a} - {b}", what, f"{mean:+.4f}", ", ".join(f"{d:+.4f}" for d in diffs)])
+    header = ["Gap", "What changes", "Val loss difference (nats, mean)", "Per seed"]
+    return markdown_table(header, rows) if rows else ""
 
 
 def report(saved: dict, verdict: str | None) -> str:
     s = saved["setup"]
-    table, means = loss_table(saved)
+    table, _ = loss_table(saved)
     tokens = s["steps"] * s["batch"] * s["block"]
     done = len([t for t in saved["runs"] if "_lr" not in t])
-    gaps = (
-        f"Gaps in mean validation loss: B - A {_gap(means, 'B', 'A')}, C - B "
-        f"{_gap(means, 'C', 'B')}, E - D {_gap(means, 'E', 'D')}, F - E {_gap(means, 'F', 'E')}, "
-        f"G - F {_gap(means, 'G', 'F')}, H - F {_gap(means, 'H', 'F')}, D - A "
-        f"{_gap(means, 'D', 'A')}, F - A {_gap(means, 'F', 'A')}."
-    )
     seeds = sorted({r["seed"] for r in saved["runs"].values()})
     cmd = (
         f"python examples/elas_shakespeare.py --hidden {s['hidden']} --layers {s['layers']} "
         f"--steps {s['steps']} --batch {s['batch']} --lr {s['lr']} --seeds "
-        f"{' '.join(map(str, seeds))} && python examples/elas_shakespeare.py --replot --report"
+        f"{' '.join(map(str, seeds))} [--arms D_loro F_loro] [--arms A --sweep 0.001 0.01] "
+        "&& python examples/elas_shakespeare.py --replot --report"
     )
-    sweep = sweep_table(saved)
+    val_tokens = next(iter(saved["runs"].values()))["val_tokens"]
+    claim = (
+        "Claim (ELAS, spec elas.md §2): a low-rank Llama (LORO factors) whose FFN is a squared "
+        "ReLU with 2:4 activation sparsity (top-2 of every 4 values, straight-through backward, "
+        "1,000 dense warm-up steps) pre-trains with 'minimal degradation': C4 perplexity 34.06 -> "
+        "34.12 (60M), 24.36 -> 24.80 (130M), 15.56 -> 15.69 (1B) against full rank, +0.07 to "
+        "+0.28 against LORO; without the warm-up the 60M run gives NaN (130M: 29.70). Haziza et "
+        "al. (1.5B, emulated 2:4): ReLU² ≈ SwiGLU, 2:4 costs ~0.001 nats, ReLU² layers reach "
+        "84-98% sparsity."
+    )
+    setup = (
+        f"Setup: Llama hidden {s['hidden']}, {s['layers']} layers, 4 heads, SwiGLU d_ff {s['ffn']} "
+        f"(ReLU²: F = 1.5 d_ff rounded up to a multiple of 64 = "
+        f"{64 * math.ceil(1.5 * s['ffn'] / 64)}), rank {s['rank']} (= d/4) on every attention and "
+        "MLP projection of the low-rank arms (embeddings and lm_head full); BPE vocabulary 4096, "
+        "Shakespeare through the integration's data pipeline (split by work), "
+        f"{s['steps']} steps x {s['batch']} x {s['block']} tokens = {tokens:,} tokens per run; "
+        f"AdamW (0.9, 0.95), lr {s['lr']} for every arm (on the factors for the low-rank arms), "
+        f"weight decay {s['wd']}, LR warm-up 10% + cosine to 0.1 x lr, clip 1.0, fp32; 2:4 dense "
+        f"warm-up {s['elas_warmup']} updates (10%) for C, F, G; LORO arms: lr {s['loro_lr']}, "
+        f"exact step every {s.get('loro_exact_every')} updates, otherwise LORO's defaults. Same "
+        f"blocks, order and seed in every arm. Validation: the whole validation split "
+        f"({val_tokens:,} predicted tokens), 2:4 select on where it is active. Sparsity (share of "
+        "zeros of relu(y1)²) and dropped-mass fraction (share of the relu² mass the 2:4 select "
+        "drops, or would drop in the dense arms and during the warm-up): per layer, on the "
+        f"logged step's batch, from each run's metrics.jsonl. {done} runs, "
+        f"{s['threads']} torch thread, code at commit {s.get('code_commit')}."
+    )
     return f"""
 ## {TITLE} (CPU, {datetime.date.today()})
 
-- Claim (ELAS, spec elas.md §2): a low-rank Llama (LORO factors) whose FFN is a squared ReLU with
-  2:4 activation sparsity (top-2 of every 4 values, straight-through backward, 1,000 dense warm-up
-  steps) pre-trains with "minimal degradation": C4 perplexity 34.06 -> 34.12 (60M), 24.36 -> 24.80
-  (130M), 15.56 -> 15.69 (1B) against full rank; without the warm-up the 60M run gives NaN.
-  Haziza et al. (1.5B): ReLU² ≈ SwiGLU, 2:4 costs ~0.001 nats, ReLU² layers reach 84-98% sparsity.
-- Setup: Llama hidden {s["hidden"]}, {s["layers"]} layers, 4 heads, SwiGLU d_ff {s["ffn"]}
-  (ReLU² F = 1.5 d_ff rounded up to a multiple of 64), rank {s["rank"]} (= d/4) on every attention and
-  MLP projection of the low-rank arms; BPE vocabulary 4096, Shakespeare (the integration's data
-  pipeline, split by work), {s["steps"]} steps x {s["batch"]} x {s["block"]} tokens = {tokens:,}
-  tokens per run; AdamW (0.9, 0.95), lr {s["lr"]} for every arm (AdamW on the factors for the
-  low-rank arms), weight decay {s["wd"]}, LR warm-up 10% + cosine to 0.1, clip 1.0, fp32, 2:4
-  dense warm-up {s["elas_warmup"]} steps (10%) for C/F/G; same blocks, order and seed in every arm;
-  {s["threads"]} torch thread(s). Validation: the whole validation split
-  ({next(iter(saved["runs"].values()))["val_tokens"]:,} predicted tokens). Sparsity and dropped mass:
-  per layer, logged by the training loop ({done} runs in the table).
+{_bullet(claim)}
+{_bullet(setup)}
+- Machine: {machine()}.
 - Command: `{cmd}`
 
 {table}
 
-{sweep}
+Paired differences (same seed, same tokens):
+
+{gap_table(saved)}
+
+{sweep_table(saved)}
 
 ![ELAS sparsity, dropped mass and loss](figures/elas_shakespeare.png)
 
-- {gaps}
-- What holds at this scale: {verdict or "(runs still missing; see the table)"}
+{_bullet("What holds at this scale: " + (verdict or "(runs still missing; see the table)"))}
 """
+
+
+def machine() -> str:
+    from layerwise_core.benchmarking import machine_description
+
+    return machine_description()
+
+
+def _bullet(text: str) -> str:
+    return textwrap.fill(text, 100, initial_indent="- ", subsequent_indent="  ")
 
 
 def write_docs(section: str) -> None:
@@ -476,7 +529,11 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true", help="don't merge into the docs json")
     parser.add_argument("--replot", action="store_true", help="figure from saved results only")
     parser.add_argument("--report", action="store_true", help="write the docs section")
-    parser.add_argument("--verdict", default=None, help="the 'what holds' sentence of the docs")
+    parser.add_argument(
+        "--verdict-file",
+        default=None,
+        help="a text file: the 'what holds at this scale' paragraph, kept in the results json",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.ffn = args.ffn or 8 * math.ceil(8 * args.hidden / 3 / 8)
@@ -522,7 +579,10 @@ def main() -> None:
         plot(saved, FIGURE)
         print(loss_table(saved)[0])
     if args.report:
-        write_docs(report(saved, args.verdict))
+        if args.verdict_file:
+            saved["verdict"] = " ".join(Path(args.verdict_file).read_text().split())
+            RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
+        write_docs(report(saved, saved.get("verdict")))
 
 
 if __name__ == "__main__":
