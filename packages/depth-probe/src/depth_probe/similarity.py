@@ -24,7 +24,12 @@ from torch.nn import functional as F
 from depth_probe.capture import DepthCapture, as_capture
 from layerwise_core import TokenInputs
 
-__all__ = ["SIMILARITY_VARIANTS", "similarity_matrix"]
+__all__ = [
+    "SIMILARITY_VARIANTS",
+    "similarity_from_sums",
+    "similarity_matrix",
+    "similarity_sums",
+]
 
 SimilarityVariant = Literal["pooled", "per_token", "per_token_detrended"]
 SIMILARITY_VARIANTS: tuple[SimilarityVariant, ...] = ("pooled", "per_token", "per_token_detrended")
@@ -53,14 +58,31 @@ def similarity_matrix(
     if len(outputs) < 1 or any(o is None for o in outputs):
         raise ValueError("similarity_matrix: needs the outputs of at least 2 blocks")
     stacked = torch.stack([capture.real_tokens(o).float() for o in outputs])  # [L-1, N, H]
-    if variant == "pooled":
-        pooled = F.normalize(stacked.double().mean(1), dim=-1)
-        return (pooled @ pooled.T).float()
-    if variant == "per_token_detrended":
-        if stacked.shape[0] < 2:  # a trajectory of one layer has no spread to z-score by
-            return torch.full((1, 1), float("nan"))
+    return similarity_from_sums(similarity_sums(stacked), stacked.shape[1], variant)
+
+
+def similarity_sums(stacked: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums over the N tokens of stacked block outputs [K, N, H] that every variant is made of:
+    "pooled" [K, H] (float64 sum of the vectors), "per_token" and "per_token_detrended" [K, K]
+    (sum_t of the cosines). Sums of several batches add up to those of the whole set."""
+    sums = {"pooled": stacked.double().sum(1)}
+    unit = F.normalize(stacked, dim=-1).flatten(1)  # [K, N*H]: sum_t cos = flat dot product
+    sums["per_token"] = (unit @ unit.T).double()
+    if stacked.shape[0] < 2:  # a trajectory of one layer has no spread to z-score by
+        sums["per_token_detrended"] = torch.full((1, 1), float("nan"), dtype=torch.float64)
+    else:
         mu = stacked.mean(0, keepdim=True)
         sigma = stacked.std(0, keepdim=True).clamp_min(1e-8)
-        stacked = (stacked - mu) / sigma
-    unit = F.normalize(stacked, dim=-1).flatten(1)  # [L-1, N*H]: sum_t cos = flat dot product
-    return (unit @ unit.T) / stacked.shape[1]
+        z = F.normalize((stacked - mu) / sigma, dim=-1).flatten(1)
+        sums["per_token_detrended"] = (z @ z.T).double()
+    return sums
+
+
+def similarity_from_sums(
+    sums: dict[str, torch.Tensor], tokens: int, variant: SimilarityVariant
+) -> torch.Tensor:
+    """The [K, K] similarity of `variant` from `similarity_sums` over `tokens` tokens (float32)."""
+    if variant == "pooled":
+        pooled = F.normalize(sums["pooled"], dim=-1)
+        return (pooled @ pooled.T).float()
+    return (sums[variant] / tokens).float()
