@@ -18,7 +18,6 @@ from sparse_ft.__about__ import __version__
 from sparse_ft.calibration import (
     BlockInputs,
     capture_block_inputs,
-    diffusion_masked_copies,
     packed_calibration,
     run_block,
 )
@@ -110,7 +109,6 @@ __all__ = [
     "__version__",
     "apply_elas",
     "capture_block_inputs",
-    "diffusion_masked_copies",
     "drop_and_grow",
     "effective_weight",
     "elas_stats",

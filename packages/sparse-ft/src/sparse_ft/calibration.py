@@ -22,7 +22,6 @@ __all__ = [
     "block_linears",
     "calibration_batches",
     "capture_block_inputs",
-    "diffusion_masked_copies",
     "linear_inputs",
     "packed_calibration",
     "run_block",
@@ -168,30 +167,3 @@ def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
     """Every nn.Linear inside a decoder block, by its name relative to the block."""
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
 
-
-def diffusion_masked_copies(
-    calibration: torch.Tensor | Sequence[torch.Tensor],
-    mask_token_id: int,
-    repeats: int = 4,
-    seed: int = 0,
-) -> list[torch.Tensor]:
-    """Calibration for a masked-diffusion LM: `repeats` forward-diffused copies of every sequence.
-
-    Each copy draws its own t ~ U[0, 1) and replaces each token by `mask_token_id` with probability
-    t (the diffusion-LM study's `mask_calibration_data`: one generator seeded with `seed`, per
-    sequence and copy one draw of t then one per token, so the same rows give the same copies).
-    Returns [rows * repeats, T] tensors, the copies of a row next to each other.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for batch in calibration_batches(calibration, batch_size=1 << 30):
-        copies = []
-        for row in batch:
-            for _ in range(repeats):
-                t = torch.rand(1, generator=generator).item()
-                masked = torch.rand(row.shape, generator=generator) < t
-                copies.append(row.masked_fill(masked.to(row.device), mask_token_id))
-        out.append(torch.stack(copies))
-    return out

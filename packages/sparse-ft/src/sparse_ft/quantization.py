@@ -21,13 +21,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from layerwise_core import find_decoder, load_safetensors, save_safetensors
+from layerwise_core import find_decoder, load_safetensors, masked_copies, save_safetensors
 from sparse_ft.calibration import (
     BlockInputs,
     block_linears,
     calibration_batches,
     capture_block_inputs,
-    diffusion_masked_copies,
     linear_inputs,
     run_block,
 )
@@ -123,7 +122,8 @@ def quantize(
         calibration_masking: "none" (the study's GPTQ_VIRTUAL: plain tokens, also for diffusion
             LMs) or "diffusion" (DGPTQ: `mask_repeats` copies of every sequence, each with a
             fraction t ~ U[0, 1) of its tokens replaced by `mask_token_id`, default
-            `model.config.mask_token_id`; drawn from a generator seeded with `seed`).
+            `model.config.mask_token_id`; `layerwise_core.masked_copies` with `seed`, the draws of
+            the study's `mask_calibration_data`).
 
     Returns:
         QuantizeResult: codes, scales, zeros and group index of every quantised matrix.
@@ -152,7 +152,9 @@ def quantize(
                 "calibration_masking='diffusion' needs the [MASK] id: pass mask_token_id= (the "
                 "model's config has no mask_token_id)"
             )
-        calibration = diffusion_masked_copies(calibration, mask_token_id, mask_repeats, seed)  # type: ignore[arg-type]
+        parts = calibration_batches(calibration, batch_size=1 << 30)  # type: ignore[arg-type]
+        rows = torch.cat(parts)
+        calibration = masked_copies(rows, mask_token_id, mask_repeats, seed=seed)
     was_training = model.training
     model.eval()
     try:
