@@ -477,9 +477,37 @@ Paired differences (same seed, same tokens):
 {sweep_table(saved)}
 
 ![ELAS sparsity, dropped mass and loss](figures/elas_shakespeare.png)
-
+{variants_text()}
 {_bullet("What holds at this scale: " + (verdict or "(runs still missing; see the table)"))}
 """
+
+
+def variants_text() -> str:
+    """A subsection per other setup (docs/reports/elas_shakespeare_<variant>.json)."""
+    out = []
+    for path in sorted(RESULTS.parent.glob("elas_shakespeare_*.json")):
+        saved = json.loads(path.read_text())
+        if not saved.get("runs"):
+            continue
+        s = saved["setup"]
+        variant = path.stem.removeprefix("elas_shakespeare_")
+        arms = sorted({r["arm"] for r in saved["runs"].values()})
+        seeds = sorted({r["seed"] for r in saved["runs"].values()})
+        tokens = s["steps"] * s["batch"] * s["block"]
+        text = (
+            f"Same setup, {s['steps']} steps x {s['batch']} x {s['block']} = {tokens:,} tokens "
+            f"per run (2:4 dense warm-up {s['elas_warmup']} updates), lr {s['lr']}, arms "
+            f"{', '.join(arms)}, seeds {', '.join(map(str, seeds))}. Command: `python "
+            f"examples/elas_shakespeare.py --variant {variant} --steps {s['steps']} --seeds "
+            f"{' '.join(map(str, seeds))} --arms {' '.join(arms)}`."
+        )
+        figure = FIGURE.with_name(f"elas_shakespeare_{variant}.png")
+        link = f"\n\n![{variant}](figures/{figure.name})" if figure.exists() else ""
+        out.append(
+            f"\n### Variant '{variant}'\n\n{_bullet(text)}\n\n{loss_table(saved)[0]}\n\n"
+            f"{gap_table(saved)}{link}\n"
+        )
+    return "".join(out)
 
 
 def machine() -> str:
@@ -525,6 +553,12 @@ def main() -> None:
     parser.add_argument("--sweep", type=float, nargs="*", default=[], help="extra lrs, seed 0")
     parser.add_argument("--sweep-arms", nargs="+", default=["A", "F"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--variant",
+        default="",
+        help="another setup (e.g. longer runs): its own results json and figure "
+        "(docs/reports/elas_shakespeare_<variant>.json), a subsection of the report",
+    )
     parser.add_argument("--out", default="runs/elas_shakespeare")
     parser.add_argument("--no-save", action="store_true", help="don't merge into the docs json")
     parser.add_argument("--replot", action="store_true", help="figure from saved results only")
@@ -540,6 +574,12 @@ def main() -> None:
     args.rank = args.rank or args.hidden // 4
     args.elas_warmup = args.steps // 10
     args.loro_exact_every = args.loro_exact_every or max(1, args.steps // 6)
+    global RESULTS, FIGURE
+    if args.variant:
+        RESULTS = RESULTS.with_name(f"elas_shakespeare_{args.variant}.json")
+        FIGURE = FIGURE.with_name(f"elas_shakespeare_{args.variant}.png")
+        if args.out == parser.get_default("out"):
+            args.out = f"{args.out}_{args.variant}"
 
     if not args.replot:
         from layerwise.data import prepare_data
