@@ -192,6 +192,47 @@ def train_one(arm: str, seed: int, lr: float | None, args, data) -> dict:
     }
 
 
+@torch.no_grad()
+def toggled_eval(args) -> None:
+    """For each finished ReLU² run in the results: the validation loss of its final model with
+    the 2:4 select switched the other way (dense-trained arms B/E: select on, no training with
+    it; 2:4-trained arms: select off), over the same validation blocks."""
+    from layerwise.data import prepare_data
+    from layerwise.eval.perplexity import perplexity
+    from layerwise.models import load_trained_model
+    from layerwise.train.config import PretrainConfig
+    from sparse_ft.elas_ffn import ELASFFN
+
+    saved = load_results()
+    data = None
+    for tag, result in saved["runs"].items():
+        folder = Path(args.out) / tag
+        if "relu2" not in json.dumps(result["overrides"]) or "val_loss_toggled" in result:
+            continue
+        if not (folder / "final").exists():
+            print(f"[elas] {tag}: no final model in {folder}, not toggled", flush=True)
+            continue
+        cfg = PretrainConfig.from_yaml(folder / "config.yaml")
+        data = data or prepare_data(cfg.data, cfg.train.block_size)
+        model = load_trained_model(folder / "final", cfg.model).eval()
+        ffns = [m for m in model.modules() if isinstance(m, ELASFFN)]
+        trained_sparse = ffns[0].sparse
+        for ffn in ffns:
+            ffn.sparse = not trained_sparse
+            ffn.warmup_steps = 0
+        scored = perplexity(model, data.validation, cfg.train.batch_size, None)
+        assert scored.tokens == result["val_tokens"]
+        result["val_loss_toggled"] = scored.loss
+        result["toggled_to"] = "2:4 on" if not trained_sparse else "2:4 off"
+        saved["runs"][tag] = result
+        RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
+        print(
+            f"[elas] {tag}: val loss {result['val_loss']:.4f}, "
+            f"{result['toggled_to']} {scored.loss:.4f}",
+            flush=True,
+        )
+
+
 def load_results() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
 
@@ -334,6 +375,10 @@ def loss_table(saved: dict) -> tuple[str, dict]:
                 )
                 for key, digits in (("sparsity", 2), ("dropped_mass", 3))
             )
+        flipped = [r["val_loss_toggled"] for r in runs if "val_loss_toggled" in r]
+        flip = "-"
+        if len(flipped) == len(runs):
+            flip = f"{statistics.mean(flipped):.4f} ({runs[0]['toggled_to']})"
         rows.append(
             [
                 f"{arm} {ARM_NAMES[arm]}",
@@ -341,6 +386,7 @@ def loss_table(saved: dict) -> tuple[str, dict]:
                 f"{(runs[0]['parameters'] - embeddings) / 1e6:.2f}M",
                 f"{mean:.4f} ± {spread:.4f}",
                 f"{math.exp(mean):.1f}",
+                flip,
                 "-" if arm == "A" or "A" not in means else f"{100 * (mean / means['A'] - 1):+.2f}%",
                 sparsity,
                 dropped,
@@ -356,6 +402,7 @@ def loss_table(saved: dict) -> tuple[str, dict]:
         "Without embeddings",
         "Val loss (mean ± half-range)",
         "Val ppl",
+        "Val loss, 2:4 flipped at eval",
         "vs A",
         "ReLU² sparsity per layer, last log",
         "Dropped-mass fraction per layer, last log",
@@ -561,6 +608,11 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/elas_shakespeare")
     parser.add_argument("--no-save", action="store_true", help="don't merge into the docs json")
+    parser.add_argument(
+        "--toggle-eval",
+        action="store_true",
+        help="no training: validation loss of the saved ReLU² runs with the 2:4 select flipped",
+    )
     parser.add_argument("--replot", action="store_true", help="figure from saved results only")
     parser.add_argument("--report", action="store_true", help="write the docs section")
     parser.add_argument(
@@ -581,7 +633,9 @@ def main() -> None:
         if args.out == parser.get_default("out"):
             args.out = f"{args.out}_{args.variant}"
 
-    if not args.replot:
+    if args.toggle_eval:
+        toggled_eval(args)
+    elif not args.replot:
         from layerwise.data import prepare_data
         from layerwise.train.config import PretrainConfig
 
