@@ -214,6 +214,17 @@ def test_symmetric_grid_of_a_row_without_negatives_keeps_zero_as_the_official_co
     )
 
 
+def test_rtn_rounds_each_group_to_its_own_grid():
+    weight, _, _ = _layer(seed=8)
+    got, packed = rtn_quantize(weight, 3, group_size=16, sym=True)
+    for k in range(4):
+        part = weight[:, 16 * k : 16 * k + 16]
+        scale, zero = _row_grid(part, 3, True)
+        want = torch.stack([_nearest(col, scale, zero, 3) for col in part.T], dim=1)
+        assert torch.equal(got[:, 16 * k : 16 * k + 16], want)
+    assert torch.equal(packed.dequantize(), got)
+
+
 def test_mse_shrink_search_never_worse_than_min_max():
     w = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
     w[:, 0] *= 8  # an outlier per row: shrinking the range pays off

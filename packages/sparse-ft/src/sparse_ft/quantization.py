@@ -117,8 +117,9 @@ def quantize(
         true_sequential: quantise [q, k, v], then [o], [gate, up], [down] with the Hessians of each
             group taken after a fresh forward through the quantised ones (`--true-sequential`).
         calibration: token ids [sequences, tokens] (or a list of them); needed by GPTQ.
-        batch_size: sequences per forward; the Hessian's running normalisation is per batch, so
-            results match the official driver bit for bit at 1 and up to rounding otherwise.
+        batch_size: sequences per forward; the Hessian's running normalisation is per batch, as
+            in the official driver at 1 (one sequence per forward); other sizes change only the
+            rounding.
         calibration_masking: "none" (the study's GPTQ_VIRTUAL: plain tokens, also for diffusion
             LMs) or "diffusion" (DGPTQ: `mask_repeats` copies of every sequence, each with a
             fraction t ~ U[0, 1) of its tokens replaced by `mask_token_id`, default
