@@ -51,3 +51,10 @@ def test_scorers_and_generation_accept_a_batch_dict():
         dp.greedy_generate(model, ids, mask, 3),
         dp.greedy_generate(model, as_dict, max_new_tokens=3),
     )
+
+
+def test_collapse_metrics_accept_a_batch_dict():
+    model = tiny_llama(num_hidden_layers=3)
+    ids, mask, as_dict = batch()
+    same(dp.channel_magnitudes(model, ids, mask), dp.channel_magnitudes(model, as_dict))
+    same(dp.layer_similarities(model, ids, mask), dp.layer_similarities(model, as_dict))

@@ -95,6 +95,14 @@ class ChannelMagnitudes:
         }
 
 
+def _batch_stats(a: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """(sum_n |x|, #tokens over f * median, sum_n MMR, n) of a: [n, C] absolute inputs."""
+    median = a.median(dim=-1).values
+    mmr = a.amax(-1) / median.clamp_min(1e-8)
+    persist = (a > factor * median[:, None]).sum(0)
+    return a.double().sum(0), persist, float(mmr.double().sum()), a.shape[0]
+
+
 class _SiteStats:
     """Running sums of one (site, layer) over batches."""
 
@@ -104,21 +112,17 @@ class _SiteStats:
         self.mmr_sum = 0.0
         self.count = 0
 
-    def add(self, a: torch.Tensor, factor: float) -> None:
-        """a: [n, C] absolute values of the real tokens' inputs."""
-        if a.shape[0] == 0:
+    def add(self, batch: tuple[torch.Tensor, torch.Tensor, float, int]) -> None:
+        abs_sum, persist, mmr_sum, count = batch
+        if count == 0:
             return
-        median = a.median(dim=-1).values
-        mmr = a.amax(-1) / median.clamp_min(1e-8)
-        persist = (a > factor * median[:, None]).sum(0)
-        abs_sum = a.double().sum(0)
         if self.abs_sum is None:
-            self.abs_sum, self.persist = abs_sum, persist
+            self.abs_sum, self.persist = abs_sum.clone(), persist.clone()
         else:
             self.abs_sum += abs_sum
             self.persist += persist
-        self.mmr_sum += float(mmr.double().sum())
-        self.count += a.shape[0]
+        self.mmr_sum += mmr_sum
+        self.count += count
 
 
 def _real_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -162,11 +166,22 @@ def channel_magnitudes(
     pos_sum: list[torch.Tensor | None] = [None] * num
     current: dict[str, torch.Tensor] = {}
 
+    # q/k/v (and gate/up) read the very tensor the norm returned: its statistics are computed once.
+    # The cache holds the tensors of the current block only, so an id is never reused meanwhile.
+    seen: dict[int, tuple[torch.Tensor, tuple]] = {}
+    seen_layer = [-1]
+
     def record(site: str, index: int, x: torch.Tensor) -> None:
-        rows = _real_rows(x.detach(), current["mask"]).float().abs()
-        stats.setdefault(site, [_SiteStats() for _ in range(num)])[index].add(
-            rows, persistence_factor
-        )
+        if index != seen_layer[0]:
+            seen.clear()
+            seen_layer[0] = index
+        if id(x) in seen:
+            batch = seen[id(x)][1]
+        else:
+            rows = _real_rows(x.detach(), current["mask"]).float().abs()
+            batch = _batch_stats(rows, persistence_factor)
+            seen[id(x)] = (x, batch)
+        stats.setdefault(site, [_SiteStats() for _ in range(num)])[index].add(batch)
         if positions and site == RESIDUAL and x.dim() == 3:
             a = x.detach().float().abs() * current["mask"].to(x.device)[..., None]
             total = a.double().sum(0)  # [T, C]
@@ -210,6 +225,8 @@ def channel_magnitudes(
             current["mask"] = mask_all[rows]
             kwargs = {} if attention_mask is None else {"attention_mask": attention_mask[rows]}
             model(input_ids[rows], **kwargs)
+            seen.clear()
+            seen_layer[0] = -1
     finally:
         for handle in handles:
             handle.remove()
