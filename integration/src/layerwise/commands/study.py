@@ -8,18 +8,42 @@ import argparse
 import json
 from pathlib import Path
 
+from layerwise.commands import config_help
 from layerwise.studies import StudyConfig, list_studies, load_study, run_study, write_report
 from layerwise.studies.runner import RESULTS
 from layerwise_core import MissingPathError, UsageError
 
 __all__ = ["CONFIG", "EXAMPLE", "add_arguments", "run"]
 
-CONFIG = StudyConfig
+CONFIG = None  # no --config: the study YAML is the positional argument (its keys: the epilog)
 EXAMPLE = "base.train.steps=40 seeds=[0]"
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Options and KEY=VALUE overrides in any order after the study (`study NAME --jobs 2 a=b`):
+    argparse alone gives every positional to the first run of them (NAME), leaving `a=b`
+    unrecognised."""
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._parsing:  # parse_known_intermixed_args calls back here
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The study, its folder, the parallelism, --report, overrides."""
+    parser.__class__ = _IntermixedParser
+    # StudyConfig has required keys (name, runs): the built-in studies are the examples
+    lines = config_help(StudyConfig, EXAMPLE).replace("config file", "study YAML", 1).splitlines()
+    parser.epilog = "\n".join(
+        [*lines[:-1], "the built-in studies: layerwise/recipes/studies/*.yaml (docs/studies.md)"]
+    )
     parser.add_argument(
         "study", help=f"a study YAML file or a built-in study: {', '.join(list_studies())}"
     )

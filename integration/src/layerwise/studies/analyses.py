@@ -261,8 +261,8 @@ class CollapseStage(_Stage):
                 sims[f"{variant}{'_zeroed' if zeroed else ''}"] = matrix
         per_token = sims["per_token"]
         rho = [per_token[i, i + 1].item() for i in range(per_token.shape[0] - 1)]
-        third = max(1, len(rho) // 3)
-        contrast = sum(rho[:third]) / third - sum(rho[-third:]) / third
+        third = len(rho) // 3  # needs L >= 5 blocks (3 neighbour pairs)
+        contrast = sum(rho[:third]) / third - sum(rho[-third:]) / third if third else None
         base = ctx.loss(model)
         skip = []
         for index in range(len(rho) + 2):  # every block (L = len(h_1..h_{L-1}) + 1)

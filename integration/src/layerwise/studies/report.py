@@ -68,7 +68,7 @@ def _pairs(results: dict, label: str, fraction: str, metric: str, pair: dict) ->
     tag, a, b = pair["tag"], pair["a"], pair["b"]
     values: dict[tuple, dict[str, float]] = {}
     for _, tags, seed, summary in _summaries(results, label, fraction):
-        if tag not in tags or metric not in summary:
+        if tag not in tags or summary.get(metric) is None:
             continue
         key = (tuple(sorted((k, v) for k, v in tags.items() if k != tag)), seed)
         values.setdefault(key, {})[tags[tag]] = summary[metric]
@@ -155,7 +155,11 @@ def _stage_figure(results: dict, label: str, fraction: str, out: Path) -> str | 
     for i, group in enumerate(groups):
         means, stds = [], []
         for m in metrics:
-            vals = [s[m] for r, _, _, s in found if _group_of(results, r) == group and m in s]
+            vals = [
+                s[m]
+                for r, _, _, s in found
+                if _group_of(results, r) == group and s.get(m) is not None
+            ]
             means.append(statistics.fmean(vals) if vals else float("nan"))
             stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
         xs = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(metrics))]

@@ -1,0 +1,303 @@
+"""The study runner (`layerwise study`, layerwise.studies): YAML validation, a 2-run x 1-seed study
+run in 2 parallel processes and again sequentially with one run interrupted, skipping of finished
+runs, refusal of a changed run, the report rebuilt from results.json, and the analysis stages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from layerwise import cli
+from layerwise_core import ConfigError, MissingPathError
+
+SMALL_VOCAB, SMALL_DOCS = 512, 20  # conftest.small_data: the tokens the session has cached
+
+TINY_STUDY = {
+    "name": "tiny",
+    "description": "two tiny twins, a few steps each",
+    "base": {
+        "data": {"vocab_size": SMALL_VOCAB, "max_documents": SMALL_DOCS},
+        "model": {"preset": "llama-tiny", "overrides": {"num_hidden_layers": 4}},
+        "optimizer": {"name": "adamw", "lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
+        "schedule": {"warmup_steps": 2},
+        "train": {
+            "steps": 6,
+            "batch_size": 4,
+            "block_size": 64,
+            "eval_every": 0,
+            "eval_batches": 2,
+            "log_every": 1,
+            "precision": "no",
+        },
+    },
+    "seeds": [0],
+    "runs": {
+        "ar": {"overrides": ["objective=ntp"], "tags": {"family": "ar"}},
+        "dlm": {"overrides": ["objective=mdm"], "tags": {"family": "dlm"}},
+    },
+    "checkpoints": [0.5, 1.0],
+    # 8 evaluation windows = the final validation of the run (eval_batches 2 x batch 4)
+    "probe": {"calibration_windows": 4, "eval_windows": 8, "batch_size": 4, "mdm_t": [0.3, 0.8]},
+    "analyses": {"loss": "loss", "wanda": {"name": "wanda", "epsilons": [0.1]}},
+    "report": {"group_by": "family", "pair": {"tag": "family", "a": "dlm", "b": "ar"}},
+}
+
+
+def write_study(path: Path, study: dict = TINY_STUDY) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def study_cli(*args: str) -> int:
+    return cli.main(["study", *map(str, args)])
+
+
+def without_timing(results: dict) -> dict:
+    results = json.loads(json.dumps(results))
+    for run in results["runs"].values():
+        for entry in run["seeds"].values():
+            entry.pop("timing")
+    return results
+
+
+def final_weights(run_folder: Path) -> dict[str, torch.Tensor]:
+    from layerwise.train import latest_checkpoint, read_model_state
+
+    return read_model_state(latest_checkpoint(run_folder / "checkpoints"))
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    """mtime (ns) of every file under `folder`."""
+    return {str(p): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- the YAML ----------------------------------------------------------------------------------
+
+
+def _with(**changes) -> dict:
+    study = json.loads(json.dumps(TINY_STUDY))
+    for dotted, value in changes.items():
+        node = study
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node[key]
+        node[last] = value
+    return study
+
+
+@pytest.mark.parametrize(
+    ("study", "message"),
+    [
+        (_with(runz={}), "unknown field 'runz' (did you mean 'runs'?)"),
+        (
+            _with(runs={"ar": {"overrides": ["optimizer.lrr=1e-3"]}}),
+            "run 'ar': invalid PretrainConfig: unknown field 'optimizer.lrr'",
+        ),
+        (
+            _with(runs={"ar": {"overrides": ["train.seed=3"]}}),
+            "runs.ar.overrides sets train.seed, which the study runner sets",
+        ),
+        (_with(checkpoints=[0.25, 1.0]), "checkpoint fraction 0.25 of train.steps=6"),
+        (_with(checkpoints=[1.5]), "fractions of train.steps must lie in (0, 1]"),
+        (_with(analyses={"w": {"name": "wandaa"}}), "did you mean 'wanda'?"),
+        (_with(runs={"a b": {}}), "run name 'a b' is not a folder name"),
+        (_with(report={"group_by": "size"}), "report.group_by names tag 'size', which no run has"),
+    ],
+)
+def test_study_yaml_errors_name_the_field_and_the_fix(tmp_path, study, message):
+    from layerwise.studies import load_study
+
+    with pytest.raises(ConfigError) as err:
+        load_study(str(write_study(tmp_path / "s.yaml", study)))
+    assert message in str(err.value)
+
+
+def test_unknown_study_name_suggests_the_builtin(capsys):
+    from layerwise.studies import list_studies, resolve_study
+
+    assert "dlm-vs-ar" in list_studies()
+    with pytest.raises(MissingPathError, match="did you mean 'dlm-vs-ar'"):
+        resolve_study("dlm-vs-arr")
+    assert study_cli("dlm-vs-arr") == 2
+    assert "layerwise: error: study 'dlm-vs-arr'" in capsys.readouterr().err
+
+
+def test_builtin_dlm_vs_ar_is_the_spec_design():
+    """Spec B.7: twins differing only in the objective, LRs {1e-3, 3e-3} x 3 seeds, checkpoints
+    kept at 0.25 / 0.5 / 1.0 of ~4M tokens, the 0.5M-token overtraining arm (8 epochs)."""
+    from layerwise.studies import load_study, plan_jobs
+
+    study = load_study("dlm-vs-ar")
+    jobs = {job.name: job for job in plan_jobs(study, "/tmp/unused")}
+    assert len(jobs) == 18
+    ar, dlm = jobs["ar-lr1e-3-s1"].config, jobs["dlm-lr1e-3-s1"].config
+    a, d = ar.to_dict(), dlm.to_dict()
+    assert a.pop("objective") == {"name": "ntp"} and d.pop("objective") == {"name": "mdm"}
+    a["train"].pop("out_dir"), d["train"].pop("out_dir")
+    assert a == d  # the same model, data, order, seed and schedule
+    tokens = ar.train.steps * ar.train.batch_size * ar.train.block_size
+    assert 3.9e6 < tokens <= 4.0e6
+    assert jobs["ar-lr1e-3-s0"].checkpoint_steps == [244, 488, 976]
+    assert ar.train.save_every == 244 and ar.train.keep_last is None
+    ot = jobs["dlm-ot-s2"].config
+    assert ot.data.max_train_tokens == 500_000
+    assert round(tokens / ot.data.max_train_tokens) == 8  # epochs over the unique tokens
+
+
+# --- running a study -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def parallel_study(tmp_path_factory):
+    """The tiny study run with 2 processes at once."""
+    root = tmp_path_factory.mktemp("study-parallel")
+    path = write_study(root / "tiny.yaml")
+    out = root / "out"
+    assert study_cli(path, "--out", out, "--jobs", 2) == 0
+    return path, out
+
+
+@pytest.fixture(scope="module")
+def sequential_study(parallel_study, tmp_path_factory):
+    """The same study run one process at a time, its `ar` run first interrupted after step 3
+    (the worker's --stop-at, as a pre-empted job) and resumed by the study."""
+    from layerwise.studies import load_study, plan_jobs
+    from layerwise.studies.runner import JOB, _worker_env, _write_json
+
+    path, _ = parallel_study
+    out = tmp_path_factory.mktemp("study-sequential") / "out"
+    study = load_study(str(path))
+    job = plan_jobs(study, out)[0]
+    assert job.name == "ar-s0"
+    job.folder.mkdir(parents=True)
+    _write_json(job.folder / JOB, job.spec(study))
+    worker = [sys.executable, "-m", "layerwise.studies.worker", str(job.folder), "--stop-at", "3"]
+    subprocess.run(worker, check=True, env=_worker_env(), capture_output=True)
+    assert not (job.folder / "trained.json").exists()
+    assert sorted(p.name for p in (job.folder / "checkpoints").glob("step_*")) == ["step_3"]
+    assert study_cli(path, "--out", out, "--jobs", 1) == 0
+    return out
+
+
+def test_study_trains_every_run_and_aggregates(parallel_study):
+    _, out = parallel_study
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["runs"]) == {"ar", "dlm"}
+    for name in ("ar", "dlm"):
+        run = out / "runs" / f"{name}-s0"
+        # checkpoints at the fractions 0.5 and 1.0 of 6 steps, and nothing else
+        assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_3", "step_6"]
+        entry = results["runs"][name]["seeds"]["0"]
+        assert entry["status"] == "trained"
+        assert [s for s, _ in entry["train_curve"]] == [1, 2, 3, 4, 5, 6]
+        assert set(entry["analyses"]["wanda"]) == {"0.5", "1"}
+    # the AR loss stage at the last checkpoint is the run's own final validation (same 8 blocks,
+    # same weights): checkpoint loading and the stage's cross-entropy agree with the pipeline
+    ar = results["runs"]["ar"]["seeds"]["0"]
+    loss = ar["analyses"]["loss"]["1"]["summary"]["loss"]
+    assert loss == pytest.approx(ar["final"]["validation_loss"], rel=1e-5)
+    # Wanda's arms: earlier-is-sparser with eps 0.1 over 4 blocks (spec B.5, by hand)
+    wanda = ar["analyses"]["wanda"]["1"]
+    assert wanda["details"]["eis_0.1"]["layer_sparsity"] == pytest.approx(
+        [0.6, 0.5 + 0.1 / 3, 0.5 - 0.1 / 3, 0.4]
+    )
+    assert wanda["summary"]["loss"] == loss
+    rel = wanda["summary"]["uniform/rel_increase"]
+    after = wanda["details"]["uniform"]["loss"]["loss"]
+    assert rel == pytest.approx((after - loss) / loss)
+    dlm = results["runs"]["dlm"]["seeds"]["0"]["analyses"]["loss"]["1"]["summary"]
+    assert dlm["loss"] == pytest.approx((dlm["elbo_t0.3"] + dlm["elbo_t0.8"]) / 2)
+    report = (out / "report.md").read_text()
+    assert "| dis_0.1/rel_increase |" in report and "dlm < ar (pairs)" in report
+    assert (out / "wanda.png").is_file() and (out / "training.png").is_file()
+
+
+def test_second_invocation_skips_finished_runs(parallel_study, capsys):
+    path, out = parallel_study
+    before = snapshot(out / "runs")
+    assert study_cli(path, "--out", out, "--jobs", 2) == 0
+    assert "2 runs, 2 done, 0 to run" in capsys.readouterr().out
+    assert snapshot(out / "runs") == before  # no checkpoint, analysis or log written
+
+
+def test_report_rebuilds_from_results_without_training(parallel_study):
+    path, out = parallel_study
+    report = (out / "report.md").read_text()
+    runs = snapshot(out / "runs")
+    (out / "report.md").unlink()
+    (out / "wanda.png").unlink()
+    assert study_cli(path, "--out", out, "--report") == 0
+    assert (out / "report.md").read_text() == report
+    assert (out / "wanda.png").is_file()
+    assert snapshot(out / "runs") == runs
+
+
+def test_changed_config_of_a_finished_run_is_refused(parallel_study, capsys):
+    path, out = parallel_study
+    runs = snapshot(out / "runs")
+    assert study_cli(path, "--out", out, "base.optimizer.lr=0.01") == 2
+    err = capsys.readouterr().err
+    assert "run ar-s0" in err and "optimizer.lr: 0.003 -> 0.01" in err
+    assert "delete that run folder" in err
+    assert snapshot(out / "runs") == runs
+
+
+def test_interrupted_run_resumes_to_the_same_weights(parallel_study, sequential_study):
+    _, parallel = parallel_study
+    history = (sequential_study / "runs" / "ar-s0" / "history.jsonl").read_text().splitlines()
+    events = [(r["event"], r["step"]) for r in map(json.loads, history)]
+    assert events == [("start", 0), ("resume", 3)]
+    resumed = final_weights(sequential_study / "runs" / "ar-s0")
+    straight = final_weights(parallel / "runs" / "ar-s0")
+    assert resumed.keys() == straight.keys()
+    for name, tensor in straight.items():
+        assert torch.equal(resumed[name], tensor), name
+
+
+def test_parallel_jobs_give_the_sequential_results(parallel_study, sequential_study):
+    _, parallel = parallel_study
+    a = json.loads((parallel / "results.json").read_text())
+    b = json.loads((sequential_study / "results.json").read_text())
+    assert without_timing(a) == without_timing(b)
+    for name, tensor in final_weights(parallel / "runs" / "dlm-s0").items():
+        assert torch.equal(final_weights(sequential_study / "runs" / "dlm-s0")[name], tensor)
+
+
+def test_collapse_and_quantize_stages_on_a_trained_run(parallel_study, tmp_path):
+    """The stages the tiny study leaves out, run in this process on a copy of the trained DLM
+    (probed on masked copies): depth_probe's layer-collapse metrics and sparse_ft's RTN, against
+    the loss stage's baseline."""
+    from layerwise.studies.runner import JOB
+    from layerwise.studies.worker import analyse
+
+    _, out = parallel_study
+    for name in ("dlm",):
+        run = tmp_path / name
+        shutil.copytree(out / "runs" / f"{name}-s0", run)
+        job = json.loads((run / JOB).read_text())
+        job["analyses"] = {
+            "collapse": {"name": "collapse", "zero_outlier": True},
+            "quantize": {"name": "quantize", "methods": ["rtn"], "bits": [8, 2], "group_size": 32},
+        }
+        job["checkpoints"] = {"1": 6}
+        assert analyse(run, job) == []
+        base = json.loads((run / "analyses" / "loss" / "step_6.json").read_text())["summary"]
+        collapse = json.loads((run / "analyses" / "collapse" / "step_6.json").read_text())
+        quant = json.loads((run / "analyses" / "quantize" / "step_6.json").read_text())
+        assert collapse["summary"]["loss"] == base["loss"] == quant["summary"]["loss"]
+        # 4 blocks: block outputs h_1..h_3 give 3 x 3 similarities and 2 neighbour pairs
+        assert len(collapse["details"]["redundancy"]) == 2
+        assert len(collapse["details"]["skip_rel_increase"]) == 4
+        assert len(collapse["details"]["similarity"]["per_token"]) == 3
+        # 8-bit RTN barely moves the loss; 2-bit moves it far more
+        rtn8 = abs(quant["summary"]["rtn_8bit/rel_increase"])
+        rtn2 = abs(quant["summary"]["rtn_2bit/rel_increase"])
+        assert rtn8 < 1e-3 and rtn2 > 10 * rtn8
