@@ -120,7 +120,9 @@ def early_late_contrast(profile: torch.Tensor) -> float:
     """mean(rho over the first third) - mean(rho over the last third), third = max(1, n // 3)."""
     n = profile.numel()
     if n < 2:
-        raise ValueError(f"early_late_contrast: needs at least 2 profile entries, got {n}")
+        raise ValueError(
+            f"early_late_contrast: needs at least 2 profile entries (a model of >= 4 blocks), got {n}"
+        )
     k = max(1, n // 3)
     return float(profile[:k].double().mean() - profile[-k:].double().mean())
 
