@@ -284,6 +284,10 @@ def test_damping_retry_with_ten_times_the_damping():
     assert torch.equal(got, want)
     with pytest.raises(RuntimeError, match="raise percdamp or damp_retries"):
         gptq_quantize(weight, hessian, 3, percdamp=0.01, damp_retries=0)
+    singular = torch.ones(2, 2, dtype=torch.float64)  # rank 1: no damping, no retry can help
+    with pytest.raises(RuntimeError, match="raise percdamp"):
+        gptq_quantize(weight, singular, 3, percdamp=0.0, damp_retries=3)
+    assert torch.isfinite(gptq_quantize(weight, singular, 3)[0]).all()  # 1% damping suffices
 
 
 # ---------------------------------------------------------------- models
