@@ -284,7 +284,7 @@ def test_collapse_and_quantize_stages_on_a_trained_run(parallel_study, tmp_path)
         shutil.copytree(out / "runs" / f"{name}-s0", run)
         job = json.loads((run / JOB).read_text())
         job["analyses"] = {
-            "collapse": {"name": "collapse", "zero_outlier": True},
+            "collapse": {"name": "collapse", "alpha_block": 16},
             "quantize": {"name": "quantize", "methods": ["rtn"], "bits": [8, 2], "group_size": 32},
         }
         job["checkpoints"] = {"1": 6}
@@ -296,7 +296,8 @@ def test_collapse_and_quantize_stages_on_a_trained_run(parallel_study, tmp_path)
         # 4 blocks: block outputs h_1..h_3 give 3 x 3 similarities and 2 neighbour pairs
         assert len(collapse["details"]["redundancy"]) == 2
         assert len(collapse["details"]["skip_rel_increase"]) == 4
-        assert len(collapse["details"]["similarity"]["per_token"]) == 3
+        assert len(collapse["details"]["similarity"]["matrices"]["per_token"]) == 3
+        assert len(collapse["details"]["alpha_per_layer"]) == 4
         # 8-bit RTN barely moves the loss; 2-bit moves it far more
         rtn8 = abs(quant["summary"]["rtn_8bit/rel_increase"])
         rtn2 = abs(quant["summary"]["rtn_2bit/rel_increase"])

@@ -16,7 +16,6 @@ the rates `probe.mdm_t`, spec B.7) can be compared although their losses are not
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from layerwise_core import LayerwiseConfig, masked_copies
+from layerwise_core import LayerwiseConfig
 
 __all__ = [
     "ANALYSES",
@@ -61,16 +60,14 @@ class AnalysisContext:
     mask_seed: int
     batch_size: int
 
-    def _uniforms(self, shape: tuple[int, ...], purpose: str) -> torch.Tensor:
-        digest = hashlib.sha256(f"study-{purpose}\x00{self.mask_seed}".encode()).digest()
-        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
-        return torch.rand(shape, generator=generator)
+    _baseline: float | None = None
 
     @torch.no_grad()
     def loss(self, model: nn.Module) -> dict[str, float]:
         """{"loss": ...} on the evaluation windows. AR: mean next-token cross-entropy. DLM: the
-        fixed-mask ELBO per token at each rate t, (1/T) sum_masked CE / t, masks drawn once per
-        (window, t) from `mask_seed` (the same for every model compared), and its mean over t."""
+        fixed-mask ELBO per token at each rate t of `mdm_t` (`depth_probe.fixed_mask_elbo`:
+        (1/N) sum_masked CE / t, masks drawn once from `mask_seed`, the same for every model
+        compared), `elbo_t<t>`, and `loss` = their mean."""
         blocks = self.evaluation
         if self.family == "ar":
             total, count = 0.0, 0
@@ -82,29 +79,23 @@ class AnalysisContext:
                 ).item()
                 count += batch[:, 1:].numel()
             return {"loss": total / count}
+        import depth_probe
+
         tokens = blocks[:, :-1]  # T tokens per window, as the AR model scores
-        out = {}
-        for t in self.mdm_t:
-            masked_all = self._uniforms(tuple(tokens.shape), f"elbo-{t}") < t
-            total = 0.0
-            for start in range(0, len(tokens), self.batch_size):
-                batch = tokens[start : start + self.batch_size]
-                masked = masked_all[start : start + self.batch_size]
-                logits = model(input_ids=batch.masked_fill(masked, self.mask_token_id)).logits
-                ce = F.cross_entropy(logits[masked].float(), batch[masked], reduction="sum")
-                total += ce.item() / t
-            out[f"elbo_t{t:g}"] = total / tokens.numel()
+        out = {
+            f"elbo_t{t:g}": depth_probe.fixed_mask_elbo(
+                model, tokens, t, seed=self.mask_seed, batch_size=self.batch_size
+            )
+            for t in self.mdm_t
+        }
         out["loss"] = sum(out.values()) / len(self.mdm_t)
         return out
 
-    def probe_inputs(self) -> torch.Tensor:
-        """The windows activations are probed on: the calibration windows as they are (AR), or
-        `mdm_copies` masked copies of each, every token masked w.p. t ~ U[0, 1] (DLM, spec B.3)."""
-        if self.family == "ar":
-            return self.calibration
-        return masked_copies(
-            self.calibration, self.mask_token_id, self.mdm_copies, seed=self.mask_seed
-        )
+    def baseline(self) -> float:
+        """`loss(...)["loss"]` of the checkpoint's model as trained (computed once)."""
+        if self._baseline is None:
+            self._baseline = self.loss(self.load_model())["loss"]
+        return self._baseline
 
 
 def relative_increase(after: float, before: float) -> float:
@@ -125,7 +116,9 @@ class LossStage(_Stage):
     """The checkpoint's loss on the evaluation windows (`AnalysisContext.loss`)."""
 
     def run(self, ctx: AnalysisContext) -> dict[str, Any]:
-        return {"summary": ctx.loss(ctx.load_model()), "details": {}}
+        summary = ctx.loss(ctx.load_model())
+        ctx._baseline = summary["loss"]
+        return {"summary": summary, "details": {}}
 
 
 _SHORT = {"uniform": "uniform", "earlier_sparser": "eis", "deeper_sparser": "dis"}
@@ -156,8 +149,8 @@ class WandaStage(_Stage):
     def run(self, ctx: AnalysisContext) -> dict[str, Any]:
         import sparse_ft
 
-        base = ctx.loss(ctx.load_model())
-        summary, details = {"loss": base["loss"]}, {"base": base}
+        base = ctx.baseline()
+        summary, details = {"loss": base}, {}
         for label, allocation, epsilon in self.arms():
             model = ctx.load_model()
             result = sparse_ft.prune(
@@ -170,7 +163,7 @@ class WandaStage(_Stage):
                 batch_size=ctx.batch_size,
             )
             after = ctx.loss(model)
-            summary[f"{label}/rel_increase"] = relative_increase(after["loss"], base["loss"])
+            summary[f"{label}/rel_increase"] = relative_increase(after["loss"], base)
             details[label] = {
                 "loss": after,
                 "layer_sparsity": result.layer_sparsity,
@@ -209,8 +202,8 @@ class QuantizeStage(_Stage):
 
         if (reason := self.unavailable()) is not None:
             raise StageUnavailableError(reason)
-        base = ctx.loss(ctx.load_model())
-        summary, details = {"loss": base["loss"]}, {"base": base}
+        base = ctx.baseline()
+        summary, details = {"loss": base}, {}
         for method in self.methods:
             for bits in self.bits:
                 model = ctx.load_model()
@@ -228,88 +221,91 @@ class QuantizeStage(_Stage):
                 )
                 after = ctx.loss(model)
                 label = f"{method}_{bits}bit"
-                summary[f"{label}/rel_increase"] = relative_increase(after["loss"], base["loss"])
+                summary[f"{label}/rel_increase"] = relative_increase(after["loss"], base)
                 details[label] = {"loss": after}
         return {"summary": summary, "details": details}
 
 
 class CollapseStage(_Stage):
-    """Layer collapse (spec B.3 / B.4, `depth_probe`), on the probe windows (a DLM on masked
-    copies): per-layer max-to-median ratio and top channels at the attention input, the outlier
-    channel's magnitude over the median channel's; the per-token / pooled / detrended block-output
-    similarities with and without that channel; the redundancy profile rho_l = S_{l,l+1}
-    (per-token) and its early-vs-late contrast (mean over the first third - mean over the last);
-    the relative loss increase when each block is skipped and when the outlier channel is zeroed
-    at every block's output (hook; undone after)."""
+    """Layer collapse (spec B.3 / B.4 / B.7) with `depth_probe`'s study metrics, on the probe
+    windows (`depth_probe.diffusion_probe_inputs`: a DLM on `probe.mdm_copies` masked copies):
+    channel magnitudes and MMR at every linear input (`channel_magnitudes`), the super-outlier rule
+    at the attention input (`find_super_outliers`; without one, the top channel of block 0 stands
+    in for c*), the three block-output similarities with and without c* (`layer_similarities`),
+    redundancy rho_l, its early-vs-late contrast, the collapse run and the pooled drop
+    (`layer_collapse`), heavy-tail alpha per weight matrix on b x b FARMS blocks
+    (`heavy_tail_alphas`, b = 32 at d = 128), the relative loss increase when each block is
+    skipped (`skip_layers`) and when c* is removed at the blocks where it qualifies (all blocks
+    without a super-outlier) by a hook on the block output and by zeroing the rows that write it
+    (`zero_outlier_channel`, undone after)."""
 
-    zero_outlier: bool = True  # also measure the loss with the top channel zeroed
+    alpha_block: int = Field(32, ge=2)  # FARMS block size b (spec B.7: 32 at d = 128)
+    min_ratio: float = Field(100.0, gt=0.0)  # super-outlier thresholds (depth_probe's defaults)
+    min_persistence: float = Field(0.9, ge=0.0, le=1.0)
+    min_layers: int = Field(3, ge=1)
 
     def run(self, ctx: AnalysisContext) -> dict[str, Any]:
-        import depth_probe
+        import depth_probe as dp
 
         model = ctx.load_model()
-        inputs = ctx.probe_inputs()
-        capture = depth_probe.capture_depth(model, inputs, logits=False)
-        massive = depth_probe.massive_activations(capture)
-        channel = massive.outlier_channels(1)[0]
-        sims = {}
-        for variant in depth_probe.SIMILARITY_VARIANTS:
-            for zeroed in (False, True):
-                matrix = depth_probe.similarity_matrix(
-                    capture, variant=variant, zero_channels=[channel] if zeroed else None
-                )
-                sims[f"{variant}{'_zeroed' if zeroed else ''}"] = matrix
-        per_token = sims["per_token"]
-        rho = [per_token[i, i + 1].item() for i in range(per_token.shape[0] - 1)]
-        third = len(rho) // 3  # needs L >= 5 blocks (3 neighbour pairs)
-        contrast = sum(rho[:third]) / third - sum(rho[-third:]) / third if third else None
-        base = ctx.loss(model)
+        ids, mask = dp.diffusion_probe_inputs(
+            model, ctx.calibration, copies=ctx.mdm_copies, seed=ctx.mask_seed
+        )
+        mags = dp.channel_magnitudes(model, ids, mask, batch_size=ctx.batch_size)
+        outlier = dp.find_super_outliers(
+            mags,
+            min_layers=self.min_layers,
+            min_ratio=self.min_ratio,
+            min_persistence=self.min_persistence,
+        )
+        channel = outlier.channel if outlier.found else int(mags.top_channels()[0, 0])
+        zero_layers = outlier.layers() if outlier.found else None
+        sims = dp.layer_similarities(
+            model, ids, mask, zero_channels=[channel], batch_size=ctx.batch_size
+        )
+        collapse = dp.layer_collapse(sims)
+        alphas = dp.heavy_tail_alphas(model, block=self.alpha_block, seed=ctx.mask_seed)
+        base = ctx.baseline()
         skip = []
-        for index in range(len(rho) + 2):  # every block (L = len(h_1..h_{L-1}) + 1)
-            with depth_probe.skip_layers(model, [index]):
-                skip.append(relative_increase(ctx.loss(model)["loss"], base["loss"]))
-        ratios = massive.as_dict()["top_channel_over_median_channel"]
+        for index in range(len(alphas.per_layer)):
+            with dp.skip_layers(model, [index]):
+                skip.append(relative_increase(ctx.loss(model)["loss"], base))
+        zeroed = {}
+        for mode in ("hook", "rows"):
+            with dp.zero_outlier_channel(model, channel, layers=zero_layers, mode=mode):
+                zeroed[mode] = relative_increase(ctx.loss(model)["loss"], base)
+        alpha = alphas.per_layer.tolist()
+        third = max(1, len(alpha) // 3)
         summary = {
-            "loss": base["loss"],
-            "max_mmr": max(massive.max_median_ratio.tolist()),
-            "max_top_over_median": max(ratios),
-            "early_late_contrast": contrast,
-            "mean_skip_rel_increase": sum(skip) / len(skip),
+            "loss": base,
+            "super_outlier_found": float(outlier.found),
+            "max_outlier_ratio": mags.outlier_ratio().max().item(),
+            "max_block_mmr": mags.block_mmr().max().item(),
+            "early_late_contrast": collapse.contrast,
+            "collapse_run_length": float(collapse.run_length),
+            "pooled_drop": collapse.pooled_drop,
+            "alpha_early_minus_late": sum(alpha[:third]) / third - sum(alpha[-third:]) / third,
+            "mean_skip/rel_increase": sum(skip) / len(skip),
+            "zero_outlier_hook/rel_increase": zeroed["hook"],
+            "zero_outlier_rows/rel_increase": zeroed["rows"],
         }
-        if self.zero_outlier:
-            zeroed = _loss_with_channel_zeroed(ctx, model, channel)
-            summary["zero_outlier/rel_increase"] = relative_increase(zeroed, base["loss"])
-        pooled = sims["pooled"]
-        pooled_zeroed = sims["pooled_zeroed"]
-        summary["pooled_drop_zeroed"] = (pooled - pooled_zeroed).mean().item()
         details = {
-            **massive.as_dict(),
-            "outlier_channel": channel,
-            "redundancy": rho,
+            # per-layer profiles (plotted by the report)
+            "redundancy": collapse.redundancy.tolist(),
+            "block_mmr": mags.block_mmr().tolist(),
+            "outlier_ratio": mags.outlier_ratio().tolist(),
             "skip_rel_increase": skip,
-            "similarity": {k: v.tolist() for k, v in sims.items()},
+            "alpha_per_layer": alpha,
+            # the rest
+            "outlier_channel": channel,
+            "zeroed_layers": zero_layers,
+            "super_outliers": outlier.as_dict(),
+            "magnitudes": mags.as_dict(),
+            "collapse": collapse.as_dict(),
+            "similarity": sims.as_dict(),
+            "alpha_per_matrix": alphas.per_matrix,
         }
         return {"summary": summary, "details": details}
-
-
-@torch.no_grad()
-def _loss_with_channel_zeroed(ctx: AnalysisContext, model: nn.Module, channel: int) -> float:
-    """The loss with hidden channel `channel` zeroed at every block's output (spec B.4 (a)),
-    forward hooks removed afterwards."""
-    from layerwise_core import find_decoder
-
-    def zero(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        hidden = hidden.clone()
-        hidden[..., channel] = 0
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    handles = [layer.block.register_forward_hook(zero) for layer in find_decoder(model)]
-    try:
-        return ctx.loss(model)["loss"]
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # name -> stage config (`analyses: {label: {name: wanda, ...}}`)

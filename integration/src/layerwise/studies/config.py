@@ -58,6 +58,9 @@ class ProbeDataConfig(LayerwiseConfig):
     # calibration (pruning, quantisation, activation statistics): the first N training blocks
     calibration_windows: int = Field(64, ge=1)
     eval_windows: int = Field(64, ge=1)  # loss: the first N validation blocks
+    # tokens per window; None: the run's train.block_size. Set it where runs differ in context
+    # length (spec A.8: 128-token windows for every arm)
+    window_tokens: int | None = Field(None, ge=2)
     batch_size: int = Field(8, ge=1)  # windows per forward pass
     # a masked-diffusion model's loss: the fixed-mask ELBO at these masking rates t (the masks
     # drawn once from `mask_seed`, the same before and after an intervention); its `loss` is

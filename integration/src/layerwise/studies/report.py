@@ -8,8 +8,8 @@ values of the `report.group_by` tags (e.g. family x data: over LRs and seeds), a
 `report.pair`, in how many pairs (runs equal in every other tag, same seed) the metric of tag=a
 is below tag=b's.
 Figures: validation loss over training per run; per stage, the relative loss increases at the
-last fraction by group (or run); per-layer profiles (redundancy, max-to-median ratio, skip
-increase) where a stage records them. Nothing here reads the clock: the same results give the
+last fraction by group (or run); per-layer profiles (redundancy, block MMR, outlier ratio, skip
+increase, heavy-tail alpha) where a stage records them. Nothing here reads the clock: the same results give the
 same report.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 __all__ = ["PROFILES", "mean_std", "write_report"]
 
 # per-layer profiles a stage may record in its details, plotted when present
-PROFILES = ("redundancy", "max_median_ratio", "skip_rel_increase")
+PROFILES = ("redundancy", "block_mmr", "outlier_ratio", "skip_rel_increase", "alpha_per_layer")
 
 
 def mean_std(values: Iterable[float]) -> str:

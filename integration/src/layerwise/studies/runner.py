@@ -150,17 +150,21 @@ def analysis_path(folder: Path, label: str, step: int) -> Path:
 
 
 def missing_analyses(job: Job, study: StudyConfig) -> list[tuple[str, int]]:
-    """(label, step) of every analysis not done, done with another stage config, or failed."""
+    """(label, step) of every analysis not done, done with another stage or probe config, or
+    failed."""
     missing = []
     for label, stage in study.analyses.items():
         for step in job.checkpoint_steps:
             path = analysis_path(job.folder, label, step)
-            if path.is_file():
-                done = _read_json(path)
-                if done.get("stage") == stage.to_dict() and "error" not in done:
-                    continue
+            if path.is_file() and is_done(_read_json(path), stage.to_dict(), study.probe.to_dict()):
+                continue
             missing.append((label, step))
     return missing
+
+
+def is_done(record: dict, stage: dict, probe: dict) -> bool:
+    """Whether an analysis record holds the result of `stage` on the windows of `probe`."""
+    return record.get("stage") == stage and record.get("probe") == probe and "error" not in record
 
 
 def job_state(job: Job, study: StudyConfig) -> str:
@@ -340,7 +344,7 @@ def aggregate(study: StudyConfig, out: str | os.PathLike) -> dict[str, Any]:
                 if path.is_file():
                     done = _read_json(path)
                     entry["timing"][f"{label}@{fraction:g}"] = done.pop("wall_s", None)
-                    done.pop("stage", None)
+                    done.pop("stage", None), done.pop("probe", None)
                     per_fraction[f"{fraction:g}"] = done
             entry["analyses"][label] = per_fraction
         run = runs.setdefault(job.run, {"tags": study.runs[job.run].tags, "seeds": {}})

@@ -25,7 +25,7 @@ from layerwise._progress import silenced
 from layerwise.data.prepare import prepare_data
 from layerwise.models import build_model
 from layerwise.studies.analyses import ANALYSES, AnalysisContext, StageUnavailableError
-from layerwise.studies.runner import JOB, TRAINED, _write_json, analysis_path
+from layerwise.studies.runner import JOB, TRAINED, _write_json, analysis_path, is_done
 from layerwise.train import PretrainConfig, pretrain, read_model_state
 
 __all__ = ["analyse", "main", "train"]
@@ -65,7 +65,7 @@ def analyse(folder: Path, job: dict) -> list[str]:
     invocation tries it again; an unavailable stage is not a failure."""
     cfg = PretrainConfig.from_dict(job["pretrain"])
     probe = job["probe"]
-    data = prepare_data(cfg.data, cfg.train.block_size)
+    data = prepare_data(cfg.data, probe["window_tokens"] or cfg.train.block_size)
     tokenizer = data.tokenizer
     if not hasattr(data.train, "gather"):
         raise SystemExit(
@@ -80,10 +80,8 @@ def analyse(folder: Path, job: dict) -> list[str]:
         todo = []
         for label, config in job["analyses"].items():
             path = analysis_path(folder, label, step)
-            if path.is_file():
-                done = json.loads(path.read_text())
-                if done.get("stage") == config and "error" not in done:
-                    continue
+            if path.is_file() and is_done(json.loads(path.read_text()), config, probe):
+                continue
             todo.append((label, config, path))
         if not todo:
             continue
@@ -120,7 +118,7 @@ def analyse(folder: Path, job: dict) -> list[str]:
         )
         for label, config, path in todo:
             started = time.perf_counter()
-            record = {"stage": config, "step": step, "fraction": float(fraction)}
+            record = {"stage": config, "probe": probe, "step": step, "fraction": float(fraction)}
             try:
                 with torch.no_grad():
                     record |= _stage(config).run(ctx)
