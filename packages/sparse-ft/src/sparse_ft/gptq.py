@@ -204,6 +204,7 @@ def gptq_quantize(
             f"{percdamp}; use more calibration tokens, raise percdamp or damp_retries"
         ) from None
 
+    order = perm.tolist() if perm is not None else None  # host list: no device sync per column
     q = torch.zeros_like(w)
     codes = torch.zeros_like(w)
     losses = torch.zeros_like(w)
@@ -217,7 +218,7 @@ def gptq_quantize(
         for i in range(i2 - i1):
             j = i1 + i
             if g != -1 and static_groups:
-                grid = static[(int(perm[j]) if perm is not None else j) // g]
+                grid = static[(order[j] if order is not None else j) // g]
             elif g != -1 and j % g == 0:
                 if reference_quirks or i == 0:
                     group = w[:, j : j + g]
