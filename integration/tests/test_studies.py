@@ -45,7 +45,11 @@ TINY_STUDY = {
     # 8 evaluation windows = the final validation of the run (eval_batches 2 x batch 4)
     "probe": {"calibration_windows": 4, "eval_windows": 8, "batch_size": 4, "mdm_t": [0.3, 0.8]},
     "analyses": {"loss": "loss", "wanda": {"name": "wanda", "epsilons": [0.1]}},
-    "report": {"group_by": "family", "pair": {"tag": "family", "a": "dlm", "b": "ar"}},
+    "report": {
+        "group_by": "family",
+        "pair": {"tag": "family", "a": "dlm", "b": "ar"},
+        "curves": ["grad_norm"],
+    },
 }
 
 
@@ -198,6 +202,9 @@ def test_study_trains_every_run_and_aggregates(parallel_study):
         entry = results["runs"][name]["seeds"]["0"]
         assert entry["status"] == "trained"
         assert [s for s, _ in entry["train_curve"]] == [1, 2, 3, 4, 5, 6]
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        grad_norms = [[r["step"], r["grad_norm"]] for r in records if r["split"] == "train"]
+        assert entry["curves"] == {"grad_norm": grad_norms}
         assert set(entry["analyses"]["wanda"]) == {"0.5", "1"}
     # the AR loss stage at the last checkpoint is the run's own final validation (same 8 blocks,
     # same weights): checkpoint loading and the stage's cross-entropy agree with the pipeline
@@ -210,6 +217,10 @@ def test_study_trains_every_run_and_aggregates(parallel_study):
         [0.6, 0.5 + 0.1 / 3, 0.5 - 0.1 / 3, 0.4]
     )
     assert wanda["summary"]["loss"] == loss
+    summary = wanda["summary"]
+    assert summary["eis_minus_dis_0.1"] == pytest.approx(
+        summary["eis_0.1/rel_increase"] - summary["dis_0.1/rel_increase"]
+    )
     rel = wanda["summary"]["uniform/rel_increase"]
     after = wanda["details"]["uniform"]["loss"]["loss"]
     assert rel == pytest.approx((after - loss) / loss)
@@ -218,6 +229,7 @@ def test_study_trains_every_run_and_aggregates(parallel_study):
     report = (out / "report.md").read_text()
     assert "| dis_0.1/rel_increase |" in report and "dlm < ar (pairs)" in report
     assert (out / "wanda.png").is_file() and (out / "training.png").is_file()
+    assert "![grad_norm](curve_grad_norm.png)" in report
 
 
 def test_second_invocation_skips_finished_runs(parallel_study, capsys):

@@ -128,7 +128,8 @@ class WandaStage(_Stage):
     """Wanda at average sparsity S under uniform / earlier-is-sparser / deeper-is-sparser
     allocations (spec B.5: s_l = S -+ eps +- 2 eps l / (L - 1)), via `sparse_ft.prune` with
     calibration on the clean calibration windows (unmasked for a DLM too, as the paper does).
-    Summary: the relative loss increase of each arm (`uniform`, `eis_<eps>`, `dis_<eps>`)."""
+    Summary: the relative loss increase of each arm (`uniform`, `eis_<eps>`, `dis_<eps>`) and
+    `eis_minus_dis_<eps>` (< 0: the earlier-sparser allocation hurts less)."""
 
     sparsity: float = Field(0.5, gt=0.0, lt=1.0)
     allocations: list[Literal["uniform", "earlier_sparser", "deeper_sparser"]] = Field(
@@ -169,6 +170,10 @@ class WandaStage(_Stage):
                 "layer_sparsity": result.layer_sparsity,
                 "overall_sparsity": result.overall_sparsity,
             }
+        for epsilon in self.epsilons:  # < 0: earlier-is-sparser hurts less (the DLM claim)
+            eis, dis = (summary.get(f"{k}_{epsilon:g}/rel_increase") for k in ("eis", "dis"))
+            if eis is not None and dis is not None:
+                summary[f"eis_minus_dis_{epsilon:g}"] = eis - dis
         return {"summary": summary, "details": details}
 
 

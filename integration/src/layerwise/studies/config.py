@@ -91,6 +91,9 @@ class ReportConfig(LayerwiseConfig):
 
     group_by: list[str] = Field(default_factory=list)  # tags: one pooled column per value
     pair: PairConfig | None = None
+    # keys of the runs' train records (metrics.jsonl) kept as curves in results.json and
+    # plotted over training, mean over seeds per run (e.g. a per-layer variance logged in training)
+    curves: list[str] = Field(default_factory=list)
 
     @field_validator("group_by", mode="before")
     @classmethod

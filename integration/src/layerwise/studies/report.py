@@ -7,7 +7,8 @@ loss; per analysis stage and checkpoint fraction, every summary metric by run, p
 values of the `report.group_by` tags (e.g. family x data: over LRs and seeds), and, with
 `report.pair`, in how many pairs (runs equal in every other tag, same seed) the metric of tag=a
 is below tag=b's.
-Figures: validation loss over training per run; per stage, the relative loss increases at the
+Figures: validation loss over training per run (and each train-record key of `report.curves`,
+e.g. a per-layer variance logged during training); per stage, the relative loss increases at the
 last fraction by group (or run); per-layer profiles (redundancy, block MMR, outlier ratio, skip
 increase, heavy-tail alpha) where a stage records them. Nothing here reads the clock: the same results give the
 same report.
@@ -214,7 +215,9 @@ def _profile_figure(results: dict, label: str, fraction: str, out: Path) -> str 
     return name
 
 
-def _training_figure(results: dict, out: Path) -> str | None:
+def _training_figure(results: dict, out: Path, key: str | None = None) -> str | None:
+    """Validation loss over training (or the train-record `key` of `report.curves`), mean over
+    the seeds of each run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,7 +226,11 @@ def _training_figure(results: dict, out: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     plotted = False
     for run, entry in results["runs"].items():
-        curves = [s["validation_curve"] for s in entry["seeds"].values() if s["validation_curve"]]
+        seeds = entry["seeds"].values()
+        if key is None:
+            curves = [s["validation_curve"] for s in seeds if s["validation_curve"]]
+        else:
+            curves = [s["curves"][key] for s in seeds if s.get("curves", {}).get(key)]
         if not curves:
             continue
         steps = [step for step, _ in curves[0]]
@@ -236,13 +243,20 @@ def _training_figure(results: dict, out: Path) -> str | None:
         plt.close(fig)
         return None
     ax.set_xlabel("step")
-    ax.set_ylabel("validation loss (mean over seeds)")
-    ax.set_title(f"{results['study']}: validation loss (CE for AR, ELBO bound for DLM)", fontsize=9)
+    if key is None:
+        ax.set_ylabel("validation loss (mean over seeds)")
+        title = "validation loss (CE for AR, ELBO bound for DLM)"
+        name = "training.png"
+    else:
+        ax.set_ylabel(f"{key} (mean over seeds)")
+        title = f"{key} over training"
+        name = "curve_" + "".join(c if c.isalnum() else "_" for c in key) + ".png"
+    ax.set_title(f"{results['study']}: {title}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=110, metadata={"Software": None})
+    fig.savefig(out / name, dpi=110, metadata={"Software": None})
     plt.close(fig)
-    return "training.png"
+    return name
 
 
 def write_report(results: dict[str, Any], out: str | os.PathLike) -> Path:
@@ -274,10 +288,11 @@ def write_report(results: dict[str, Any], out: str | os.PathLike) -> Path:
         rows.append([run, tags, f"{len(done)}/{len(seeds)}", mean_std(final)])
     lines += _table(["run", "tags", "seeds trained", "final validation loss"], rows)
     figures: list[str] = []
-    training = _training_figure(results, out)
-    if training:
-        figures.append(training)
-        lines += [f"![training]({training})", ""]
+    for key in [None, *config.get("report", {}).get("curves", [])]:
+        figure = _training_figure(results, out, key)
+        if figure:
+            figures.append(figure)
+            lines += [f"![{key or 'training'}]({figure})", ""]
     for label in config["analyses"]:
         lines += _stage_section(results, label, figures, out)
     errors = _errors(results)

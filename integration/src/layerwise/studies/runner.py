@@ -301,21 +301,26 @@ def _prepare_data(configs: dict[tuple[str, int], Job]) -> None:
         prepare_data(job.config.data, block_size)
 
 
-def _curves(folder: Path) -> tuple[list[list[float]], list[list[float]]]:
-    """(train, validation) [[step, loss], ...] from a run's metrics.jsonl."""
-    train, validation = [], []
+def _curves(folder: Path, keys: Sequence[str]) -> dict[str, list[list[float]]]:
+    """{"train": [[step, loss], ...], "validation": [...], key: [[step, value], ...] for the
+    train-record `keys`} from a run's metrics.jsonl."""
+    curves: dict[str, list[list[float]]] = {"train": [], "validation": []}
+    curves |= {key: [] for key in keys}
     path = folder / "metrics.jsonl"
     if not path.is_file():
-        return train, validation
+        return curves
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
         record = json.loads(line)
         if record.get("split") == "train":
-            train.append([record["step"], record["loss"]])
+            curves["train"].append([record["step"], record["loss"]])
+            for key in keys:
+                if key in record:
+                    curves[key].append([record["step"], record[key]])
         elif record.get("split") == "validation":
-            validation.append([record["step"], record["loss"]])
-    return train, validation
+            curves["validation"].append([record["step"], record["loss"]])
+    return curves
 
 
 def aggregate(study: StudyConfig, out: str | os.PathLike) -> dict[str, Any]:
@@ -336,7 +341,12 @@ def aggregate(study: StudyConfig, out: str | os.PathLike) -> dict[str, Any]:
             entry["timing"]["train_wall_s"] = record["wall_s"]
         elif (job.folder / "config.yaml").is_file():
             entry["status"] = "interrupted"
-        entry["train_curve"], entry["validation_curve"] = _curves(job.folder)
+        curves = _curves(job.folder, study.report.curves)
+        entry["train_curve"], entry["validation_curve"] = (
+            curves.pop("train"),
+            curves.pop("validation"),
+        )
+        entry["curves"] = curves
         for label in study.analyses:
             per_fraction = {}
             for fraction, step in zip(study.checkpoints, job.checkpoint_steps):
