@@ -166,4 +166,3 @@ class _HookSet:
 def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
     """Every nn.Linear inside a decoder block, by its name relative to the block."""
     return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
-
