@@ -293,6 +293,16 @@ def plot(saved: dict, path: Path) -> None:
     lr = saved["setup"]["lr"]
     stat_arms = [a for a in ARM_NAMES if any(r["stats"]["step"] for r in _runs_of(saved, a, lr))]
     cols = max(1, len(stat_arms))
+    top = 1.05 * max(
+        (
+            v
+            for a in stat_arms
+            for r in _runs_of(saved, a, lr)
+            for row in r["stats"]["dropped_mass"]
+            for v in row
+        ),
+        default=1.0,
+    )
     fig, axes = plt.subplots(
         2, cols + 1, figsize=(2.9 * (cols + 1) + 1, 6.4), squeeze=False, constrained_layout=True
     )
@@ -317,7 +327,7 @@ def plot(saved: dict, path: Path) -> None:
             axes[row, col].set_xlabel("step")
         axes[0, col].set_title(f"{arm}: {ARM_NAMES[arm]}", fontsize=8)
         axes[0, col].set_ylim(0, 1)
-        axes[1, col].set_ylim(bottom=0)
+        axes[1, col].set_ylim(0, top)  # one scale for every arm
     if stat_arms:
         axes[0, 0].set_ylabel("ReLU² activation sparsity\n(fraction of zeros)")
         axes[1, 0].set_ylabel("dropped mass / relu² mass\n(2:4 select; dotted: warm-up end)")
