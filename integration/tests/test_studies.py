@@ -314,3 +314,35 @@ def test_collapse_and_quantize_stages_on_a_trained_run(parallel_study, tmp_path)
         rtn8 = abs(quant["summary"]["rtn_8bit/rel_increase"])
         rtn2 = abs(quant["summary"]["rtn_2bit/rel_increase"])
         assert rtn8 < 1e-3 and rtn2 > 10 * rtn8
+
+
+def test_interrupted_run_started_with_another_config_is_refused(tmp_path):
+    """A run folder holding the start of a run (config.yaml, no trained.json) that the study's
+    config would not resume: refused before anything runs, naming the field."""
+    from layerwise.studies import StudyMismatchError, load_study, plan_jobs, run_study
+
+    study = load_study(str(write_study(tmp_path / "tiny.yaml")))
+    out = tmp_path / "out"
+    job = plan_jobs(study, out)[0]
+    job.folder.mkdir(parents=True)
+    job.config.with_overrides(["optimizer.lr=0.01"]).to_yaml(job.folder / "config.yaml")
+    with pytest.raises(StudyMismatchError, match=r"optimizer.lr: 0.01 -> 0.003.*cannot resume"):
+        run_study(study, out, echo=lambda line: None)
+    assert sorted(p.name for p in job.folder.iterdir()) == ["config.yaml"]
+    assert not (out / "runs" / "dlm-s0").exists()
+
+
+def test_max_train_tokens_keeps_the_first_tokens_of_the_train_split(small_data):
+    """data.max_train_tokens=N: the train blocks are those of the first N tokens (N + 1 with the
+    shared boundary token), the validation split unchanged; epochs then repeat them."""
+    from layerwise.data import DataConfig, prepare_data
+
+    capped = prepare_data(
+        DataConfig(vocab_size=SMALL_VOCAB, max_documents=SMALL_DOCS, max_train_tokens=1000), 64
+    )
+    assert len(capped.train) == 1000 // 64
+    assert torch.equal(capped.train.stream, small_data.train.stream[:1001])
+    assert torch.equal(capped.validation.stream, small_data.validation.stream)
+    batches = capped.training_batches(seed=0, global_batch=5)
+    seen = torch.cat([batches.next_global_batch(5) for _ in range(6)])  # 2 epochs of 3 batches
+    assert len({tuple(row.tolist()) for row in seen}) == 15  # only the 15 capped blocks

@@ -25,6 +25,7 @@ from layerwise._progress import silenced
 from layerwise.data.prepare import prepare_data
 from layerwise.models import build_model
 from layerwise.studies.analyses import ANALYSES, AnalysisContext, StageUnavailableError
+from layerwise.studies.config import ProbeDataConfig
 from layerwise.studies.runner import JOB, TRAINED, _write_json, analysis_path, is_done
 from layerwise.train import PretrainConfig, pretrain, read_model_state
 
@@ -64,7 +65,7 @@ def analyse(folder: Path, job: dict) -> list[str]:
     A stage that fails, or is unavailable here, writes its error into its JSON, so that the next
     invocation tries it again; an unavailable stage is not a failure."""
     cfg = PretrainConfig.from_dict(job["pretrain"])
-    probe = job["probe"]
+    probe = ProbeDataConfig.from_dict(job["probe"]).to_dict()  # defaults of fields added since
     data = prepare_data(cfg.data, probe["window_tokens"] or cfg.train.block_size)
     tokenizer = data.tokenizer
     if not hasattr(data.train, "gather"):
