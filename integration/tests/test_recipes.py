@@ -36,8 +36,9 @@ class Paper:
     label: str | None  # "130M", "1B"; None: the paper states no size
     kv_hidden: int | None = None  # grouped-query attention: key/value width
     label_matches: bool = True  # False: the reference's dimensions do not count to its label
-    experts: int = 0  # MoE / CoE: routed experts (+1 shared) and routers per layer
+    experts: int = 0  # MoE / CoE: routed experts (+ shared ones) and routers per layer
     routers: int = 0
+    shared_experts: int = 1
     rank: int = 0  # ELAS: attention and FFN linears as two rank-r factors, squared-ReLU FFN
 
 
@@ -82,6 +83,16 @@ PAPERS["coe-moe-k8"] = Paper(1024, 4, 704, 102400, 512, 64, None, experts=63, ro
 for _size, _rank, _label in (("60m", 128, "43M"), ("130m", 256, "94M"), ("350m", 256, "185M")):
     PAPERS[f"elas-{_size}"] = Paper(**{**_galore(_size).__dict__, "label": _label, "rank": _rank})
 PAPERS["elas-1b"] = Paper(**{**_galore("1b").__dict__, "label": "609M", "rank": 512})
+# The sparsity-vs-depth recipe (specs/studies.md A.4 / A.7): OLMoE's olmoe-1B-7B-ablation (d 1120,
+# 32 layers, 64 experts of 1120, no shared expert, "7.9B total") with G = 2 (8 key/value heads of
+# 70), GPT-NeoX vocabulary (len 50277), 4096 tokens x 256; its CPU twin (A.8): d 128, 24 layers,
+# 8 experts of 176, 2 key/value heads of 32, BPE 4096, 256 tokens x 16 (4096 tokens per step)
+PAPERS["depth-recipe-7b"] = Paper(
+    1120, 32, 1120, 50277, 4096, 256, "7B", kv_hidden=560, experts=64, routers=1, shared_experts=0
+)
+PAPERS["depth-recipe-cpu"] = Paper(
+    128, 24, 176, 4096, 256, 16, None, kv_hidden=64, experts=8, routers=1, shared_experts=0
+)
 
 
 def hand_count(paper: Paper) -> int:
@@ -96,8 +107,8 @@ def hand_count(paper: Paper) -> int:
             paper.hidden, paper.layers, paper.ffn, paper.vocab, kv_hidden=paper.kv_hidden
         )
     d = paper.hidden
-    attention = 4 * d * d  # q, k, v, o of multi-head attention
-    experts = (paper.experts + 1) * 3 * d * paper.ffn  # routed + 1 shared SwiGLU
+    attention = 2 * d * d + 2 * d * (paper.kv_hidden or d)  # q, o; k, v (grouped-query)
+    experts = (paper.experts + paper.shared_experts) * 3 * d * paper.ffn  # routed + shared
     routers = paper.routers * paper.experts * d
     block = attention + experts + routers + 2 * d  # + input / post-attention RMSNorm
     return 2 * paper.vocab * d + paper.layers * block + d  # untied embeddings, final norm
@@ -169,8 +180,9 @@ def test_recipe_trains_on_the_papers_sequences_and_batch(name):
 
 
 # token budgets the papers state: LLR's 1B checkpoints "with 20B tokens" (reference README), MEAP's
-# 1B pre-training on 200B tokens (190K steps x 256 x 4096 in meap_1b.py)
-TOKENS = {"llr-1b": 20e9, "meap-1b": 200e9}
+# 1B pre-training on 200B tokens (190K steps x 256 x 4096 in meap_1b.py), the sparsity-depth recipe
+# 5e9 tokens (specs/studies.md A.4) and its CPU twin 1M (A.8)
+TOKENS = {"llr-1b": 20e9, "meap-1b": 200e9, "depth-recipe-7b": 5e9, "depth-recipe-cpu": 1e6}
 
 
 @pytest.mark.parametrize("name", sorted(TOKENS))
@@ -211,6 +223,7 @@ SWITCHES = {  # recipe name prefix -> the switches that differ from a plain Pre-
     "stable-spam-": dict(optimizer="stable_spam"),
     "meap-": dict(objective="meap"),
     "coe-moe-": dict(mlp="moe"),
+    "depth-recipe-": dict(mlp="moe"),
     "coe-": dict(mlp="coe"),
     "elas-": dict(optimizer="loro", mlp="relu2", low_rank=True),
 }

@@ -81,6 +81,8 @@ def _construct(cfg, vocab_size, block_size, eos_token_id, objective, mask_token_
     """The model of `build_model`, with the values its constructors give (on the meta device:
     none)."""
     fields = dict(cfg.overrides)
+    if cfg.n_kv_heads is not None:  # grouped-query attention (validated: divides the heads)
+        fields["num_key_value_heads"] = cfg.n_kv_heads
     fields.setdefault("max_position_embeddings", max(block_size, 128))
     if eos_token_id is not None:
         fields.setdefault("eos_token_id", eos_token_id)

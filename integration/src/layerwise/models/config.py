@@ -2,6 +2,7 @@
 
     model:
       preset: llama-130m                      # a layerwise_core.LLAMA_PRESETS size
+      n_kv_heads: 4                           # grouped-query attention (null: one per head)
       norm: {scheme: lns}                     # ln_scaling.NormConfig (or just `norm: lns`)
       mlp: {name: coe, top_k: 4}              # dense | moe: coe_moe.MoEMLPConfig
                                               #       | coe: coe_moe.CoEMLPConfig
@@ -72,6 +73,10 @@ class ModelConfig(LayerwiseConfig):
 
     preset: str = "llama-tiny"  # a layerwise_core.LLAMA_PRESETS name
     overrides: dict[str, Any] = Field(default_factory=dict)  # LlamaConfig fields to replace
+    # grouped-query attention: key/value heads, each shared by n_heads / n_kv_heads query heads
+    # (G = n_heads / n_kv_heads; spec studies.md A.4: n_kv_heads = n_heads / G); a divisor of
+    # the attention heads; null: the preset's / overrides' num_key_value_heads
+    n_kv_heads: int | None = Field(None, ge=1)
     init_std: float = Field(0.02, gt=0.0)  # std of the N(0, std) init of Linear/Embedding weights
     # normalisation of the decoder blocks: pre_ln | lns | mix_ln | mix_ln+lns (ln-scaling)
     norm: NormConfig = Field(default_factory=NormConfig)
@@ -92,6 +97,42 @@ class ModelConfig(LayerwiseConfig):
     def elas(self) -> bool:
         """Whether the model is an ELAS model (`mlp: relu2` or a `low_rank` rank)."""
         return self.mlp.name == "relu2" or self.low_rank.enabled
+
+    @property
+    def n_heads(self) -> int:
+        """Query heads of the model (`overrides.num_attention_heads`, else the preset's)."""
+        return int(
+            self.overrides.get(
+                "num_attention_heads", LLAMA_PRESETS[self.preset].num_attention_heads
+            )
+        )
+
+    def key_value_heads(self) -> int | None:
+        """`n_kv_heads`, or `overrides.num_key_value_heads`; None when neither is set."""
+        if self.n_kv_heads is not None:
+            return self.n_kv_heads
+        value = self.overrides.get("num_key_value_heads")
+        return None if value is None else int(value)
+
+    @model_validator(mode="after")
+    def _kv_heads_divide(self) -> ModelConfig:
+        if self.n_kv_heads is None:
+            return self
+        given = self.overrides.get("num_key_value_heads")
+        if given is not None and int(given) != self.n_kv_heads:
+            raise ValueError(
+                f"model.n_kv_heads={self.n_kv_heads} and model.overrides.num_key_value_heads="
+                f"{given} disagree: set only model.n_kv_heads"
+            )
+        heads = self.n_heads
+        if heads % self.n_kv_heads:
+            divisors = [k for k in range(1, heads + 1) if heads % k == 0]
+            raise ValueError(
+                f"model.n_kv_heads={self.n_kv_heads} does not divide the {heads} attention heads "
+                f"(grouped-query attention shares each key/value head by a whole group): choose "
+                f"one of {divisors}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _mix_ln_is_dense(self) -> ModelConfig:

@@ -320,3 +320,8 @@ ANALYSES: dict[str, type[_Stage]] = {
     "quantize": QuantizeStage,
     "collapse": CollapseStage,
 }
+
+# the sparsity-vs-depth study's stages (spec studies.md A; their own module)
+from layerwise.studies.depth_stages import DepthMetricsStage, DepthProfileStage  # noqa: E402
+
+ANALYSES |= {"depth_profile": DepthProfileStage, "depth_metrics": DepthMetricsStage}

@@ -79,6 +79,9 @@ class TrainConfig(LayerwiseConfig):
 
     steps: int = Field(1000, ge=1)  # optimizer steps (the LR schedule spans them)
     batch_size: int = Field(8, ge=1)  # blocks per micro-batch per process
+    # context length at a fixed number of tokens per optimizer step: batch_size becomes
+    # tokens_per_step / (block_size x grad_accum) (per process); null: batch_size as given
+    tokens_per_step: int | None = Field(None, ge=2)
     grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
     block_size: int = Field(128, ge=2)  # tokens per training sequence
     seed: int = Field(0, ge=0)  # model init and data order
@@ -87,6 +90,10 @@ class TrainConfig(LayerwiseConfig):
     eval_batches: int | None = Field(20, ge=1)
     save_every: int = Field(500, ge=0)  # checkpoint every N steps (0: only at the end)
     log_every: int = Field(10, ge=1)  # one metrics record per N steps (mean train loss over them)
+    # per-layer output variance of the decoder blocks (`layer_variance/<l>`, `layer_variance/last`
+    # in the train record) every N steps, from hooks on the blocks in the training forward;
+    # 0: off; a multiple of log_every
+    log_layer_variance_every: int = Field(0, ge=0)
     # step checkpoints kept (the newest N; older ones deleted once a newer one is complete);
     # null: keep all
     keep_last: int | None = Field(None, ge=1)
@@ -105,12 +112,43 @@ class TrainConfig(LayerwiseConfig):
     activation_checkpointing: bool = False  # recompute each decoder layer in the backward
     compile: bool = False  # torch.compile each decoder layer's forward
 
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_from_tokens(cls, data: Any) -> Any:
+        # tokens_per_step fixes batch_size x block_size x grad_accum: the batch follows the
+        # context length (spec studies.md A.8: T in {32, ..., 256} at 4096 tokens per step)
+        if not isinstance(data, Mapping) or data.get("tokens_per_step") is None:
+            return data
+        data = dict(data)
+        tokens = int(data["tokens_per_step"])
+        block, accum = int(data.get("block_size", 128)), int(data.get("grad_accum", 1))
+        if tokens % (block * accum):
+            raise ValueError(
+                f"train.tokens_per_step={tokens} is not a multiple of train.block_size x "
+                f"train.grad_accum = {block * accum}: change one of them"
+            )
+        batch = tokens // (block * accum)
+        if data.get("batch_size") is not None and int(data["batch_size"]) != batch:
+            raise ValueError(
+                f"train.batch_size={data['batch_size']} disagrees with train.tokens_per_step="
+                f"{tokens} / (block_size {block} x grad_accum {accum}) = {batch}: remove "
+                "train.batch_size (it follows tokens_per_step) or set train.tokens_per_step=null"
+            )
+        data["batch_size"] = batch
+        return data
+
     @model_validator(mode="after")
     def _resume_or_overwrite(self) -> TrainConfig:
         if self.resume and self.overwrite:
             raise ValueError(
                 "train.resume and train.overwrite are both true: set one (continue the run in "
                 "out_dir, or replace it)"
+            )
+        if self.log_layer_variance_every % self.log_every:
+            raise ValueError(
+                f"train.log_layer_variance_every={self.log_layer_variance_every} is not a "
+                f"multiple of train.log_every={self.log_every}: the variance goes into the train "
+                "record, so choose a multiple (or 0 to turn it off)"
             )
         if self.parallelism == "fsdp2" and self.precision == "fp16":
             raise ValueError(
@@ -184,6 +222,7 @@ RESUME_SAFE_CHANGES: dict[str, Literal["any", "increase", "ignored"]] = {
     "train.eval_every": "any",  # cadences: what is logged and saved when, not what is trained
     "train.save_every": "any",
     "train.log_every": "any",
+    "train.log_layer_variance_every": "any",
     "train.keep_last": "any",
     "train.out_dir": "any",  # the run folder was moved or copied
     # how the processes share the work, not what is trained: a checkpoint of either parallelism

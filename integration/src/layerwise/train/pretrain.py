@@ -29,6 +29,7 @@ would drop during the warm-up) per layer, and `PretrainResult.elas_stats` the la
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -61,6 +62,7 @@ from layerwise.train.config import (
     resume_changes,
 )
 from layerwise.train.divergence import diverged, divergence_error
+from layerwise.train.layer_variance import LayerVarianceMonitor
 from layerwise.train.mdm import mdm_loss, mdm_validation, step_noise
 from layerwise.train.metrics import MetricsLog
 from layerwise.train.optimizers import build_optimizer, build_spectral_controller
@@ -287,6 +289,8 @@ def _pretrain(
     # ELAS FFNs: their dense warm-up counts completed updates; their 2:4 statistics are logged
     elas_ffns = [m for m in model.modules() if isinstance(m, ELASFFN)]
     last_elas_stats = None
+    # per-layer output variance from hooks on the decoder blocks (train/layer_variance.py)
+    variance = LayerVarianceMonitor(model) if tc.log_layer_variance_every else None
     spectral = build_spectral_controller(cfg, optimizer, model, scheduler)
     compute_dtype = mixed_precision_dtype(tc.precision)
     # fp16 (DDP / one process): loss scaling; a step whose gradients overflow is skipped
@@ -374,6 +378,7 @@ def _pretrain(
         will_log = (step + 1) % tc.log_every == 0 or step + 1 == tc.steps
         for ffn in elas_ffns:  # the 2:4 statistics of the steps that are logged
             ffn.collect_stats = will_log
+        measure = variance is not None and (step + 1) % tc.log_layer_variance_every == 0
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for m in range(A):
             lo = (m * world + rank) * B
@@ -381,7 +386,10 @@ def _pretrain(
             # DDP averages gradients over processes in the last micro-batch's backward only;
             # FSDP2 reduce-scatters after each (train/parallel.gradient_sync)
             with gradient_sync(train_model, m == A - 1):
-                with autocast(tc.precision, train_model, device):
+                with (
+                    autocast(tc.precision, train_model, device),
+                    variance.armed() if measure else contextlib.nullcontext(),
+                ):
                     if cfg.objective.name == "meap":
                         loss = _meap_loss(cfg, train_model, batch, step, lo, global_batch, mask_id)
                     elif cfg.objective.name == "mdm":
@@ -435,6 +443,8 @@ def _pretrain(
                 "elapsed_s": round(time.perf_counter() - t0, 3),
                 **meter.record(),  # tokens_per_s per device, mfu (on a GPU of known peak)
             }
+            if measure:  # layer_variance/<l>, layer_variance/last
+                record.update(variance.record())
             if elas_ffns:
                 last_elas_stats = _reduced_elas_stats(model)
                 for name, values in last_elas_stats.items():
@@ -448,6 +458,8 @@ def _pretrain(
         if (tc.save_every and step % tc.save_every == 0) or step == end:
             checkpoint()
     bar.close()
+    if variance is not None:
+        variance.close()
 
     final_eval = None
     if step == tc.steps:

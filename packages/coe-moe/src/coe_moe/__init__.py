@@ -16,6 +16,7 @@ from coe_moe.routing import (
     CoERouter,
     RoutingStats,
     load_balancing_loss,
+    router_z_loss,
     routing_stats,
     top_k_routing,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "__version__",
     "experts_forward",
     "load_balancing_loss",
+    "router_z_loss",
     "routing_stats",
     "top_k_routing",
 ]

@@ -40,6 +40,15 @@ class _ExpertMLPConfig(LayerwiseConfig):
     top_k: int = Field(ge=1)  # K: experts selected per token in each iteration
     num_iterations: int = Field(ge=1)  # C: passes of the chain through the experts
     aux_loss_coef: float = Field(0.001, ge=0.0, allow_inf_nan=False)  # alpha of the balance loss
+    # the balance loss per sequence (DeepSeek-V2's seq_aux, the paper) or over the whole batch
+    # (Switch / OLMoE)
+    balance_scope: Literal["sequence", "batch"] = "sequence"
+    # router z-loss coefficient (ST-MoE; OLMoE 0.001); 0: none, as in the paper
+    router_z_loss_coef: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    # z_{t+1} = z_t + update (the paper) or update alone; outer: the block input h added back
+    # after the chain (a standard Pre-LN MoE block, h + MoE(RMSNorm(h)): inner false, outer true)
+    inner_residual: bool = True
+    outer_residual: bool = False
 
     @model_validator(mode="after")
     def _top_k_fits(self) -> _ExpertMLPConfig:
@@ -74,6 +83,10 @@ class _ExpertMLPConfig(LayerwiseConfig):
             top_k=self.top_k,
             num_iterations=self.num_iterations,
             aux_loss_coef=self.aux_loss_coef,
+            balance_scope=self.balance_scope,
+            router_z_loss_coef=self.router_z_loss_coef,
+            inner_residual=self.inner_residual,
+            outer_residual=self.outer_residual,
         )
 
     def build(self, llama_config: Any, init_std: float = 0.02) -> CoEForCausalLM:

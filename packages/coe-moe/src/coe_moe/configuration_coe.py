@@ -58,6 +58,12 @@ class CoEConfig(PreTrainedConfig):
             reused by every iteration (the paper's "shared gate" ablation).
         aux_loss_coef: alpha of the sequence-level load-balancing loss, summed over layers and
             iterations and added to the LM loss in training mode.
+        balance_scope: what the load-balancing loss averages over: "sequence" (f and P per
+            sequence, then the mean over sequences: DeepSeek-V2's seq_aux, the paper) or "batch"
+            (f and P over all tokens of the batch: the Switch / OLMoE loss).
+        router_z_loss_coef: coefficient of the router z-loss (`routing.router_z_loss`, ST-MoE),
+            summed over layers and iterations and added to the LM loss in training mode; 0 (the
+            CoE paper has none) disables it. OLMoE uses 0.001.
         expert_backend: how the routed experts' grouped matmuls run (`layerwise_kernels.grouped_mm`):
             "auto", "grouped_mm" (torch's grouped GEMM), "triton" (layerwise_kernels' Triton
             grouped GEMM) or "torch" (a loop over experts on sorted tokens); all give the same
@@ -98,6 +104,8 @@ class CoEConfig(PreTrainedConfig):
     outer_residual: bool = False
     independent_routers: bool = True
     aux_loss_coef: float = 0.001
+    balance_scope: str = "sequence"
+    router_z_loss_coef: float = 0.0
     expert_backend: str = "auto"
     hidden_act: str = "silu"
     max_position_embeddings: int = 4096
@@ -139,6 +147,14 @@ class CoEConfig(PreTrainedConfig):
         if self.aux_loss_coef < 0:
             raise ValueError(
                 f"aux_loss_coef must be >= 0 (0 disables it), got {self.aux_loss_coef}"
+            )
+        if self.balance_scope not in ("sequence", "batch"):
+            raise ValueError(
+                f"balance_scope must be 'sequence' or 'batch', got {self.balance_scope!r}"
+            )
+        if self.router_z_loss_coef < 0:
+            raise ValueError(
+                f"router_z_loss_coef must be >= 0 (0 disables it), got {self.router_z_loss_coef}"
             )
         super().__post_init__(**kwargs)
         register_models()

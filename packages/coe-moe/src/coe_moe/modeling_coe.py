@@ -44,7 +44,7 @@ from transformers.utils.output_capturing import OutputRecorder
 
 from coe_moe.chain_of_experts import CoEExperts, CoELayer
 from coe_moe.configuration_coe import CoEConfig
-from coe_moe.routing import CoERouter, load_balancing_loss
+from coe_moe.routing import CoERouter, load_balancing_loss, router_z_loss
 from layerwise_core.hf_cache import cache_keyword
 
 __all__ = ["CoEDecoderLayer", "CoEForCausalLM", "CoEModel", "CoEPreTrainedModel"]
@@ -198,13 +198,17 @@ class CoEForCausalLM(CoEPreTrainedModel, MixtralForCausalLM):
         """`MixtralForCausalLM.forward` with CoE's balance loss in place of Mixtral's.
 
         Router logits (and with them `aux_loss`) are computed when `output_router_logits` is True,
-        or when it is None and the model is in training mode with aux_loss_coef > 0 (or
-        config.output_router_logits is set). `aux_loss` is added to `loss` in training mode only,
-        so an eval-mode loss is the plain LM loss.
+        or when it is None and the model is in training mode with aux_loss_coef > 0 or
+        router_z_loss_coef > 0 (or config.output_router_logits is set). `aux_loss` =
+        aux_loss_coef * the balance losses (per sequence, or over the batch with
+        balance_scope="batch") + router_z_loss_coef * the router z-losses, each summed over
+        router calls; it is added to `loss` in training mode only, so an eval-mode loss is the
+        plain LM loss.
         """
+        config = self.config
         if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits or (
-                self.training and self.config.aux_loss_coef > 0
+            output_router_logits = config.output_router_logits or (
+                self.training and (config.aux_loss_coef > 0 or config.router_z_loss_coef > 0)
             )
         outputs: MoeModelOutputWithPast = self.model(
             input_ids=input_ids,
@@ -227,11 +231,16 @@ class CoEForCausalLM(CoEPreTrainedModel, MixtralForCausalLM):
             )
         aux_loss = None
         if output_router_logits:
-            batch_size = hidden_states.shape[0]
-            aux_loss = self.config.aux_loss_coef * sum(
-                load_balancing_loss(logits_t, self.config.top_k, batch_size)
+            # the batch-level (Switch / OLMoE) loss is the sequence-level one over one "sequence"
+            groups = 1 if config.balance_scope == "batch" else hidden_states.shape[0]
+            aux_loss = config.aux_loss_coef * sum(
+                load_balancing_loss(logits_t, config.top_k, groups)
                 for logits_t in outputs.router_logits
             )
+            if config.router_z_loss_coef > 0:
+                aux_loss = aux_loss + config.router_z_loss_coef * sum(
+                    router_z_loss(logits_t) for logits_t in outputs.router_logits
+                )
             if loss is not None and self.training:
                 loss = loss + aux_loss.to(loss.device)
         return MoeCausalLMOutputWithPast(

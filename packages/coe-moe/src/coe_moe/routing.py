@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CoERouter", "RoutingStats", "load_balancing_loss", "routing_stats", "top_k_routing"]
+__all__ = [
+    "CoERouter",
+    "RoutingStats",
+    "load_balancing_loss",
+    "router_z_loss",
+    "routing_stats",
+    "top_k_routing",
+]
 
 
 def _router_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -92,6 +99,23 @@ def load_balancing_loss(router_logits: torch.Tensor, top_k: int, batch_size: int
     counts.scatter_add_(1, experts, torch.ones_like(experts, dtype=probs.dtype))
     fraction = counts * (num_experts / (top_k * seq_len))
     return (fraction * probs.mean(dim=1)).sum(dim=1).mean()
+
+
+def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
+    """Router z-loss of one router call (ST-MoE, Zoph et al. 2022, eq. 5; OLMoE), without its
+    coefficient: the mean over tokens of the squared log-partition of the logits,
+
+        L_z = (1 / N) sum_n (log sum_i exp(x_{n,i}))^2
+
+    which keeps router logits small (computed in fp32 at least). The model multiplies it by
+    `router_z_loss_coef` (0.001 in OLMoE / the sparsity-depth recipe) and sums it over layers and
+    iterations.
+
+    Args:
+        router_logits: [tokens, E] logits of one router call.
+    """
+    logits = router_logits.to(_router_dtype(router_logits.dtype))
+    return torch.logsumexp(logits, dim=-1).square().mean()
 
 
 @dataclass
