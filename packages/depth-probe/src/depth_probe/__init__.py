@@ -13,6 +13,11 @@ Layer collapse of diffusion vs autoregressive LMs (arXiv 2605.06366): `diffusion
 `layer_collapse` (redundancy profile, early-vs-late contrast, collapse run), `heavy_tail_alphas`
 (FARMS + Hill alpha), `elbo_loglikelihood` / `fixed_mask_elbo`, `zero_outlier_channel` (hook or
 weight rows, undone on exit) and `repetition_metrics` of generations.
+Depth usage vs sparsity (Muhtar et al., ICML 2026): `LayerVarianceMonitor` / `layer_variance`
+(training-time per-layer output variance from block hooks), `jacobian_distance` (row-wise, sampled),
+`usefulness` (affine replacement), `causal_scores`, `permutation_scores`, `weight_sparsity`,
+`attention_sparsity`, `expert_load`, the interventions `swap_blocks` / `affine_replacement` (undone on
+exit) and the variance toy model `variance_toy_model`.
 """
 
 from depth_probe.__about__ import __version__
@@ -28,6 +33,25 @@ from depth_probe.collapse import (
     layer_collapse,
     layer_similarities,
     redundancy_profile,
+)
+from depth_probe.depth_usage import (
+    CausalScores,
+    JacobianDistance,
+    LayerVariance,
+    LayerVarianceMonitor,
+    PermutationScores,
+    Usefulness,
+    affine_replacement,
+    block_jacobian,
+    causal_scores,
+    fit_affine,
+    full_block_jacobian,
+    jacobian_distance,
+    layer_variance,
+    next_token_loss,
+    permutation_scores,
+    swap_blocks,
+    usefulness,
 )
 from depth_probe.elbo import diffusion_probe_inputs, elbo_loglikelihood, fixed_mask_elbo
 from depth_probe.heavy_tail_alpha import (
@@ -66,6 +90,18 @@ from depth_probe.scoring import (
 )
 from depth_probe.similarity import SIMILARITY_VARIANTS, similarity_matrix
 from depth_probe.skip_effect import SkipEffect, skip_effect, skip_layer_before
+from depth_probe.sparsity_measures import (
+    AttentionSparsity,
+    ExpertLoad,
+    WeightSparsity,
+    attention_entropy_stats,
+    attention_sparsity,
+    eager_attention,
+    expert_load,
+    expert_load_from_selections,
+    find_routers,
+    weight_sparsity,
+)
 from depth_probe.super_outliers import (
     ChannelMagnitudes,
     SuperOutliers,
@@ -82,23 +118,31 @@ from depth_probe.sweeps import (
     single_layer_sweep,
     sweep,
 )
+from depth_probe.variance_toy import ToyVariance, variance_toy_model
 
 __all__ = [
     "SIMILARITY_VARIANTS",
     "AngularDistances",
+    "AttentionSparsity",
+    "CausalScores",
     "ChannelMagnitudes",
     "DepthCapture",
     "DepthProbe",
     "DepthReport",
     "ExactMatchScorer",
+    "ExpertLoad",
     "HeavyTailAlphas",
+    "JacobianDistance",
     "LayerCollapse",
     "LayerSimilarities",
+    "LayerVariance",
+    "LayerVarianceMonitor",
     "LmEvalScorer",
     "LogitLens",
     "MassiveActivations",
     "MultipleChoiceItem",
     "MultipleChoiceScorer",
+    "PermutationScores",
     "PerplexityScorer",
     "RepetitionMetrics",
     "ResidualContributions",
@@ -106,29 +150,45 @@ __all__ = [
     "SkipEffect",
     "SuperOutliers",
     "SweepResult",
+    "ToyVariance",
+    "Usefulness",
+    "WeightSparsity",
     "__version__",
+    "affine_replacement",
     "angular_distance",
+    "attention_entropy_stats",
+    "attention_sparsity",
     "block_influence",
+    "block_jacobian",
     "capture_depth",
+    "causal_scores",
     "channel_magnitudes",
     "cka_matrix",
     "collapse_run",
     "contiguous_block_removals",
     "contiguous_block_sweep",
     "diffusion_probe_inputs",
+    "eager_attention",
     "early_late_contrast",
     "elbo_loglikelihood",
     "encode_texts",
     "evaluate_with_lm_eval",
+    "expert_load",
+    "expert_load_from_selections",
     "farms_eigenvalues",
+    "find_routers",
     "find_super_outliers",
     "first_line",
+    "fit_affine",
     "fixed_mask_elbo",
+    "full_block_jacobian",
     "greedy_generate",
     "heavy_tail_alphas",
     "is_masked_diffusion",
+    "jacobian_distance",
     "layer_collapse",
     "layer_similarities",
+    "layer_variance",
     "linear_cka",
     "logit_lens",
     "longest_loop",
@@ -136,8 +196,10 @@ __all__ = [
     "lowest_influence_removals",
     "lowest_influence_sweep",
     "massive_activations",
+    "next_token_loss",
     "out_projections",
     "output_variance",
+    "permutation_scores",
     "probe",
     "redundancy_profile",
     "remove_layers",
@@ -151,8 +213,12 @@ __all__ = [
     "skip_effect",
     "skip_layer_before",
     "skip_layers",
+    "swap_blocks",
     "sweep",
+    "usefulness",
+    "variance_toy_model",
     "weight_alpha",
+    "weight_sparsity",
     "write_report",
     "zero_outlier_channel",
 ]
