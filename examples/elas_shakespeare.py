@@ -427,7 +427,11 @@ def sweep_table(saved: dict) -> str:
     for tag, r in sorted(saved["runs"].items()):
         if "_lr" in tag:
             rows.append([r["arm"], f"{r['lr']:g}", r["seed"], f"{r['val_loss']:.4f}"])
-    base = {(r["arm"], r["seed"]): r for r in saved["runs"].values() if r["seed"] == 0}
+    base = {
+        (r["arm"], r["seed"]): r
+        for tag, r in saved["runs"].items()
+        if r["seed"] == 0 and "_lr" not in tag
+    }
     if not rows:
         return ""
     for arm in {row[0] for row in rows}:
