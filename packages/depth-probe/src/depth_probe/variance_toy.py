@@ -61,9 +61,10 @@ def _masked_row_sums(z2: torch.Tensor, p: float, generator: torch.Generator) -> 
     bits = torch.randint(0, 256, (seeds, d, d // 8), generator=generator, dtype=torch.uint8)
     for _ in range(k - 1):  # AND of k fair bits is a Bernoulli(2^-k) bit
         bits &= torch.randint(0, 256, (seeds, d, d // 8), generator=generator, dtype=torch.uint8)
-    table = z2.view(seeds, d // 8, 8) @ _BYTE_BITS.to(z2.dtype).T  # [S, d/8, 256] partial sums
-    picked = table.unsqueeze(1).expand(seeds, d, d // 8, 256)
-    return picked.gather(-1, bits.long().unsqueeze(-1)).squeeze(-1).sum(-1)
+    groups = d // 8
+    table = z2.float().view(seeds, groups, 8) @ _BYTE_BITS.T  # [S, d/8, 256] partial sums
+    base = (torch.arange(seeds)[:, None, None] * groups + torch.arange(groups)) * 256
+    return table.reshape(-1)[base + bits.long()].sum(-1, dtype=torch.float64)
 
 
 def variance_toy_model(
