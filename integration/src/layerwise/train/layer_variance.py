@@ -2,107 +2,80 @@
 
     v_l = mean_{b,t} Var_c(h_{l+1}[b, t, :])     (unbiased over the d channels)
 
-where h_{l+1} is the output of decoder block l (the residual stream BEFORE the final norm: read
-by a forward hook on the block, never from `output_hidden_states`, whose last entry is
-post-final-norm). `train.log_layer_variance_every: N` adds `layer_variance/<l>` for every block
-and `layer_variance/last` to the train record of every N-th step, measured on the step's own
-training forward passes (no extra forward): the mean over its micro-batches, then over processes.
+where h_{l+1} is the output of decoder block l (the residual stream BEFORE the final norm),
+read by `depth_probe.LayerVarianceMonitor`'s forward hooks on the blocks (never from
+`output_hidden_states`, whose last entry is post-final-norm); the same for the attention and
+MLP updates a_l, m_l. `train.log_layer_variance_every: N` adds `layer_variance/<l>` for every
+block, `layer_variance/last`, `attn_variance/<l>` and `mlp_variance/<l>` to the train record of
+every N-th step, measured on the step's own training forward passes (no extra forward):
+token-weighted over its micro-batches and over processes (one all-reduce).
 
 The hooks only read: the training forward, its loss and gradients are unchanged (tested). With
-activation checkpointing a block's forward runs again in the backward; the monitor is armed for
-the forward only, so the recomputation is not counted twice.
+activation checkpointing a block's forward runs again in the backward; the monitor records the
+forward only, so the recomputation is not counted twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from layerwise_core import all_reduce_sum, find_decoder
+from layerwise_core import all_reduce_sum
 
-__all__ = ["LayerVarianceMonitor", "block_output_variance"]
-
-
-def block_output_variance(hidden: torch.Tensor) -> torch.Tensor:
-    """v = mean over every position of the unbiased variance over the last (channel) dimension of
-    `hidden` [..., d], in fp32 at least (a 0-d tensor, no host sync)."""
-    x = hidden.detach()
-    x = x.to(torch.promote_types(x.dtype, torch.float32))
-    return x.var(dim=-1, correction=1).mean()
+__all__ = ["TrainingVarianceLog"]
 
 
-class LayerVarianceMonitor:
-    """Forward hooks on the decoder blocks of `model` that accumulate `block_output_variance` of
-    each block's output while armed.
+class TrainingVarianceLog:
+    """`depth_probe.LayerVarianceMonitor` on a training model, read into train-record keys.
 
-        monitor = LayerVarianceMonitor(model)
-        with monitor.armed():          # the forward passes of one optimizer step
-            loss = model(...)          # each armed forward adds one v_l per block
-        record |= monitor.record()     # {"layer_variance/0": ..., "layer_variance/last": ...}
-
-    `record()` returns the mean over the armed forwards (and over processes, by an all-reduce)
-    and resets the sums; `close()` removes the hooks.
+    log = TrainingVarianceLog(model)
+    with log.armed():              # each forward pass of one optimizer step
+        loss = model(...)
+    record |= log.record()         # {"layer_variance/0": ..., "layer_variance/last": ...}
+    log.close()                    # hooks removed
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = list(find_decoder(model).layers)
-        self._armed = False
-        self._sums: list[torch.Tensor | None] = [None] * len(self.layers)
-        self._count = 0
-        self._handles: list[RemovableHandle] = [
-            layer.register_forward_hook(self._hook(index))
-            for index, layer in enumerate(self.layers)
-        ]
+        from depth_probe import LayerVarianceMonitor
 
-    def _hook(self, index: int):
-        def hook(module: nn.Module, args, output) -> None:
-            if not self._armed:
-                return
-            hidden = output[0] if isinstance(output, (tuple, list)) else output
-            with torch.no_grad():
-                value = block_output_variance(hidden).double()
-            current = self._sums[index]
-            self._sums[index] = value if current is None else current + value
+        self.monitor = LayerVarianceMonitor(model)
+        self._armed = 0
 
-        return hook
-
-    class _Armed:
-        def __init__(self, monitor: LayerVarianceMonitor) -> None:
-            self.monitor = monitor
-
-        def __enter__(self) -> None:
-            self.monitor._armed = True
-
-        def __exit__(self, *exc) -> None:
-            self.monitor._armed = False
-            self.monitor._count += 1
-
-    def armed(self) -> LayerVarianceMonitor._Armed:
-        """A context in which one forward pass is measured (count one per `with`)."""
-        return self._Armed(self)
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        """The forward passes inside are measured."""
+        with self.monitor.record():
+            self._armed += 1
+            yield
 
     def record(self) -> dict[str, float]:
-        """`{"layer_variance/<l>": v_l, ..., "layer_variance/last": v_{L-1}}`, the mean over the
-        armed forwards since the last call and over processes; resets. Empty if none ran."""
-        if self._count == 0 or any(s is None for s in self._sums):
-            self._reset()
+        """Means since the last call over the armed forwards (token-weighted) and the processes;
+        resets. Empty if nothing was armed."""
+        if not self._armed:
             return {}
-        sums = torch.stack(self._sums)
-        counts = torch.full((), float(self._count), dtype=torch.float64, device=sums.device)
-        totals = all_reduce_sum(torch.cat([sums, counts[None]])).cpu()
-        means = (totals[:-1] / totals[-1]).tolist()
-        self._reset()
-        out = {f"layer_variance/{index}": value for index, value in enumerate(means)}
-        out["layer_variance/last"] = means[-1]
+        self._armed = 0
+        stats = self.monitor.read()
+        tokens = float(stats.tokens)
+        sums = torch.cat(
+            [
+                stats.output_var * tokens,
+                stats.attn_var * tokens,
+                stats.mlp_var * tokens,
+                torch.tensor([tokens], dtype=torch.float64),
+            ]
+        )
+        device = next(iter(self.monitor.model.parameters())).device
+        totals = all_reduce_sum(sums.to(device)).cpu()
+        means = (totals[:-1] / totals[-1]).view(3, -1).tolist()
+        out = {}
+        for key, values in zip(("layer_variance", "attn_variance", "mlp_variance"), means):
+            out |= {f"{key}/{index}": value for index, value in enumerate(values)}
+        out["layer_variance/last"] = means[0][-1]
         return out
-
-    def _reset(self) -> None:
-        self._sums = [None] * len(self.layers)
-        self._count = 0
 
     def close(self) -> None:
         """Remove the hooks."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self.monitor.remove()

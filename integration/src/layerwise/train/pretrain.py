@@ -62,7 +62,7 @@ from layerwise.train.config import (
     resume_changes,
 )
 from layerwise.train.divergence import diverged, divergence_error
-from layerwise.train.layer_variance import LayerVarianceMonitor
+from layerwise.train.layer_variance import TrainingVarianceLog
 from layerwise.train.mdm import mdm_loss, mdm_validation, step_noise
 from layerwise.train.metrics import MetricsLog
 from layerwise.train.optimizers import build_optimizer, build_spectral_controller
@@ -289,8 +289,8 @@ def _pretrain(
     # ELAS FFNs: their dense warm-up counts completed updates; their 2:4 statistics are logged
     elas_ffns = [m for m in model.modules() if isinstance(m, ELASFFN)]
     last_elas_stats = None
-    # per-layer output variance from hooks on the decoder blocks (train/layer_variance.py)
-    variance = LayerVarianceMonitor(model) if tc.log_layer_variance_every else None
+    # per-layer output variance from hooks on the decoder blocks (depth_probe's monitor)
+    variance = TrainingVarianceLog(model) if tc.log_layer_variance_every else None
     spectral = build_spectral_controller(cfg, optimizer, model, scheduler)
     compute_dtype = mixed_precision_dtype(tc.precision)
     # fp16 (DDP / one process): loss scaling; a step whose gradients overflow is skipped
