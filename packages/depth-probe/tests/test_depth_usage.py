@@ -210,9 +210,11 @@ def test_variance_monitor_equals_hooks_by_hand_and_differs_from_quirk_at_the_las
     ids, mask = padded(token_ids(4, 16))
     monitor = dp.LayerVarianceMonitor(model)
     model(ids, attention_mask=mask)  # not recording: not counted
+    with monitor.record(False):
+        model(ids, attention_mask=mask)  # disabled: not counted
     with monitor.record():
         model(ids[:2], attention_mask=mask[:2])
-        model(ids[2:], attention_mask=mask[2:])
+        model(ids[2:], mask[2:])  # the mask passed positionally
     stats = monitor.read()
     monitor.remove()
     assert stats.forwards == 2 and stats.tokens == int(mask.sum())

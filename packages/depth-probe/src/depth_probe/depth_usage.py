@@ -178,6 +178,9 @@ class LayerVarianceMonitor:
     reference_quirks=True reproduces the official `olmo/train.py`, which reads `hidden_states[1:]`
     whose last entry is AFTER the final norm: v_{L-1} is then the variance of Norm_f(h_L)
     (requires a model with a final norm that runs, i.e. a full forward).
+
+    With activation (gradient) checkpointing the blocks run again during backward: record a
+    forward whose recomputation is outside the `with` block (the backward call), as above.
     """
 
     def __init__(
@@ -219,6 +222,8 @@ class LayerVarianceMonitor:
 
         def model_pre(module, args, kwargs):
             mask = kwargs.get("attention_mask")
+            if mask is None and len(args) > 1:  # model(input_ids, attention_mask)
+                mask = args[1]
             self._mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
             if self.recording:
                 self._forwards += 1
@@ -251,9 +256,10 @@ class LayerVarianceMonitor:
             self._handles.append(self.dmap.final_norm.register_forward_hook(var_sum(last, "out")))
 
     @contextlib.contextmanager
-    def record(self) -> Iterator[LayerVarianceMonitor]:
-        """Collect the statistics of every forward inside the `with` block."""
-        previous, self.recording = self.recording, True
+    def record(self, enabled: bool = True) -> Iterator[LayerVarianceMonitor]:
+        """Collect the statistics of every forward inside the `with` block (when `enabled`, e.g.
+        `with monitor.record(step % every == 0):` around a training step's forward)."""
+        previous, self.recording = self.recording, bool(enabled)
         try:
             yield self
         finally:
