@@ -420,3 +420,47 @@ def test_study_smoke_every_stage_runs(small_data, tmp_path):
         base = depth["details"]["usefulness"]["base_loss"]
         assert base == pytest.approx(summary["loss"], rel=1e-5)
     assert "layer_variance/last" in (out / "report.md").read_text()
+
+
+def test_report_tabulates_and_plots_metrics_by_depth(tmp_path):
+    from layerwise.studies import write_report
+
+    def seed(loss, useful):
+        return {
+            "status": "trained",
+            "final": {"validation_loss": loss},
+            "train_curve": [],
+            "validation_curve": [],
+            "curves": {},
+            "analyses": {"depth": {"1": {"summary": {"usefulness": useful}}}},
+        }
+
+    results = {
+        "study": "tiny",
+        "description": "",
+        "config": {
+            "seeds": [0, 1],
+            "checkpoints": [1.0],
+            "probe": {"mdm_t": [0.5]},
+            "analyses": {"depth": {"name": "depth_metrics"}},
+            "report": {
+                "versus": {
+                    "tag": "depth",
+                    "runs": ["L4", "L8"],
+                    "metrics": ["loss", "depth/usefulness"],
+                },
+            },
+        },
+        "runs": {
+            "L4": {"tags": {"depth": "4"}, "seeds": {"0": seed(2.0, 1.0), "1": seed(2.2, 0.5)}},
+            "L8": {"tags": {"depth": "8"}, "seeds": {"0": seed(1.9, 0.75)}},
+            "other": {"tags": {"depth": "16"}, "seeds": {"0": seed(9.0, 0.0)}},  # not chosen
+        },
+    }
+    text = write_report(results, tmp_path).read_text()
+    # mean and sample std by hand: (2.0, 2.2) -> 2.1 +- 0.1414; (1.0, 0.5) -> 0.75 +- 0.3536
+    assert "| metric | depth 4 | depth 8 |" in text
+    assert "| loss | 2.1 ± 0.14 (n=2) | 1.9 |" in text
+    assert "| depth/usefulness | 0.75 ± 0.35 (n=2) | 0.75 |" in text
+    assert "depth 16" not in text
+    assert (tmp_path / "versus_depth.png").stat().st_size > 0

@@ -10,6 +10,7 @@
     analyses:                                                 # label -> a stage (tagged choice)
       loss: loss
       wanda: {name: wanda, sparsity: 0.5, epsilons: [0.05, 0.1, 0.2]}
+    analyses_at: {wanda: [0.5, 1.0]}                          # default: every checkpoint
     probe: {calibration_windows: 64, eval_windows: 64}        # the windows every stage reads
     report: {group_by: family, pair: {tag: family, a: dlm, b: ar}}
 
@@ -26,6 +27,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from layerwise.studies.analyses import ANALYSES
+from layerwise.studies.versus import VersusConfig
 from layerwise.train.config import PretrainConfig
 from layerwise_core import ConfigError, LayerwiseConfig, tagged_choice
 
@@ -94,6 +96,8 @@ class ReportConfig(LayerwiseConfig):
     # keys of the runs' train records (metrics.jsonl) kept as curves in results.json and
     # plotted over training, mean over seeds per run (e.g. a per-layer variance logged in training)
     curves: list[str] = Field(default_factory=list)
+    # summary metrics against a numeric tag (e.g. usefulness by depth): layerwise.studies.versus
+    versus: VersusConfig | None = None
 
     @field_validator("group_by", mode="before")
     @classmethod
@@ -111,6 +115,8 @@ class StudyConfig(LayerwiseConfig):
     runs: dict[str, RunSpec] = Field(min_length=1)
     checkpoints: list[float] = Field(default_factory=lambda: [1.0])  # fractions of train.steps
     analyses: dict[str, tagged_choice(ANALYSES)] = Field(default_factory=dict)
+    # label -> the fractions of `checkpoints` a stage runs at (default: all of them)
+    analyses_at: dict[str, list[float]] = Field(default_factory=dict)
     probe: ProbeDataConfig = Field(default_factory=ProbeDataConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
@@ -130,6 +136,24 @@ class StudyConfig(LayerwiseConfig):
         if not value or not all(0.0 < f <= 1.0 for f in value):
             raise ValueError("fractions of train.steps must lie in (0, 1], e.g. [0.25, 0.5, 1.0]")
         return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _analyses_at(self) -> StudyConfig:
+        for label, fractions in self.analyses_at.items():
+            if label not in self.analyses:
+                raise ValueError(
+                    f"analyses_at names {label!r}, which is not in analyses {list(self.analyses)}"
+                )
+            if not fractions or not set(fractions) <= set(self.checkpoints):
+                raise ValueError(
+                    f"analyses_at.{label} = {fractions}: choose fractions among checkpoints "
+                    f"{self.checkpoints}"
+                )
+        return self
+
+    def fractions_of(self, label: str) -> list[float]:
+        """The checkpoint fractions analysis `label` runs at."""
+        return [f for f in self.checkpoints if f in self.analyses_at.get(label, self.checkpoints)]
 
     @model_validator(mode="after")
     def _runs_build(self) -> StudyConfig:

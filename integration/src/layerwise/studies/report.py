@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from layerwise.studies.versus import versus_section
+
 __all__ = ["PROFILES", "mean_std", "write_report"]
 
 # per-layer profiles a stage may record in its details, plotted when present
@@ -293,6 +295,7 @@ def write_report(results: dict[str, Any], out: str | os.PathLike) -> Path:
         if figure:
             figures.append(figure)
             lines += [f"![{key or 'training'}]({figure})", ""]
+    lines += versus_section(results, out)  # report.versus: metrics by a numeric tag
     for label in config["analyses"]:
         lines += _stage_section(results, label, figures, out)
     errors = _errors(results)
