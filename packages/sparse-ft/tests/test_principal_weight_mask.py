@@ -59,3 +59,54 @@ def test_errors_name_the_fix():
         principal_weight_indices(torch.ones(3, 3), 1, 10)
     with pytest.raises(ValueError, match="2-D"):
         low_rank_approximation(torch.ones(3), 1)
+
+
+def _previous_approximation(weight: torch.Tensor, rank: int) -> torch.Tensor:
+    """W' before issue 21 (the official code's rule, kept as the reference): a full SVD in the
+    weight's own precision (fp32 here), U_r S_r V_r^T."""
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    return (u[:, :rank] * s[:rank]) @ vh[:rank]
+
+
+def _top_k(approx: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    return torch.sort(torch.topk(approx.abs().reshape(-1), k, largest=largest).indices).values
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize(
+    ("m", "n", "rank", "lora_rank", "seed"),
+    [(512, 512, 64, 8, 0), (512, 512, 64, 8, 1), (96, 64, 8, 2, 2), (40, 120, 6, 3, 3)],
+)
+def test_fp32_mask_is_exact_and_moves_only_near_ties_of_the_previous_one(
+    m, n, rank, lora_rank, seed, largest
+):
+    # Issue 21's set-up work replaced the full fp32 SVD by the eigenvectors of the smaller fp64
+    # Gram matrix (llama-60m's q_proj shape first). The mask is always that of a full fp64 SVD; the
+    # previous fp32 mask equals it except where the fp32 SVD's own error reorders two |W'_ij| at
+    # the k-th value (a near-tie), which must be the only places where the two masks differ.
+    weight = torch.randn(m, n, generator=torch.Generator().manual_seed(seed)) * 0.02
+    k = lift_budget((m, n), lora_rank)
+    got = principal_weight_indices(weight, rank, k, largest=largest)
+    exact = _previous_approximation(weight.double(), rank)
+    assert torch.equal(got, _top_k(exact, k, largest))
+    previous = _previous_approximation(weight, rank)
+    moved = set(got.tolist()) ^ set(_top_k(previous, k, largest).tolist())
+    if moved:
+        fp32_error = float((previous.double() - exact).abs().max())
+        ranked = exact.abs().reshape(-1).sort(descending=largest).values
+        kth = float(ranked[k - 1])
+        assert len(moved) <= 4
+        assert all(abs(abs(float(exact.reshape(-1)[i])) - kth) <= 2 * fp32_error for i in moved)
+
+
+def test_fp32_low_rank_approximation_is_the_rounded_fp64_svd():
+    gen = torch.Generator().manual_seed(3)
+    for shape in [(70, 50), (50, 90)]:
+        weight = torch.randn(*shape, generator=gen)
+        u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+        want = (u[:, :7] * s[:7]) @ vh[:7]
+        got = low_rank_approximation(weight, 7)
+        assert got.dtype == torch.float32
+        # one rounding to fp32 (half an ulp), nothing of the fp32 SVD's ~1e-6 relative error
+        err = (got.double() - want).abs() / want.abs().clamp_min(1e-30)
+        assert float(err.max()) <= 2**-24 * 1.01

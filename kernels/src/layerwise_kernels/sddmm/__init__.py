@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 
 from layerwise_kernels._backend import resolve_backend
+from layerwise_kernels.sddmm.csr import sddmm_csr
 from layerwise_kernels.sddmm.naive import sddmm_naive
 
-__all__ = ["sddmm", "sddmm_naive"]
+__all__ = ["sddmm", "sddmm_csr", "sddmm_naive"]
 
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -33,16 +34,20 @@ def sddmm(
 
         out[i] = sum_j a[rows[i], j] * b[j, cols[i]]
 
-    Memory is O(k) plus a bounded transient: the torch reference multiplies one band of rows at a
-    time (at most 2**22 fp32 values), the Triton kernel gathers rows of a and columns of b per tile.
+    Memory is O(k) plus a bounded transient. On CPU the torch backend computes one dot product per
+    entry through a CSR `torch.sparse.sampled_addmm` (`csr.py`: k * K multiply-adds); a call that
+    must build an autograd graph, and any other device, takes the banded reference (`naive.py`: one
+    band of rows of the dense product at a time, at most 2**22 fp32 values); the Triton kernel
+    gathers rows of a and columns of b per tile.
 
     Args:
         a: [M, K] matrix, fp32/bf16/fp16, any strides (e.g. `dy.T` of a [T, M] output gradient).
         b: [K, N] matrix of the same dtype family, any strides.
         rows: [k] integer row indices into the product, 0 <= rows < M (any order).
         cols: [k] integer column indices, 0 <= cols < N.
-        backend: "auto" (Triton on CUDA when triton is installed, else torch), "torch" (the banded
-            reference in `naive.py`), or "triton" (CUDA tensors, or CPU tensors under
+        backend: "auto" (Triton on CUDA when triton is installed, else torch), "torch" (CSR
+            `sampled_addmm` on CPU, the banded reference in `naive.py` otherwise or when autograd
+            needs a graph), or "triton" (CUDA tensors, or CPU tensors under
             TRITON_INTERPRET=1).
 
     Returns:
@@ -71,6 +76,9 @@ def sddmm(
             )
         chosen = "torch"
     if chosen == "torch":
+        differentiable = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+        if a.device.type == "cpu" and not differentiable:
+            return sddmm_csr(a, b, rows, cols)
         return sddmm_naive(a, b, rows, cols)
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         raise RuntimeError(

@@ -10,9 +10,10 @@ well: the backward computes only the selected entries of the dense gradient,
 
     dL/dvalues_i = dW[r_i, c_i] = sum_t dy[t, r_i] * x[t, c_i]        (r_i, c_i) = divmod(indices_i, n)
 
-with `layerwise_kernels.sddmm` (Triton on CUDA, a banded torch product elsewhere), and forms W_eff
-again for dL/dx instead of saving it, so no dense [m, n] tensor is allocated by the forward and
-none but the bounded sddmm band by the backward. The same idea as SpIEL (Ansell et al., arXiv 2401.16405, `linear_sd`).
+with `layerwise_kernels.sddmm` (Triton on CUDA, one dot product per entry through a CSR
+`sampled_addmm` on CPU: k * T multiply-adds, not the m * n * T of a dense dW), and writes W_eff into
+W's storage again for dL/dx from the k original and k W_eff entries the forward saved, so no dense
+[m, n] tensor is allocated by the forward or the backward. The same idea as SpIEL (Ansell et al., arXiv 2401.16405, `linear_sd`).
 
 Changing the support (`set_support`) keeps the values and optimizer moments of surviving entries,
 starts arriving entries at zero, and folds the values of leaving entries into W (W_eff is unchanged
@@ -22,8 +23,7 @@ the whole delta against the original weights can be saved and re-applied exactly
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -59,48 +59,49 @@ def effective_weight(
     return added.to(weight.dtype).view_as(weight)
 
 
-@contextlib.contextmanager
-def _delta_applied(
-    weight: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
-) -> Iterator[torch.Tensor]:
-    """W_eff, built in W's own storage for the duration of one matmul: O(k) work and memory.
-
-    The k original entries are saved and written back afterwards (bit-exact); the entries in
-    between are exactly those of `effective_weight`. A non-contiguous W gets a dense copy instead.
-    """
-    if not weight.is_contiguous():
-        yield effective_weight(weight, values, indices)
-        return
-    flat = weight.data.view(-1)
-    saved = flat[indices]
-    flat[indices] = (saved.to(values.dtype) + values).to(weight.dtype)
-    try:
-        yield weight.data
-    finally:
-        flat[indices] = saved
-
-
 class _SparseDeltaLinearFunction(torch.autograd.Function):
-    """y = x (W + scatter(values))^T + b with an O(k) gradient for `values` (W and b are frozen)."""
+    """y = x (W + scatter(values))^T + b with an O(k) gradient for `values` (W and b are frozen).
+
+    The forward saves the k original entries and the k W_eff entries (O(k)), so the backward writes
+    W_eff into W's storage and back with two O(k) copies instead of recomputing them.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, values, indices, module):
-        with _delta_applied(weight, values, indices) as w_eff:
-            y = F.linear(x, w_eff.to(x.dtype), bias)
-        ctx.save_for_backward(x, weight, values, indices)
+        if weight.is_contiguous():
+            flat = weight.data.view(-1)
+            saved = flat.index_select(0, indices)
+            entries = (saved.to(values.dtype) + values).to(weight.dtype)
+            flat.index_copy_(0, indices, entries)
+            try:
+                y = F.linear(x, weight.data.to(x.dtype), bias)
+            finally:
+                flat.index_copy_(0, indices, saved)
+        else:
+            saved = entries = None
+            y = F.linear(x, effective_weight(weight, values, indices).to(x.dtype), bias)
+        ctx.save_for_backward(x, weight, values, indices, saved, entries)
         ctx.module = module
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x, weight, values, indices = ctx.saved_tensors
+        x, weight, values, indices, saved, entries = ctx.saved_tensors
         module = ctx.module
         dy2 = dy.reshape(-1, dy.shape[-1])
         dx = dvalues = None
         if ctx.needs_input_grad[0]:
             # W_eff again, not saved: a dense copy per layer would cost what full fine-tuning costs
-            with _delta_applied(weight, values, indices) as w_eff:
+            if saved is not None:
+                flat = weight.data.view(-1)
+                flat.index_copy_(0, indices, entries)
+                try:
+                    dx = (dy2 @ weight.data.to(dy2.dtype)).view(x.shape).to(x.dtype)
+                finally:
+                    flat.index_copy_(0, indices, saved)
+            else:
+                w_eff = effective_weight(weight, values, indices)
                 dx = (dy2 @ w_eff.to(dy2.dtype)).view(x.shape).to(x.dtype)
         observer = module.grad_observer
         if ctx.needs_input_grad[3] or observer is not None:
@@ -111,8 +112,8 @@ class _SparseDeltaLinearFunction(torch.autograd.Function):
                 observer(dense)
                 dvalues = dense.reshape(-1)[indices]
             else:
-                n = weight.shape[1]
-                dvalues = sddmm(dy2.T, x2, indices // n, indices % n, backend=module.backend)
+                rows, cols = module.rows_cols()
+                dvalues = sddmm(dy2.T, x2, rows, cols, backend=module.backend)
             dvalues = dvalues.to(values.dtype)
         return dx, None, None, dvalues, None, None
 
@@ -203,6 +204,7 @@ class SparseDeltaLinear(nn.Module):
         )
         self.backend = backend
         self.grad_observer: GradObserver | None = None
+        self._rows_cols: tuple[torch.Tensor, int, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -224,6 +226,16 @@ class SparseDeltaLinear(nn.Module):
     @property
     def k(self) -> int:
         return self.indices.numel()
+
+    def rows_cols(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices // n, indices % n): the support as row and column indices (cached per support)."""
+        key = (self.indices, self.indices._version)
+        cache = self._rows_cols
+        if cache is None or cache[0] is not key[0] or cache[1] != key[1]:
+            n = self.base_layer.weight.shape[1]
+            cache = (*key, self.indices // n, self.indices % n)
+            self._rows_cols = cache
+        return cache[2], cache[3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _SparseDeltaLinearFunction.apply(
