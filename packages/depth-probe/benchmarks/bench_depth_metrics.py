@@ -80,7 +80,9 @@ def main() -> int:
         "usefulness": lambda: dp.usefulness(model, ids, batch_size=bs),
         "causal_scores": lambda: dp.causal_scores(model, ids, batch_size=bs),
         "permutation_scores (120 pairs)": lambda: dp.permutation_scores(model, ids, batch_size=bs),
-        "attention_sparsity": lambda: dp.attention_sparsity(model, ids, batch_size=bs),
+        "attention_sparsity (t >= 32)": lambda: dp.attention_sparsity(
+            model, ids, batch_size=bs, min_query=32
+        ),
         "weight_sparsity": lambda: dp.weight_sparsity(model),
     }
     rows = []
