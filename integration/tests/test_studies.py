@@ -45,6 +45,7 @@ TINY_STUDY = {
     # 8 evaluation windows = the final validation of the run (eval_batches 2 x batch 4)
     "probe": {"calibration_windows": 4, "eval_windows": 8, "batch_size": 4, "mdm_t": [0.3, 0.8]},
     "analyses": {"loss": "loss", "wanda": {"name": "wanda", "epsilons": [0.1]}},
+    "analyses_at": {"wanda": [1.0]},  # loss at both checkpoints, Wanda at the last
     "report": {
         "group_by": "family",
         "pair": {"tag": "family", "a": "dlm", "b": "ar"},
@@ -112,6 +113,8 @@ def _with(**changes) -> dict:
         (_with(checkpoints=[0.25, 1.0]), "checkpoint fraction 0.25 of train.steps=6"),
         (_with(checkpoints=[1.5]), "fractions of train.steps must lie in (0, 1]"),
         (_with(analyses={"w": {"name": "wandaa"}}), "did you mean 'wanda'?"),
+        (_with(analyses_at={"wanda": [0.25]}), "analyses_at.wanda = [0.25]: choose fractions"),
+        (_with(analyses_at={"lost": [1.0]}), "analyses_at names 'lost', which is not in analyses"),
         (_with(runs={"a b": {}}), "run name 'a b' is not a folder name"),
         (_with(report={"group_by": "size"}), "report.group_by names tag 'size', which no run has"),
     ],
@@ -205,7 +208,9 @@ def test_study_trains_every_run_and_aggregates(parallel_study):
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         grad_norms = [[r["step"], r["grad_norm"]] for r in records if r["split"] == "train"]
         assert entry["curves"] == {"grad_norm": grad_norms}
-        assert set(entry["analyses"]["wanda"]) == {"0.5", "1"}
+        assert set(entry["analyses"]["loss"]) == {"0.5", "1"}
+        assert set(entry["analyses"]["wanda"]) == {"1"}
+        assert sorted(p.name for p in (run / "analyses" / "wanda").iterdir()) == ["step_6.json"]
     # the AR loss stage at the last checkpoint is the run's own final validation (same 8 blocks,
     # same weights): checkpoint loading and the stage's cross-entropy agree with the pipeline
     ar = results["runs"]["ar"]["seeds"]["0"]
@@ -300,6 +305,7 @@ def test_collapse_and_quantize_stages_on_a_trained_run(parallel_study, tmp_path)
             "quantize": {"name": "quantize", "methods": ["rtn"], "bits": [8, 2], "group_size": 32},
         }
         job["checkpoints"] = {"1": 6}
+        job["analyses_at"] = {"collapse": [1.0], "quantize": [1.0]}
         assert analyse(run, job) == []
         base = json.loads((run / "analyses" / "loss" / "step_6.json").read_text())["summary"]
         collapse = json.loads((run / "analyses" / "collapse" / "step_6.json").read_text())

@@ -107,6 +107,7 @@ class Job:
             "pretrain": self.config.to_dict(),
             "checkpoints": dict(zip(map(str, study.checkpoints), self.checkpoint_steps)),
             "analyses": {label: stage.to_dict() for label, stage in study.analyses.items()},
+            "analyses_at": {label: study.fractions_of(label) for label in study.analyses},
             "probe": study.probe.to_dict(),
         }
 
@@ -154,7 +155,9 @@ def missing_analyses(job: Job, study: StudyConfig) -> list[tuple[str, int]]:
     failed."""
     missing = []
     for label, stage in study.analyses.items():
-        for step in job.checkpoint_steps:
+        for fraction, step in zip(study.checkpoints, job.checkpoint_steps):
+            if fraction not in study.fractions_of(label):
+                continue
             path = analysis_path(job.folder, label, step)
             if path.is_file() and is_done(_read_json(path), stage.to_dict(), study.probe.to_dict()):
                 continue

@@ -80,6 +80,8 @@ def analyse(folder: Path, job: dict) -> list[str]:
     for fraction, step in job["checkpoints"].items():
         todo = []
         for label, config in job["analyses"].items():
+            if float(fraction) not in job["analyses_at"][label]:
+                continue
             path = analysis_path(folder, label, step)
             if path.is_file() and is_done(json.loads(path.read_text()), config, probe):
                 continue
