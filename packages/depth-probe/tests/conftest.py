@@ -59,3 +59,13 @@ def stream_from_hidden():
 @pytest.fixture
 def identity_blocks():
     return _identity_blocks
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (small tensor ops: on a shared 2-core machine a second
+    thread only adds contention); the thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

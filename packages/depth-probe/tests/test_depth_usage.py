@@ -13,6 +13,8 @@ from transformers import LlamaForCausalLM
 import depth_probe as dp
 from layerwise_core import capture_residual_stream, llama_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB = 128
 
 

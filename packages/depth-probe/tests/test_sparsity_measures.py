@@ -11,6 +11,8 @@ from transformers import LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 import depth_probe as dp
 from layerwise_core import llama_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def causal_probs(rows: list[list[float]]) -> torch.Tensor:
     """[T, T] causal attention probabilities from the visible part of each query row."""

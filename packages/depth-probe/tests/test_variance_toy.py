@@ -6,6 +6,8 @@ import torch
 
 import depth_probe as dp
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("density", [1.0, 0.5, 0.125])
 def test_monte_carlo_variance_matches_the_closed_form(density):

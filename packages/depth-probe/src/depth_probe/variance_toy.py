@@ -13,7 +13,7 @@ growth; the Jacobian distance from identity then falls like ‖∂h_{l+1}/∂h_l
 independent Gaussians, so u = (M_l ⊙ W_l) z_l has independent coordinates
 u_i ~ N(0, σ²/d · Σ_j M_ij z_j²); sampler="conditional" draws u that way (same law as the explicit
 product, every mask entry still drawn) and is ~50x cheaper than sampler="dense", which draws W_l and
-M_l as d×d matrices. For p = 2^-k the mask bits come from k AND-ed random bytes, and Σ_j M_ij z_j² is
+M_l as d×d matrices. For p = 2^-k (and d a multiple of 64) the mask bits come from k AND-ed random bytes, and Σ_j M_ij z_j² is
 read from a 256-entry table of partial sums per group of 8 channels.
 """
 
@@ -55,16 +55,23 @@ def _masked_row_sums(z2: torch.Tensor, p: float, generator: torch.Generator) -> 
     """s_i = Σ_j M_ij z2_j for a fresh Bernoulli(p) mask M per seed ([S, d] -> [S, d])."""
     seeds, d = z2.shape
     k = _power_of_half(p)
-    if k is None or d % 8:
+    if k is None or d % 64:
         mask = torch.rand(seeds, d, d, generator=generator) < p
         return torch.bmm(mask.to(z2.dtype), z2.unsqueeze(-1)).squeeze(-1)
-    bits = torch.randint(0, 256, (seeds, d, d // 8), generator=generator, dtype=torch.uint8)
+
+    def random_bytes() -> torch.Tensor:  # uniform bytes, drawn 8 at a time as int64 words
+        words = torch.randint(
+            -(2**63), 2**63 - 1, (seeds, d, d // 64), generator=generator, dtype=torch.int64
+        )
+        return words.view(torch.uint8)  # [S, d, d/8]
+
+    bits = random_bytes()
     for _ in range(k - 1):  # AND of k fair bits is a Bernoulli(2^-k) bit
-        bits &= torch.randint(0, 256, (seeds, d, d // 8), generator=generator, dtype=torch.uint8)
+        bits &= random_bytes()
     groups = d // 8
     table = z2.float().view(seeds, groups, 8) @ _BYTE_BITS.T  # [S, d/8, 256] partial sums
     base = (torch.arange(seeds)[:, None, None] * groups + torch.arange(groups)) * 256
-    return table.reshape(-1)[base + bits.long()].sum(-1, dtype=torch.float64)
+    return torch.take(table, base + bits.long()).sum(-1, dtype=torch.float64)
 
 
 def variance_toy_model(
