@@ -99,17 +99,17 @@ def main() -> int:
 
     window = ids[:1, :32]
     layer = LAYERS // 2
-    rowwise = dp.block_jacobian(model, window, layer, chunk=chunk)
-    full = dp.full_block_jacobian(model, window, layer)
+    rowwise = dp.block_jacobian(model, window, layer=layer, chunk=chunk)
+    full = dp.full_block_jacobian(model, window, layer=layer)
     gap = float((rowwise - full).abs().max())
     times = interleaved_medians(
         {
             "row-wise, vectorised by 32": lambda: dp.block_jacobian(
                 model, window, layer, chunk=chunk
             ),
-            "row-wise, looped": lambda: dp.block_jacobian(model, window, layer, chunk=1),
+            "row-wise, looped": lambda: dp.block_jacobian(model, window, layer=layer, chunk=1),
             "naive full Jacobian (vectorised)": lambda: dp.full_block_jacobian(
-                model, window, layer
+                model, window, layer=layer
             ),
         },
         repeats=args.repeats,

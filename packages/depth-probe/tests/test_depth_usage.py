@@ -173,10 +173,12 @@ def test_rowwise_jacobian_equals_full_autograd_jacobian():
     ids = token_ids(2, 5)
     mask = torch.ones_like(ids)
     mask[1, -2:] = 0
-    full = dp.full_block_jacobian(model, ids, 1, mask)
-    rowwise = dp.block_jacobian(model, ids, 1, mask, batch_size=1)
+    full = dp.full_block_jacobian(model, ids, mask, layer=1)
+    rowwise = dp.block_jacobian(model, ids, mask, layer=1, batch_size=1)
     torch.testing.assert_close(rowwise, full, atol=1e-5, rtol=1e-4)
-    looped = dp.block_jacobian(model, ids, 1, mask, rows=[3, 40], chunk=1)  # plain backward loop
+    looped = dp.block_jacobian(
+        model, ids, mask, layer=1, rows=[3, 40], chunk=1
+    )  # plain backward loop
     torch.testing.assert_close(looped, rowwise[:, [3, 40]], atol=1e-6, rtol=1e-5)
     assert float((full - torch.eye(64, dtype=full.dtype)).abs().max()) > 0.1  # not trivial
     stats = dp.jacobian_distance(model, ids, mask, layers=[1], batch_size=1)
@@ -270,3 +272,29 @@ def test_interventions_restore_the_model_bit_for_bit():
     assert [m.self_attn.layer_idx for m in model.model.layers] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="distinct"), dp.swap_blocks(model, 1, 1):
         pass
+
+
+def test_metrics_accept_a_batch_dict_like_a_tensor_and_mask():
+    model = tiny_llama(layers=2)
+    ids = token_ids(2, 10)
+    mask = torch.tensor([[1] * 10, [0] * 4 + [1] * 6])  # left padding
+    as_dict = {"input_ids": ids, "attention_mask": mask, "labels": ids}
+    assert dp.next_token_loss(model, ids, mask) == dp.next_token_loss(model, as_dict)
+    assert dp.next_token_loss(model, ids) != dp.next_token_loss(model, as_dict)  # mask matters
+    for metric, kwargs in (
+        (dp.layer_variance, {}),
+        (dp.jacobian_distance, {"rows": 8}),
+        (dp.usefulness, {}),
+        (dp.causal_scores, {}),
+        (dp.permutation_scores, {}),
+        (dp.attention_sparsity, {"min_query": 2}),
+    ):
+        a = metric(model, ids, mask, **kwargs).as_dict()
+        b = metric(model, as_dict, **kwargs).as_dict()
+        assert str(a) == str(b), metric.__name__  # NaN-safe equality
+    torch.testing.assert_close(
+        dp.block_jacobian(model, ids, mask, layer=0, rows=[1]),
+        dp.block_jacobian(model, as_dict, layer=0, rows=[1]),
+        rtol=0,
+        atol=0,
+    )

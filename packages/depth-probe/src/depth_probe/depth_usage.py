@@ -402,9 +402,9 @@ def _layers(num: int, layers: Iterable[int] | None, what: str) -> list[int]:
 def full_block_jacobian(
     model: nn.Module,
     input_ids: TokenInputs,
-    layer: int,
     attention_mask: torch.Tensor | None = None,
     *,
+    layer: int,
     vectorize: bool = True,
 ) -> torch.Tensor:
     """The naive reference: `torch.autograd.functional.jacobian` of block `layer` (the whole
@@ -449,9 +449,9 @@ def _jacobian_columns(
 def block_jacobian(
     model: nn.Module,
     input_ids: TokenInputs,
-    layer: int,
     attention_mask: torch.Tensor | None = None,
     *,
+    layer: int,
     rows: Sequence[int] | None = None,
     batch_size: int | None = None,
     chunk: int = 32,
