@@ -47,3 +47,22 @@ def test_lower_density_slows_the_growth_and_errors_name_the_fix():
         other.standard_error[-1] / other.closed_form[-1]
     )
     assert isinstance(other.monte_carlo, torch.Tensor)
+
+
+def test_toy_step_jacobian_equals_autograd_and_falls_like_p_sigma2_over_variance():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(16, generator=g, dtype=torch.float64) * 2
+    weight = torch.randn(16, 16, generator=g, dtype=torch.float64) * (
+        torch.rand(16, 16, generator=g) < 0.5
+    )
+
+    def step(x):
+        return x + weight @ (x / x.pow(2).mean().sqrt())
+
+    auto = torch.autograd.functional.jacobian(step, h)
+    torch.testing.assert_close(dp.toy_step_jacobian(h, weight), auto, atol=1e-12, rtol=1e-10)
+    for density in (1.0, 0.25):
+        toy = dp.toy_jacobian_distance(hidden_size=128, num_layers=8, density=density, seeds=16)
+        rel = (toy.monte_carlo - toy.closed_form).abs() / toy.closed_form
+        assert (rel < 0.05).all(), rel  # O(1/d) + Monte-Carlo error
+        assert toy.monte_carlo[-1] < toy.monte_carlo[0] / 2  # D_l falls as the variance grows

@@ -17,7 +17,7 @@ Depth usage vs sparsity (Muhtar et al., ICML 2026): `LayerVarianceMonitor` / `la
 (training-time per-layer output variance from block hooks), `jacobian_distance` (row-wise, sampled),
 `usefulness` (affine replacement), `causal_scores`, `permutation_scores`, `weight_sparsity`,
 `attention_sparsity`, `expert_load`, the interventions `swap_blocks` / `affine_replacement` (undone on
-exit) and the variance toy model `variance_toy_model`.
+exit) and the variance toy model `variance_toy_model` / `toy_jacobian_distance`.
 """
 
 from depth_probe.__about__ import __version__
@@ -118,7 +118,13 @@ from depth_probe.sweeps import (
     single_layer_sweep,
     sweep,
 )
-from depth_probe.variance_toy import ToyVariance, variance_toy_model
+from depth_probe.variance_toy import (
+    ToyJacobian,
+    ToyVariance,
+    toy_jacobian_distance,
+    toy_step_jacobian,
+    variance_toy_model,
+)
 
 __all__ = [
     "SIMILARITY_VARIANTS",
@@ -150,6 +156,7 @@ __all__ = [
     "SkipEffect",
     "SuperOutliers",
     "SweepResult",
+    "ToyJacobian",
     "ToyVariance",
     "Usefulness",
     "WeightSparsity",
@@ -215,6 +222,8 @@ __all__ = [
     "skip_layers",
     "swap_blocks",
     "sweep",
+    "toy_jacobian_distance",
+    "toy_step_jacobian",
     "usefulness",
     "variance_toy_model",
     "weight_alpha",

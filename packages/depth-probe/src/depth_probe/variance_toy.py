@@ -9,7 +9,8 @@ ICML 2026; spec studies.md A.2): a Pre-LN residual stream whose blocks are maske
 (h_0 ~ N(0, Var(h_0) I) has mean 0, so Var = E‖h‖²/d). Lower mask density p = slower variance
 growth; the Jacobian distance from identity then falls like ‖∂h_{l+1}/∂h_l − I‖²_F/d ≈ pσ²/Var(h_l).
 
-`variance_toy_model` runs the recursion by Monte Carlo. Given z_l and M_l, the rows of W_l are
+`variance_toy_model` runs the recursion by Monte Carlo; `toy_jacobian_distance` measures the
+Jacobian distance of each step exactly (explicit matrices) next to pσ²/Var(h_l). Given z_l and M_l, the rows of W_l are
 independent Gaussians, so u = (M_l ⊙ W_l) z_l has independent coordinates
 u_i ~ N(0, σ²/d · Σ_j M_ij z_j²); sampler="conditional" draws u that way (same law as the explicit
 product, every mask entry still drawn) and is ~50x cheaper than sampler="dense", which draws W_l and
@@ -25,7 +26,13 @@ from typing import Literal
 
 import torch
 
-__all__ = ["ToyVariance", "variance_toy_model"]
+__all__ = [
+    "ToyJacobian",
+    "ToyVariance",
+    "toy_jacobian_distance",
+    "toy_step_jacobian",
+    "variance_toy_model",
+]
 
 _BYTE_BITS = ((torch.arange(256).unsqueeze(-1) >> torch.arange(8)) & 1).float()  # [256, 8]
 
@@ -131,4 +138,59 @@ def variance_toy_model(
         closed_form=initial_variance + layers * density * sigma**2,
         density=float(density),
         seeds=seeds,
+    )
+
+
+@dataclass
+class ToyJacobian:
+    """Per step l = 0..L-1 (float64 [L]): monte_carlo = mean over seeds of ‖∂h_{l+1}/∂h_l − I‖²_F/d,
+    closed_form = p σ² / (Var(h_0) + l p σ²), and the standard error over seeds."""
+
+    monte_carlo: torch.Tensor
+    standard_error: torch.Tensor
+    closed_form: torch.Tensor
+
+
+def toy_step_jacobian(h: torch.Tensor, masked_weight: torch.Tensor) -> torch.Tensor:
+    """∂h_{l+1}/∂h_l = I + A (I − z zᵀ/d) / RMS(h) of one toy step h -> h + A z, z = h/RMS(h)
+    (A = M ⊙ W; [d] and [d, d] -> [d, d])."""
+    d = h.shape[-1]
+    rms = h.pow(2).mean().sqrt()
+    z = h / rms
+    eye = torch.eye(d, dtype=h.dtype)
+    return eye + masked_weight @ (eye - torch.outer(z, z) / d) / rms
+
+
+def toy_jacobian_distance(
+    *,
+    hidden_size: int = 128,
+    num_layers: int = 8,
+    density: float = 1.0,
+    sigma: float = 1.0,
+    initial_variance: float = 1.0,
+    seeds: int = 16,
+    seed: int = 0,
+) -> ToyJacobian:
+    """‖∂h_{l+1}/∂h_l − I‖²_F / d of the toy model (explicit d×d M_l ⊙ W_l, `toy_step_jacobian`)
+    against the spec's ≈ pσ²/Var(h_l). Exactly, ‖A P‖²_F/(d·RMS²) with the projection P = I − zzᵀ/d,
+    whose expectation is pσ²(1 − 1/d)/RMS(h_l)²: the closed form holds up to O(1/d)."""
+    if not 0 < density <= 1:
+        raise ValueError(f"toy_jacobian_distance: density must be in (0, 1], got {density}")
+    gen = torch.Generator().manual_seed(seed)
+    d = hidden_size
+    per_seed = torch.zeros(seeds, num_layers, dtype=torch.float64)
+    for s in range(seeds):
+        h = torch.randn(d, generator=gen, dtype=torch.float64) * math.sqrt(initial_variance)
+        for layer in range(num_layers):
+            weight = torch.randn(d, d, generator=gen, dtype=torch.float64) * (sigma / d**0.5)
+            if density < 1:
+                weight = weight * (torch.rand(d, d, generator=gen) < density)
+            jac = toy_step_jacobian(h, weight)
+            per_seed[s, layer] = (jac - torch.eye(d, dtype=h.dtype)).pow(2).sum() / d
+            h = h + weight @ (h / h.pow(2).mean().sqrt())
+    layers = torch.arange(num_layers, dtype=torch.float64)
+    return ToyJacobian(
+        monte_carlo=per_seed.mean(0),
+        standard_error=per_seed.std(0) / math.sqrt(seeds) if seeds > 1 else torch.zeros(num_layers),
+        closed_form=density * sigma**2 / (initial_variance + layers * density * sigma**2),
     )
