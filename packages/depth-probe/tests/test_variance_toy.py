@@ -63,6 +63,9 @@ def test_toy_step_jacobian_equals_autograd_and_falls_like_p_sigma2_over_variance
     torch.testing.assert_close(dp.toy_step_jacobian(h, weight), auto, atol=1e-12, rtol=1e-10)
     for density in (1.0, 0.25):
         toy = dp.toy_jacobian_distance(hidden_size=128, num_layers=8, density=density, seeds=16)
-        rel = (toy.monte_carlo - toy.closed_form).abs() / toy.closed_form
-        assert (rel < 0.05).all(), rel  # O(1/d) + Monte-Carlo error
+        gap = (toy.monte_carlo - toy.closed_form).abs()
+        # Monte-Carlo error (3 standard errors) plus the O(1/d) bias of the approximation
+        assert (gap <= 3 * toy.standard_error + 2 * toy.closed_form / 128).all(), gap
+        ratio = float((toy.monte_carlo / toy.closed_form).mean())
+        assert ratio == pytest.approx(1.0, abs=0.05)  # pooled over the 8 steps
         assert toy.monte_carlo[-1] < toy.monte_carlo[0] / 2  # D_l falls as the variance grows
