@@ -50,6 +50,15 @@ TINY_STUDY = {
         "group_by": "family",
         "pair": {"tag": "family", "a": "dlm", "b": "ar"},
         "curves": ["grad_norm"],
+        "claims": [
+            {
+                "text": "DLM hurt less by Wanda",
+                "metric": "wanda/uniform/rel_increase",
+                "expect": "lower",
+                "group": "dlm",
+                "min_checkpoints": 1,
+            }
+        ],
     },
 }
 
@@ -235,6 +244,10 @@ def test_study_trains_every_run_and_aggregates(parallel_study):
     assert "| dis_0.1/rel_increase |" in report and "dlm < ar (pairs)" in report
     assert (out / "wanda.png").is_file() and (out / "training.png").is_file()
     assert "![grad_norm](curve_grad_norm.png)" in report
+    dlm_lower = results["runs"]["dlm"]["seeds"]["0"]["analyses"]["wanda"]["1"]["summary"]
+    holds = dlm_lower["uniform/rel_increase"] < wanda["summary"]["uniform/rel_increase"]
+    verdict = f"| 1/1 | {'holds' if holds else 'does not hold'} |" if holds else "| 0/1 |"
+    assert f"| DLM hurt less by Wanda | `wanda/uniform/rel_increase` | - {verdict}" in report
 
 
 def test_second_invocation_skips_finished_runs(parallel_study, capsys):
@@ -352,3 +365,64 @@ def test_max_train_tokens_keeps_the_first_tokens_of_the_train_split(small_data):
     batches = capped.training_batches(seed=0, global_batch=5)
     seen = torch.cat([batches.next_global_batch(5) for _ in range(6)])  # 2 epochs of 3 batches
     assert len({tuple(row.tolist()) for row in seen}) == 15  # only the 15 capped blocks
+
+
+def _claim_results(values: dict[tuple[str, str, int, str], float]) -> dict:
+    """A results dict by hand: {(family, lr, seed, fraction): value of stage q's metric m}."""
+    runs: dict = {}
+    for (family, lr, seed, fraction), value in values.items():
+        run = runs.setdefault(f"{family}-{lr}", {"tags": {"family": family, "lr": lr}, "seeds": {}})
+        entry = run["seeds"].setdefault(str(seed), {"analyses": {"q": {}}})
+        entry["analyses"]["q"][fraction] = {"summary": {"m": value}}
+    claims = [
+        {"text": "dlm lower", "metric": "q/m", "expect": "lower", "group": "dlm"},
+        {"text": "dlm negative", "metric": "q/m", "expect": "negative", "where": {"family": "dlm"}},
+        {"text": "nothing", "metric": "q/absent", "expect": "positive"},
+    ]
+    report = {"pair": {"tag": "family", "a": "dlm", "b": "ar"}, "claims": claims}
+    return {"config": {"checkpoints": [0.5, 1.0], "report": report}, "runs": runs}
+
+
+def test_claims_count_pairs_and_signs_by_checkpoint():
+    """Spec B.7's rule: a direction holds iff it holds in >= 5 of 6 (LR, seed) pairs at >= 2
+    checkpoints. DLM values: at 0.5 below AR's in 5 of 6 pairs and negative in 3 of 6, at 1.0
+    below in all and negative in all."""
+    from layerwise.studies.claims import ClaimConfig, claim_counts, claims_section
+
+    values = {}
+    for lr in ("1e-3", "3e-3"):
+        for seed in range(3):
+            values["ar", lr, seed, "0.5"] = 1.0
+            values["ar", lr, seed, "1"] = 1.0
+            first = lr == "1e-3" and seed == 0  # the one pair / sign that fails at 0.5
+            values["dlm", lr, seed, "0.5"] = 2.0 if first else (0.5 if seed == 1 else -0.5)
+            values["dlm", lr, seed, "1"] = -1.0
+    results = _claim_results(values)
+    lower, negative, absent = (
+        ClaimConfig.model_validate(c) for c in results["config"]["report"]["claims"]
+    )
+    assert claim_counts(results, lower, "0.5") == (5, 6)
+    assert claim_counts(results, lower, "1") == (6, 6)
+    assert claim_counts(results, negative, "0.5") == (3, 6)  # seeds 1 are +0.5, the first +2
+    assert claim_counts(results, negative, "1") == (6, 6)
+    assert claim_counts(results, absent, "1") == (0, 0)
+    table = "\n".join(claims_section(results))
+    assert "| dlm lower | `q/m` | 5/6 | 6/6 | holds |" in table
+    assert "| dlm negative | `q/m` | 3/6 | 6/6 | does not hold |" in table
+    assert "| nothing | `q/absent` | - | - | not measurable |" in table
+
+
+def test_claims_must_name_a_stage_and_the_pair(tmp_path):
+    """A claim reads `<stage label>/<metric>` of the study's analyses; lower / higher need the
+    report's pair and one of its values as `group`."""
+    from layerwise.studies import load_study
+
+    assert len(load_study("dlm-vs-ar").report.claims) == 6  # spec B.7's expected directions
+    bad_label = _with(report={"claims": [{"text": "x", "metric": "gptq/m", "expect": "negative"}]})
+    with pytest.raises(ConfigError, match="metric 'gptq/m' must read <stage label>"):
+        load_study(str(write_study(tmp_path / "a.yaml", bad_label)))
+    no_pair = _with(
+        report={"claims": [{"text": "x", "metric": "wanda/m", "expect": "lower", "group": "dlm"}]}
+    )
+    with pytest.raises(ConfigError, match="compares the pairs of report.pair"):
+        load_study(str(write_study(tmp_path / "b.yaml", no_pair)))

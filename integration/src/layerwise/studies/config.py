@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from layerwise.studies.analyses import ANALYSES
+from layerwise.studies.claims import ClaimConfig
 from layerwise.studies.versus import VersusConfig
 from layerwise.train.config import PretrainConfig
 from layerwise_core import ConfigError, LayerwiseConfig, tagged_choice
@@ -98,6 +99,9 @@ class ReportConfig(LayerwiseConfig):
     curves: list[str] = Field(default_factory=list)
     # summary metrics against a numeric tag (e.g. usefulness by depth): layerwise.studies.versus
     versus: VersusConfig | None = None
+    # expected directions, each checked per checkpoint (holds / does not hold / not measurable):
+    # layerwise.studies.claims
+    claims: list[ClaimConfig] = Field(default_factory=list)
 
     @field_validator("group_by", mode="before")
     @classmethod
@@ -148,6 +152,24 @@ class StudyConfig(LayerwiseConfig):
                 raise ValueError(
                     f"analyses_at.{label} = {fractions}: choose fractions among checkpoints "
                     f"{self.checkpoints}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _claims(self) -> StudyConfig:
+        pair = self.report.pair
+        for claim in self.report.claims:
+            label = claim.metric.split("/", 1)[0]
+            if "/" not in claim.metric or label not in self.analyses:
+                raise ValueError(
+                    f"report.claims: metric {claim.metric!r} must read <stage label>/<summary "
+                    f"metric> with a label of analyses {list(self.analyses)}"
+                )
+            comparing = claim.expect in ("lower", "higher")
+            if comparing and (pair is None or claim.group not in (pair.a, pair.b)):
+                raise ValueError(
+                    f"report.claims: {claim.text!r} (expect: {claim.expect}) compares the pairs "
+                    "of report.pair: set report.pair and `group` to its a or b"
                 )
         return self
 

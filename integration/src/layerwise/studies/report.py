@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from layerwise.studies.claims import claims_section
 from layerwise.studies.versus import versus_section
 
 __all__ = ["PROFILES", "mean_std", "write_report"]
@@ -296,6 +297,7 @@ def write_report(results: dict[str, Any], out: str | os.PathLike) -> Path:
             figures.append(figure)
             lines += [f"![{key or 'training'}]({figure})", ""]
     lines += versus_section(results, out)  # report.versus: metrics by a numeric tag
+    lines += claims_section(results)  # report.claims: expected directions, checked
     for label in config["analyses"]:
         lines += _stage_section(results, label, figures, out)
     errors = _errors(results)
