@@ -13,8 +13,8 @@ cases: `lower` / `higher`: pairs of `report.pair` (runs equal in every other tag
 where the value of `group` is below / above the other one's; `negative` / `positive`: (run, seed)
 values below / above 0. Only runs whose tags match `where` count. A fraction holds when at least
 `min_share` of its cases do; the claim holds when at least `min_checkpoints` fractions hold
-(spec B.7: 5 of 6 (LR, seed) runs, at >= 2 checkpoints), "does not hold" otherwise, and is
-"not measurable" without cases.
+(spec B.7: 5 of 6 (LR, seed) runs, at >= 2 checkpoints); it is "not measurable" while fewer than
+`min_checkpoints` fractions have cases, and "does not hold" otherwise.
 """
 
 from __future__ import annotations
@@ -102,10 +102,11 @@ def claims_section(results: dict) -> list[str]:
     for claim in claims:
         counts = [claim_counts(results, claim, f) for f in fractions]
         held = sum(n > 0 and k >= claim.min_share * n for k, n in counts)
-        if not any(n for _, n in counts):
-            verdict = "not measurable"
-        elif held >= claim.min_checkpoints:
+        measured = sum(n > 0 for _, n in counts)
+        if held >= claim.min_checkpoints:
             verdict = "holds"
+        elif measured < claim.min_checkpoints:  # too few checkpoints with cases to decide
+            verdict = "not measurable"
         else:
             verdict = "does not hold"
         cells = [f"{k}/{n}" if n else "-" for k, n in counts]
