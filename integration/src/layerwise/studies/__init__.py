@@ -13,7 +13,7 @@
 (`list_studies()`); docs/studies.md.
 """
 
-from layerwise.studies.analyses import ANALYSES, AnalysisContext, StageUnavailableError
+from layerwise.studies.analyses import AnalysisContext, StageUnavailableError
 from layerwise.studies.config import ProbeDataConfig, ReportConfig, RunSpec, StudyConfig
 from layerwise.studies.report import write_report
 from layerwise.studies.runner import (
@@ -27,6 +27,7 @@ from layerwise.studies.runner import (
     resolve_study,
     run_study,
 )
+from layerwise.studies.stages import ANALYSES
 
 __all__ = [
     "ANALYSES",

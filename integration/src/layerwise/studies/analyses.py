@@ -1,6 +1,7 @@
 """Analysis stages: what a study measures on a trained run at each of its checkpoints.
 
-A stage is a config (one of `ANALYSES`, chosen by `name:` in the study's `analyses:` section) with
+A stage is a config (one of `layerwise.studies.stages.ANALYSES`, chosen by `name:` in the study's
+`analyses:` section) with
 
     unavailable() -> str | None          why it cannot run here (a package API not there yet)
     run(ctx: AnalysisContext) -> dict    {"summary": {metric: float}, "details": {...}}
@@ -29,7 +30,7 @@ from torch.nn import functional as F
 from layerwise_core import LayerwiseConfig
 
 __all__ = [
-    "ANALYSES",
+    "STAGES",
     "AnalysisContext",
     "CollapseStage",
     "LossStage",
@@ -313,15 +314,10 @@ class CollapseStage(_Stage):
         return {"summary": summary, "details": details}
 
 
-# name -> stage config (`analyses: {label: {name: wanda, ...}}`)
-ANALYSES: dict[str, type[_Stage]] = {
+# this module's stages by name; every stage of every study: layerwise.studies.stages.ANALYSES
+STAGES: dict[str, type[_Stage]] = {
     "loss": LossStage,
     "wanda": WandaStage,
     "quantize": QuantizeStage,
     "collapse": CollapseStage,
 }
-
-# the sparsity-vs-depth study's stages (spec studies.md A; their own module)
-from layerwise.studies.depth_stages import DepthMetricsStage, DepthProfileStage  # noqa: E402
-
-ANALYSES |= {"depth_profile": DepthProfileStage, "depth_metrics": DepthMetricsStage}

@@ -26,8 +26,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from layerwise.studies.analyses import ANALYSES
 from layerwise.studies.claims import ClaimConfig
+from layerwise.studies.stages import ANALYSES
 from layerwise.studies.versus import VersusConfig
 from layerwise.train.config import PretrainConfig
 from layerwise_core import ConfigError, LayerwiseConfig, tagged_choice

@@ -24,9 +24,10 @@ import torch
 from layerwise._progress import silenced
 from layerwise.data.prepare import prepare_data
 from layerwise.models import build_model
-from layerwise.studies.analyses import ANALYSES, AnalysisContext, StageUnavailableError
+from layerwise.studies.analyses import AnalysisContext, StageUnavailableError
 from layerwise.studies.config import ProbeDataConfig
 from layerwise.studies.runner import JOB, TRAINED, _write_json, analysis_path, is_done
+from layerwise.studies.stages import ANALYSES
 from layerwise.train import PretrainConfig, pretrain, read_model_state
 
 __all__ = ["analyse", "main", "train"]

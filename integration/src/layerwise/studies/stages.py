@@ -1,0 +1,19 @@
+"""Every analysis stage by name (`analyses: {label: {name: ..., ...}}` in a study YAML).
+
+The layer-collapse study's stages live in `layerwise.studies.analyses` (with the stage interface,
+`AnalysisContext`), the sparsity-vs-depth study's in `layerwise.studies.depth_stages`; this module
+only joins them, so that neither imports the other.
+"""
+
+from __future__ import annotations
+
+from layerwise.studies.analyses import STAGES, _Stage
+from layerwise.studies.depth_stages import DepthMetricsStage, DepthProfileStage
+
+__all__ = ["ANALYSES"]
+
+ANALYSES: dict[str, type[_Stage]] = {
+    **STAGES,
+    "depth_profile": DepthProfileStage,
+    "depth_metrics": DepthMetricsStage,
+}
