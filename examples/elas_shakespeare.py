@@ -464,6 +464,8 @@ GAPS = [
     ("F", "A", "ELAS vs full-rank SwiGLU"),
     ("D_loro", "D", "LORO vs AdamW, low-rank SwiGLU"),
     ("F_loro", "F", "LORO vs AdamW, ELAS"),
+    ("F_loro", "D_loro", "ELAS vs LORO (the paper's +0.07 to +0.28 ppl)"),
+    ("F_loro", "A", "ELAS with LORO vs full-rank SwiGLU (the paper's headline)"),
 ]
 
 
