@@ -14,8 +14,9 @@ adapted matrix.
   model is not timed), medians of interleaved repeats.
 - Step: forward + backward + optimizer step on batch x seq random tokens, medians of interleaved
   repeats of both arms in one process.
-- Peak memory: VmHWM of a fresh process per arm, reset after set-up and one warm-up step, read after
-  two more steps (`bench_memory.py`'s rule).
+- Peak memory: VmHWM of a fresh process per arm, reset after set-up and one warm-up step (and a
+  `malloc_trim`, so that set-up garbage the allocator kept does not count), read after two more
+  steps (`bench_memory.py`'s rule otherwise).
 
 All quoted as ratios to LoRA measured in the same run (the machine is shared: absolute times drift).
 """
@@ -23,6 +24,8 @@ All quoted as ratios to LoRA measured in the same run (the machine is shared: ab
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import shlex
 import statistics
@@ -159,6 +162,8 @@ def child(arm: str, preset: str, rank: int, filter_rank: int, batch: int, seq: i
     ids = torch.randint(0, 32000, (batch, seq))
     model, step, count = build(arm, preset, rank, filter_rank)
     _train_step(model, step, ids)  # allocates the optimizer state
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # set-up garbage (e.g. the SVDs) leaves the heap
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM: imports and mask selection do not count
     for _ in range(2):

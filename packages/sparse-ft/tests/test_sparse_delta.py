@@ -149,9 +149,9 @@ def test_outputs_gradients_and_updates_equal_the_previous_implementation(dtype):
         torch.testing.assert_close(module.values.detach(), prev_values.detach(), rtol=tol, atol=tol)
 
 
-def test_cached_rows_and_columns_follow_a_new_support():
-    # (indices // n, indices % n) is cached per support: a set_support and an in-place load of
-    # other indices of the same length (load_state_dict copies into the buffer) must refresh it.
+def test_gradients_follow_a_new_support():
+    # After set_support and after an in-place load of other indices of the same length
+    # (load_state_dict copies into the buffer) the O(k) gradient is the dense one at the new support.
     module = _pair(k=12, seed=6)
     other = _pair(k=12, seed=7)
     x = torch.randn(4, 10)

@@ -12,8 +12,8 @@ well: the backward computes only the selected entries of the dense gradient,
 
 with `layerwise_kernels.sddmm` (Triton on CUDA, one dot product per entry through a CSR
 `sampled_addmm` on CPU: k * T multiply-adds, not the m * n * T of a dense dW), and writes W_eff into
-W's storage again for dL/dx from the k original and k W_eff entries the forward saved, so no dense
-[m, n] tensor is allocated by the forward or the backward. The same idea as SpIEL (Ansell et al., arXiv 2401.16405, `linear_sd`).
+W's storage again for dL/dx instead of saving it, so no dense [m, n] tensor is allocated by the
+forward or the backward. The same idea as SpIEL (Ansell et al., arXiv 2401.16405, `linear_sd`).
 
 Changing the support (`set_support`) keeps the values and optimizer moments of surviving entries,
 starts arriving entries at zero, and folds the values of leaving entries into W (W_eff is unchanged
@@ -59,47 +59,52 @@ def effective_weight(
     return added.to(weight.dtype).view_as(weight)
 
 
-class _SparseDeltaLinearFunction(torch.autograd.Function):
-    """y = x (W + scatter(values))^T + b with an O(k) gradient for `values` (W and b are frozen).
+def _write_effective(
+    weight: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
+) -> torch.Tensor:
+    """Write the k W_eff entries into W's own (contiguous) storage; return the k original ones.
 
-    The forward saves the k original entries and the k W_eff entries (O(k)), so the backward writes
-    W_eff into W's storage and back with two O(k) copies instead of recomputing them.
+    O(k) work and memory; `weight.data` then holds exactly `effective_weight` until the originals
+    are written back with `flat.index_copy_(0, indices, saved)` (bit-exact).
     """
+    flat = weight.data.view(-1)
+    saved = flat.index_select(0, indices)
+    flat.index_copy_(0, indices, (saved.to(values.dtype) + values).to(weight.dtype))
+    return saved
+
+
+class _SparseDeltaLinearFunction(torch.autograd.Function):
+    """y = x (W + scatter(values))^T + b with an O(k) gradient for `values` (W and b are frozen)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, values, indices, module):
         if weight.is_contiguous():
-            flat = weight.data.view(-1)
-            saved = flat.index_select(0, indices)
-            entries = (saved.to(values.dtype) + values).to(weight.dtype)
-            flat.index_copy_(0, indices, entries)
+            saved = _write_effective(weight, values, indices)
             try:
                 y = F.linear(x, weight.data.to(x.dtype), bias)
             finally:
-                flat.index_copy_(0, indices, saved)
+                weight.data.view(-1).index_copy_(0, indices, saved)
         else:
-            saved = entries = None
             y = F.linear(x, effective_weight(weight, values, indices).to(x.dtype), bias)
-        ctx.save_for_backward(x, weight, values, indices, saved, entries)
+        ctx.save_for_backward(x, weight, values, indices)
         ctx.module = module
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x, weight, values, indices, saved, entries = ctx.saved_tensors
+        x, weight, values, indices = ctx.saved_tensors
         module = ctx.module
         dy2 = dy.reshape(-1, dy.shape[-1])
         dx = dvalues = None
         if ctx.needs_input_grad[0]:
             # W_eff again, not saved: a dense copy per layer would cost what full fine-tuning costs
-            if saved is not None:
-                flat = weight.data.view(-1)
-                flat.index_copy_(0, indices, entries)
+            if weight.is_contiguous():
+                saved = _write_effective(weight, values, indices)
                 try:
                     dx = (dy2 @ weight.data.to(dy2.dtype)).view(x.shape).to(x.dtype)
                 finally:
-                    flat.index_copy_(0, indices, saved)
+                    weight.data.view(-1).index_copy_(0, indices, saved)
             else:
                 w_eff = effective_weight(weight, values, indices)
                 dx = (dy2 @ w_eff.to(dy2.dtype)).view(x.shape).to(x.dtype)
@@ -112,8 +117,8 @@ class _SparseDeltaLinearFunction(torch.autograd.Function):
                 observer(dense)
                 dvalues = dense.reshape(-1)[indices]
             else:
-                rows, cols = module.rows_cols()
-                dvalues = sddmm(dy2.T, x2, rows, cols, backend=module.backend)
+                n = weight.shape[1]
+                dvalues = sddmm(dy2.T, x2, indices // n, indices % n, backend=module.backend)
             dvalues = dvalues.to(values.dtype)
         return dx, None, None, dvalues, None, None
 
@@ -204,7 +209,6 @@ class SparseDeltaLinear(nn.Module):
         )
         self.backend = backend
         self.grad_observer: GradObserver | None = None
-        self._rows_cols: tuple[torch.Tensor, int, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -226,16 +230,6 @@ class SparseDeltaLinear(nn.Module):
     @property
     def k(self) -> int:
         return self.indices.numel()
-
-    def rows_cols(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(indices // n, indices % n): the support as row and column indices (cached per support)."""
-        key = (self.indices, self.indices._version)
-        cache = self._rows_cols
-        if cache is None or cache[0] is not key[0] or cache[1] != key[1]:
-            n = self.base_layer.weight.shape[1]
-            cache = (*key, self.indices // n, self.indices % n)
-            self._rows_cols = cache
-        return cache[2], cache[3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _SparseDeltaLinearFunction.apply(
