@@ -15,7 +15,7 @@ from spectral_opt import batched_esd, esd, fit_power_law, weight_alphas
 SHAPES = [(256, 256), (640, 256), (256, 640)]  # square, tall, wide (N = 256)
 KINDS = ["gaussian", "student_t", "power_law_spectrum"]
 FITS = ["median", "goodness_of_fit", "fix_finger"]
-EIG_RTOL = 1e-4  # the float32 ESD's promise for every eigenvalue (esd.py: lambda_max / 64 floor)
+EIG_RTOL = 1e-4  # the float32 ESD's promise for every eigenvalue (esd.py: N lambda_max / 2^20)
 
 
 def matrix(shape: tuple[int, int], kind: str, seed: int = 0) -> torch.Tensor:

@@ -15,10 +15,11 @@ has an absolute error of c * eps * lambda_max (c measured 2-135 for N = 60-2048,
 an eigenvalue far below lambda_max is noise, possibly negative. A square random matrix has
 lambda_min / lambda_max ~ 1 / (4 N^2), and the fits that read the bottom of the spectrum
 (`fix_finger` starts its log-histogram at the smallest eigenvalue; `goodness_of_fit` scans every
-x_min) then return another alpha than float64 does (issue 21: up to 15 apart). So in float32 a
-matrix whose eigenvalues from index `accurate_from` up are not all >= lambda_max / 64 (where float32
-is within 3.4e-5 relative of float64, measured up to N = 2048) is recomputed in float64: Gram and
-`eigvalsh` of the same weights. A Cholesky factorisation of G - tau I (N^3 / 3 flops, ~1/5 of
+x_min) then return another alpha than float64 does (issue 21: up to 15 apart). The error grows
+~N, so in float32 a matrix whose eigenvalues from index `accurate_from` up are not all >=
+N * lambda_max / 2^20 (where float32 was within 4.3e-5 relative of float64 for N = 512-2048,
+Gaussian and Student-t weights) is recomputed in float64: Gram and `eigvalsh` of the same weights.
+A Cholesky factorisation of G - tau I (N^3 / 3 flops, ~1/5 of
 `eigvalsh`) predicts, before `eigvalsh`, which matrices need it when every eigenvalue must be
 accurate; only the check on the computed spectrum decides. Whatever remains <= 0 (an exactly
 rank-deficient matrix) is clamped to the smallest positive float so that its logarithm stays finite.
@@ -30,7 +31,7 @@ import torch
 
 __all__ = ["batched_esd", "esd"]
 
-_RESOLVED = 2.0**-6  # float32 Gram eigenvalues >= this * lambda_max are within ~1e-4 relative
+_RESOLVED = 2.0**-20  # float32 Gram eigenvalues >= N * this * lambda_max: within ~1e-4 relative
 
 
 def _check_dtype(dtype: torch.dtype) -> None:
@@ -44,14 +45,14 @@ def _gram(w: torch.Tensor) -> torch.Tensor:
 
 def _resolved(eigs: torch.Tensor, accurate_from: int) -> torch.Tensor:
     """Rows of ascending float32 spectra whose eigenvalues from `accurate_from` up are resolved."""
-    return eigs[:, accurate_from] >= _RESOLVED * eigs[:, -1]
+    return eigs[:, accurate_from] >= eigs.shape[-1] * _RESOLVED * eigs[:, -1]
 
 
 def _likely_resolved(gram: torch.Tensor) -> torch.Tensor:
     """Cheap forecast of `_resolved(eigvalsh(gram), 0)`: is G - tau I positive definite, with tau
-    = _RESOLVED * (root mean square eigenvalue = ||G||_F / sqrt(N) <= lambda_max)?"""
+    = N * _RESOLVED * (root mean square eigenvalue = ||G||_F / sqrt(N) <= lambda_max)?"""
     n = gram.shape[-1]
-    tau = _RESOLVED * torch.linalg.matrix_norm(gram) / n**0.5
+    tau = n * _RESOLVED * torch.linalg.matrix_norm(gram) / n**0.5
     shifted = gram - tau[:, None, None] * torch.eye(n, dtype=gram.dtype, device=gram.device)
     return torch.linalg.cholesky_ex(shifted).info == 0
 
@@ -66,7 +67,7 @@ def batched_esd(
 
     `accurate_from` (float32 only): the smallest ascending index whose eigenvalue must be accurate
     (to ~1e-4 relative, as float64 gives it for a matrix of full rank); a matrix where float32
-    cannot resolve it (it is below lambda_max / 64) is recomputed in float64 and returned as
+    cannot resolve it (it is below N * lambda_max / 2^20) is recomputed in float64 and returned as
     float32. 0 (default): every eigenvalue; `int(N / 2)` suits the median Hill fit; >= N: plain
     float32 (fastest, the bottom of an ill-conditioned spectrum is then roundoff).
     """

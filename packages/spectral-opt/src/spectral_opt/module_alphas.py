@@ -113,7 +113,7 @@ def weight_alphas(
     not finite (e.g. an all-zero matrix) are left out, with the reason in `.skipped`.
     Gram + `eigvalsh` in `dtype` (float32 default, float64 on request) on the matrices' device;
     in float32 a matrix whose eigenvalues read by the fit are below float32's resolution
-    (lambda_max / 64) is recomputed in float64 (`batched_esd(accurate_from=...)`), so every fit
+    (N lambda_max / 2^20) is recomputed in float64 (`batched_esd(accurate_from=...)`), so every fit
     gives the float64 alpha (to ~1e-4) at float32 speed where float32 suffices.
     """
     skipped: dict[str, str] = {}
