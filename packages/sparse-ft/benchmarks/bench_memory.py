@@ -7,7 +7,8 @@ Linear of the decoder blocks):
 - full FT: AdamW on every parameter.
 - LoRA: peft `LoraConfig(r=rank)`, AdamW on A and B.
 - LIFT (ours): `sparse_ft.get_sparse_model(model, LiftConfig(lora_rank=rank))`, O(k) Adam state and
-  O(k) gradients (`layerwise_kernels.sddmm`, the banded torch reference on CPU).
+  O(k) gradients (`layerwise_kernels.sddmm`: CSR `sampled_addmm` on CPU since issue 21, the banded
+  torch product before).
 - LIFT, reference-style: what the official code does: the adapted weights are trainable, their
   dense gradients are formed, then masked to the k entries for an O(k) Adam (`SparseAdamW`).
 

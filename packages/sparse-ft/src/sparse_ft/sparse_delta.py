@@ -65,12 +65,17 @@ def _write_effective(
     """Write the k W_eff entries into W's own (contiguous) storage; return the k original ones.
 
     O(k) work and memory; `weight.data` then holds exactly `effective_weight` until the originals
-    are written back with `flat.index_copy_(0, indices, saved)` (bit-exact).
+    are written back with `_restore` (bit-exact). The indices are unique, so `scatter_` (about twice
+    as fast as `index_copy_` on CPU) is deterministic.
     """
     flat = weight.data.view(-1)
     saved = flat.index_select(0, indices)
-    flat.index_copy_(0, indices, (saved.to(values.dtype) + values).to(weight.dtype))
+    flat.scatter_(0, indices, (saved.to(values.dtype) + values).to(weight.dtype))
     return saved
+
+
+def _restore(weight: torch.Tensor, indices: torch.Tensor, saved: torch.Tensor) -> None:
+    weight.data.view(-1).scatter_(0, indices, saved)
 
 
 class _SparseDeltaLinearFunction(torch.autograd.Function):
@@ -83,7 +88,7 @@ class _SparseDeltaLinearFunction(torch.autograd.Function):
             try:
                 y = F.linear(x, weight.data.to(x.dtype), bias)
             finally:
-                weight.data.view(-1).index_copy_(0, indices, saved)
+                _restore(weight, indices, saved)
         else:
             y = F.linear(x, effective_weight(weight, values, indices).to(x.dtype), bias)
         ctx.save_for_backward(x, weight, values, indices)
@@ -104,7 +109,7 @@ class _SparseDeltaLinearFunction(torch.autograd.Function):
                 try:
                     dx = (dy2 @ weight.data.to(dy2.dtype)).view(x.shape).to(x.dtype)
                 finally:
-                    weight.data.view(-1).index_copy_(0, indices, saved)
+                    _restore(weight, indices, saved)
             else:
                 w_eff = effective_weight(weight, values, indices)
                 dx = (dy2 @ w_eff.to(dy2.dtype)).view(x.shape).to(x.dtype)
