@@ -356,7 +356,7 @@ def plot(saved: dict, path: Path) -> None:
     loss_ax.grid(alpha=0.3)
     val_ax.errorbar(range(len(arms)), means, yerr=spreads, fmt="o", capsize=3)
     val_ax.set_xticks(range(len(arms)))
-    val_ax.set_xticklabels(arms, fontsize=7)
+    val_ax.set_xticklabels(arms, fontsize=7, rotation=45)
     val_ax.set(ylabel="validation loss (nats)", title="final val loss (± half-range)")
     val_ax.grid(alpha=0.3)
     fig.suptitle("ELAS at toy scale: Llama on Shakespeare (2:4 stats logged by the training loop)")
@@ -489,11 +489,16 @@ def report(saved: dict, verdict: str | None) -> str:
     tokens = s["steps"] * s["batch"] * s["block"]
     done = len([t for t in saved["runs"] if "_lr" not in t])
     seeds = sorted({r["seed"] for r in saved["runs"].values()})
-    cmd = (
+    run = (
         f"python examples/elas_shakespeare.py --hidden {s['hidden']} --layers {s['layers']} "
         f"--steps {s['steps']} --batch {s['batch']} --lr {s['lr']} --seeds "
-        f"{' '.join(map(str, seeds))} [--arms D_loro F_loro] [--arms A --sweep 0.001 0.01] "
-        "&& python examples/elas_shakespeare.py --replot --report"
+        f"{' '.join(map(str, seeds))}"
+    )
+    cmd = (
+        f"`{run}` (arms A-H); `{run} --arms D_loro F_loro`; `{run} --arms A --sweep 0.001 0.01 "
+        "--sweep-arms A F`; `python examples/elas_shakespeare.py --toggle-eval`; then "
+        "`python examples/elas_shakespeare.py --replot --report --verdict-file <text>` (figure and "
+        "this section from docs/reports/elas_shakespeare.json alone)"
     )
     val_tokens = next(iter(saved["runs"].values()))["val_tokens"]
     claim = (
@@ -524,7 +529,8 @@ def report(saved: dict, verdict: str | None) -> str:
         "zeros of relu(y1)²) and dropped-mass fraction (share of the relu² mass the 2:4 select "
         "drops, or would drop in the dense arms and during the warm-up): per layer, on the "
         f"logged step's batch, from each run's metrics.jsonl. {done} runs, "
-        f"{s['threads']} torch thread, code at commit {s.get('code_commit')}."
+        f"{s['threads']} torch thread, code at commit {s.get('code_commit')}. Train time: wall "
+        "clock on a 2-core machine shared with other jobs (noisy, not a speed comparison)."
     )
     return f"""
 ## {TITLE} (CPU, {datetime.date.today()})
@@ -532,7 +538,7 @@ def report(saved: dict, verdict: str | None) -> str:
 {_bullet(claim)}
 {_bullet(setup)}
 - Machine: {machine()}.
-- Command: `{cmd}`
+{_bullet("Commands: " + cmd + ". Each run folder is skipped once its result.json exists: a killed sweep resumes with the same command.")}
 
 {table}
 
@@ -583,7 +589,14 @@ def machine() -> str:
 
 
 def _bullet(text: str) -> str:
-    return textwrap.fill(text, 100, initial_indent="- ", subsequent_indent="  ")
+    return textwrap.fill(
+        text,
+        100,
+        initial_indent="- ",
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
 
 
 def write_docs(section: str) -> None:
