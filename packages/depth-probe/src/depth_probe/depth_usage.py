@@ -132,6 +132,15 @@ def next_token_loss(
 # --------------------------------------------------------------------------- A.3.1 variance
 
 
+def _as_dict(obj) -> dict[str, Any]:
+    """A result dataclass as JSON-ready values: its fields, tensors as nested lists."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = value.tolist() if isinstance(value, torch.Tensor) else value
+    return out
+
+
 @dataclass
 class LayerVariance:
     """Per-block statistics (float64 tensors of shape [L]) averaged over the recorded forwards.
@@ -155,11 +164,7 @@ class LayerVariance:
         return float(self.output_var[-1])
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.tolist() if isinstance(value, torch.Tensor) else value
-        return out
+        return _as_dict(self)
 
 
 class LayerVarianceMonitor:
@@ -526,11 +531,7 @@ class JacobianDistance:
     backward_passes: int
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.tolist() if isinstance(value, torch.Tensor) else value
-        return out
+        return _as_dict(self)
 
 
 def _distance_from_columns(cols: torch.Tensor, rows: torch.Tensor, d: int) -> float:
@@ -745,11 +746,7 @@ class Usefulness:
     threshold: float
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.tolist() if isinstance(value, torch.Tensor) else value
-        return out
+        return _as_dict(self)
 
 
 def _stream(model, input_ids, attention_mask, batch_size, dmap, *, final_norm: bool):

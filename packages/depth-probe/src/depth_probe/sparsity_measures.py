@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from depth_probe.depth_usage import _batches, _device, _inputs, _mask
+from depth_probe.depth_usage import _as_dict, _batches, _device, _inputs, _mask
 from layerwise_core import TokenInputs, find_decoder
 
 __all__ = [
@@ -39,14 +39,6 @@ __all__ = [
     "find_routers",
     "weight_sparsity",
 ]
-
-
-def _as_dict(obj) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        out[f.name] = value.tolist() if isinstance(value, torch.Tensor) else value
-    return out
 
 
 # --------------------------------------------------------------------------- weights
