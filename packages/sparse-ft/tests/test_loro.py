@@ -5,9 +5,6 @@ schedule factor, config defaults, and FSDP2 (2 gloo processes) == one process.""
 import copy
 import inspect
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from layerwise_core.testing import run_torchrun
 from sparse_ft import LOROAdamW, LOROConfig, LowRankLinear, loro_param_groups
 from sparse_ft.loro import loro_exact_update
 
@@ -300,12 +298,7 @@ def test_bad_arguments_name_the_fix():
 @pytest.mark.distributed
 def test_fsdp2_two_processes_equal_one_process(tmp_path):
     out = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [*cmd, str(WORKER), str(out)], capture_output=True, text=True, timeout=600, env=env
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_torchrun(WORKER, out, timeout=600)
     result = json.loads(out.read_text())
     assert result["sharded"] == [True, True]  # the factors were DTensors
     assert result["moved"] > 1e-3
