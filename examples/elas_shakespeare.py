@@ -359,7 +359,12 @@ def plot(saved: dict, path: Path) -> None:
     val_ax.set_xticklabels(arms, fontsize=7, rotation=45)
     val_ax.set(ylabel="validation loss (nats)", title="final val loss (± half-range)")
     val_ax.grid(alpha=0.3)
-    fig.suptitle("ELAS at toy scale: Llama on Shakespeare (2:4 stats logged by the training loop)")
+    s = saved["setup"]
+    fig.suptitle(
+        f"ELAS at toy scale: Llama d={s['hidden']}, {s['layers']} layers on Shakespeare, "
+        f"{s['steps']} steps x {s['batch']} x {s['block']} tokens (2:4 statistics logged by the "
+        "training loop)"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -549,9 +554,9 @@ Paired differences (same seed, same tokens):
 {sweep_table(saved)}
 
 ![ELAS sparsity, dropped mass and loss](figures/elas_shakespeare.png)
-{variants_text()}
+
 {_bullet("What holds at this scale: " + (verdict or "(runs still missing; see the table)"))}
-"""
+{variants_text()}"""
 
 
 def variants_text() -> str:
