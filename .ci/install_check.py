@@ -85,6 +85,10 @@ AT_IMPORT: dict[str, dict[str, str]] = {
         "transformers": "LNS / Mix-LN model types registered with the Auto classes at import, so "
         "a saved checkpoint loads with its scheme"
     },
+    "sparse-ft": {
+        "transformers": "ELAS model type elas_llama registered with the Auto classes at import, "
+        "so a saved ELAS checkpoint loads with its low-rank / 2:4 blocks"
+    },
 }
 # distribution -> extras its README's python blocks need (its Install section says so)
 README_EXTRAS: dict[str, list[str]] = {
