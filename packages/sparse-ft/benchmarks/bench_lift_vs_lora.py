@@ -39,6 +39,9 @@ import torch
 from layerwise_core import init_normal_, llama_config, set_seed
 from layerwise_core.benchmarking import append_section, markdown_table
 
+sys.path.insert(0, str(Path(__file__).parent))  # its sibling script, also when imported
+from bench_memory import _rss_kib, _train_step  # one step, peak-RSS reader
+
 ROOT = Path(__file__).resolve().parents[3]
 ARMS = ("LoRA", "LIFT (before #21)", "LIFT (ours)")
 
@@ -144,16 +147,6 @@ def build(arm: str, preset: str, rank: int, filter_rank: int):
         (lambda: (opt.step(), opt.zero_grad(set_to_none=True))),
         sum(p.numel() for p in params),
     )
-
-
-def _train_step(model, step, ids):
-    model(input_ids=ids, labels=ids).loss.backward()
-    step()
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def child(arm: str, preset: str, rank: int, filter_rank: int, batch: int, seq: int) -> None:
