@@ -25,13 +25,14 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from dlm_decode._base import _StrategyConfig, _Validated
 from dlm_decode.canvas import Canvas
 from dlm_decode.dream import decode_dream
 from dlm_decode.early_commit import ProphetRule, StagedThresholds
 from dlm_decode.parallel_decoding import decode_parallel
 from dlm_decode.remasking import decode_semi_autoregressive
 from dlm_decode.soar import decode_soar
-from layerwise_core import ConfigError, LayerwiseConfig
+from layerwise_core import ConfigError
 
 __all__ = [
     "SOAR",
@@ -53,13 +54,6 @@ __all__ = [
 Remasking = Literal["low_confidence", "random"]
 Backend = Literal["auto", "torch", "triton"]  # layerwise_kernels' backends of the fused top-2 op
 DreamAlgorithm = Literal["origin", "maskgit_plus", "topk_margin", "entropy"]
-
-
-class _StrategyConfig(LayerwiseConfig):
-    def _options(self, strategy: type) -> dict[str, Any]:
-        """The constructor arguments of `strategy` that this config holds (not a subclass's tag)."""
-        fields = [f.name for f in dataclasses.fields(strategy) if f.init]
-        return {name: getattr(self, name) for name in fields if name in type(self).model_fields}
 
 
 class LLaDAConfig(_StrategyConfig):
@@ -175,16 +169,6 @@ class SOARConfig(_StrategyConfig):
 
 _LLADA, _PROPHET, _FAST = LLaDAConfig(), ProphetConfig(), FastDLLMConfig()
 _DREAM, _SOAR = DreamConfig(), SOARConfig()
-
-
-class _Validated:
-    """A strategy checks its fields with its config: the same rules, in one place."""
-
-    config_class: ClassVar[type[_StrategyConfig]]
-
-    def __post_init__(self) -> None:
-        config = self.config_class
-        config.from_dict({name: getattr(self, name) for name in config.model_fields})
 
 
 @dataclass
