@@ -83,6 +83,10 @@ def test_scorers_and_batches(mdm_run):
     one = evaluate_decoding(model, tokenizer, PROMPTS, ANSWERS, DecodeConfig(batch_size=1))
     three = evaluate_decoding(model, tokenizer, PROMPTS, ANSWERS, DecodeConfig(batch_size=3))
     assert one.outputs == three.outputs  # left padding does not change a row's decoding
+    # per-row latency: within its batch's wall time (batches of 1: equal to it up to the stats call)
+    assert len(one.row_wall_s) == len(three.row_wall_s) == 3
+    assert 0 < max(three.row_wall_s) <= three.wall_s
+    assert sum(one.row_wall_s) <= one.wall_s
     numbers = [f"{o} 12" for o in one.outputs]  # last-number scorer on texts we control
     from layerwise.eval.decode import _score
 

@@ -76,3 +76,28 @@ def test_make_strategy_by_config_name():
     assert make_strategy("fast_dllm", threshold=0.8) == FastDLLM(threshold=0.8)
     with pytest.raises(ValueError, match="choose one of"):
         make_strategy("greedy")
+
+
+def test_row_wall_time_is_when_each_row_completed(fl):
+    # Row 0's prompt token 1 makes offset 1 predict EOS first: with the end-of-text stop it is
+    # done after 2 of 6 steps; row 1 decodes all 6. Each forward sleeps 20 ms, so row 0's
+    # latency is about 2 forwards and row 1's about 6 (the batch's wall time).
+    import time
+
+    spec = {1: (3, 0.6), 2: (4, 0.9), 3: (4, 0.5), 4: (5, 0.4), 5: (2, 0.3), 6: (1, 0.2)}
+    table = fl.static(spec, 7)
+    eos = fl.prob_logits(fl.EOS, 0.9)
+
+    def fn(x, call):
+        time.sleep(0.02)
+        logits = table(x, call)
+        logits[x[:, 0] == 1, 2] = eos
+        return logits
+
+    out = generate(fl.model(fn), torch.tensor([[1], [0]]), LLaDA(steps=6, block_length=6),
+                   gen_length=6, stop_at_eos=True)  # fmt: skip
+    stats = out.stats
+    assert stats.nfe.tolist() == [2, 6]
+    early, late = stats.row_wall_s.tolist()
+    assert 0.04 <= early < late <= stats.wall_s
+    assert late >= 0.12 and early < 0.5 * late

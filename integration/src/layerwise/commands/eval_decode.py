@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_decoding(model, tokenizer, prompts, answers, cfg)
     for i, output in enumerate(report.outputs):
         verdict = "" if report.correct is None else (" ok" if report.correct[i] else " x")
-        print(f"[{i}] nfe {report.nfe[i]}{verdict}: {output!r}")
+        print(f"[{i}] nfe {report.nfe[i]}, {report.row_wall_s[i]:.3f} s{verdict}: {output!r}")
     line = (
         f"decode={cfg.decode.name}: mean NFE {report.mean_nfe:.1f}, "
         f"{report.tokens_per_second:.1f} tokens/s"

@@ -60,6 +60,7 @@ class DecodeReport:
     exit_step: list[int]  # Prophet's early-commit step, -1 where none
     generated_tokens: int
     wall_s: float
+    row_wall_s: list[float] = dataclasses.field(default_factory=list)  # latency of each row
 
     @property
     def accuracy(self) -> float | None:
@@ -133,7 +134,7 @@ def evaluate_decoding(
     strategy = cfg.decode.build()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    outputs, nfe, exit_step, tokens, wall = [], [], [], 0, 0.0
+    outputs, nfe, exit_step, tokens, wall, row_wall = [], [], [], 0, 0.0, []
     for start in range(0, len(prompts), cfg.batch_size):
         ids, mask = _left_padded(tokenizer, prompts[start : start + cfg.batch_size])
         out = generate(
@@ -150,8 +151,11 @@ def evaluate_decoding(
         exit_step += out.exit_step.tolist()
         tokens += int(out.stats.generated_tokens.sum())
         wall += out.stats.wall_s
+        row_wall += out.stats.row_wall_s.tolist()
     correct = None
     if answers is not None:
         correct = [_score(o, a, cfg.scorer) for o, a in zip(outputs, answers)]
     options = {k: v for k, v in cfg.decode.to_dict().items() if k != "name"}
-    return DecodeReport(cfg.decode.name, options, outputs, correct, nfe, exit_step, tokens, wall)
+    return DecodeReport(
+        cfg.decode.name, options, outputs, correct, nfe, exit_step, tokens, wall, row_wall
+    )

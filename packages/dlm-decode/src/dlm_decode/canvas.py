@@ -111,6 +111,9 @@ class Canvas:
         self.exit_step = torch.full((self.batch,), -1, dtype=torch.long, device=device)
         self.forward_calls = 0
         self.positions = torch.arange(self.length, device=device)
+        # Seconds from the start until each row was complete (no mask left, or finished); -1 while
+        # it is not. Kept on the device: recording a time costs no host sync.
+        self.row_done_s = torch.full((self.batch,), -1.0, dtype=torch.float64, device=device)
         self._t0 = time.perf_counter()
 
     # -- reading -----------------------------------------------------------------------------
@@ -182,11 +185,20 @@ class Canvas:
     def _after_write(self, rows: torch.Tensor, select: torch.Tensor, step: int) -> None:
         if self.stop_at_eos:
             self._stop_rows_at_end(rows)
+        complete = ~(self.x[rows, self.prompt_length :] == self.mask_id).any(1)
+        self._mark_done(rows, complete)
         if self.callback is not None:
             self.callback(StepEvent(step, rows, select, self.x, ~self.active))
 
     def finish(self, rows: torch.Tensor) -> None:
         self.active[rows] = False
+        self._mark_done(rows, torch.ones(rows.shape, dtype=torch.bool, device=self.device))
+
+    def _mark_done(self, rows: torch.Tensor, done: torch.Tensor) -> None:
+        """Record the time of `rows` that are done now (`done`, (R,) bool) and were not before."""
+        now = time.perf_counter() - self._t0
+        previous = self.row_done_s[rows]
+        self.row_done_s[rows] = torch.where(done & (previous < 0), now, previous)
 
     def _stop_rows_at_end(self, rows: torch.Tensor) -> None:
         """Ours (not in the references, which truncate after decoding): a row whose first EOS/EoT
@@ -224,4 +236,5 @@ class Canvas:
             generated_tokens=first.cpu(),
             forward_calls=self.forward_calls,
             wall_s=wall_s,
+            row_wall_s=torch.where(self.row_done_s < 0, wall_s, self.row_done_s).cpu(),
         )

@@ -11,6 +11,9 @@ Definitions (fair speed reporting, see the README):
 - `steps_saved[b] = step_budget - steps[b]`, Prophet's metric; `speedup = step_budget / steps`.
 - `sequence_evals[b]`: sequences pushed through the network for row b: NFE times the beam width
   (SOAR scores up to `max_beam_size` sequences per step).
+- `row_wall_s[b]`: seconds from the start of decoding until row b had no mask left (or was
+  finished by an end-of-text stop); a row that never completes gets `wall_s`. In a batch, rows
+  share forwards, so this is the latency row b saw, not its cost alone.
 - `generated_tokens[b]`: generated tokens before the first EOS/EoT (those excluded), the token
   definition of `tokens_per_second` (whole batch, wall clock of the decoding loop).
 """
@@ -33,6 +36,7 @@ class DecodeStats:
     generated_tokens: torch.Tensor  # (B,) int64
     forward_calls: int  # calls of the model (a batch of rows is one call)
     wall_s: float
+    row_wall_s: torch.Tensor | None = None  # (B,) float64: seconds until row b was complete
 
     @property
     def steps_saved(self) -> torch.Tensor:
