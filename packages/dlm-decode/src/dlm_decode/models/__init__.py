@@ -1,0 +1,1 @@
+"""Native transformers implementations of released masked diffusion LMs (LLaDA, Dream)."""
