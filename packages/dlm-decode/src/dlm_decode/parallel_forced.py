@@ -36,6 +36,7 @@ divide M, LLaDA's schedule with ceil(M / k) steps spreads the shortfall over the
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,9 +95,7 @@ def segment_bounds(gen_length: int, segments: int | Sequence[int]) -> list[tuple
     """
     if isinstance(segments, int):
         if not 1 <= segments <= gen_length:
-            raise ValueError(
-                f"segments={segments} must be between 1 and gen_length {gen_length}"
-            )
+            raise ValueError(f"segments={segments} must be between 1 and gen_length {gen_length}")
         base, extra = divmod(gen_length, segments)
         lengths = [base + (j < extra) for j in range(segments)]
     else:
@@ -106,10 +105,7 @@ def segment_bounds(gen_length: int, segments: int | Sequence[int]) -> list[tuple
                 f"segment lengths {lengths} must be >= 1 and sum to gen_length {gen_length} "
                 f"(they sum to {sum(lengths)}): fix the lengths or pass a count, segments=m"
             )
-    offsets = [0]
-    for n in lengths:
-        offsets.append(offsets[-1] + n)
-    return list(zip(offsets[:-1], offsets[1:]))
+    return list(itertools.pairwise(itertools.accumulate(lengths, initial=0)))
 
 
 def split_budget(remaining: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
