@@ -20,6 +20,24 @@ The count is floored: `int()` of an fp32 product, exactly as the released code. 
 steps = gen_length = 256 the first step therefore commits 0 tokens and the last one 2.
 Dream's reference averages n_masked over the batch; rows here use their own count, which is the
 same number because every row starts with gen_length masks and commits the same k per step.
+
+Semi-autoregressive blocks (`block_length`; None = one block = the whole generation, as above).
+Dream's own repository (DreamLM/Dream: `generation_utils` of the checkpoints, demos, eval) has no
+block option; the released block decoding is NVlabs/Fast-dLLM `dream/model/generation_utils_block.py`
+(`_sample`, its fixed-schedule branch). From it, with G = gen_length:
+
+    num_blocks = G / block_length           (G must be a multiple)
+    steps_per_block = steps / num_blocks    (steps must be a multiple of num_blocks)
+    t_i = linspace(1, eps, steps_per_block + 1)[i], the same grid restarted in every block
+    at step i of block b: only the masked positions of block b are eligible (earlier blocks are
+        decoded, later ones get confidence -inf); n = block b's masks; k = int(n * (1 - s / t)),
+        all of the block's masks at its last step; `origin` reveals each mask of block b with
+        probability 1 - s / t (1 at the block's last step)
+
+so NFE = steps. Not taken from it (its cache scheme, not the schedule): its block-start pass (the
+cache refresh) commits the block's first position unconditionally and replaces step 0 of the grid;
+its fixed-schedule branch ranks by negative entropy whatever `alg` says. Here every step of every
+block is a plain Dream step of the chosen `alg`, on the full canvas without a cache.
 """
 
 from __future__ import annotations
@@ -109,49 +127,95 @@ def decode_dream(
     top_k: int | None = None,
     alg_temp: float | None = None,
     eps: float = 1e-3,
+    block_length: int | None = None,
 ) -> None:
     """Run Dream's sampler on `canvas` (in place); randomness comes from torch's global RNG,
-    drawn in the reference's order (one `rand` over all masked positions for `origin`)."""
+    drawn in the reference's order (one `rand` over all eligible masked positions for `origin`).
+
+    block_length: semi-autoregressive blocks (see the module docstring); None: one block."""
     if alg not in DREAM_ALGORITHMS:
         raise ValueError(f"alg must be one of {DREAM_ALGORITHMS}, got {alg!r}")
-    timesteps = torch.linspace(1, eps, steps + 1, device=canvas.device)
-    for i in range(steps):
-        rows = canvas.active_rows()
-        if rows.numel() == 0:
-            return
-        logits = canvas.forward(rows)
-        masked = canvas.masked(rows)
-        mask_logits = logits[masked]
-        tokens = torch.full_like(masked, canvas.mask_id, dtype=torch.long)
-        if alg == "origin":
-            p_transfer = 1 - timesteps[i + 1] / timesteps[i] if i < steps - 1 else 1
-            x0 = torch.full((mask_logits.shape[0],), canvas.mask_id, device=canvas.device)
-            reveal = torch.rand(x0.shape, device=canvas.device) < p_transfer
-            if bool(reveal.any()):
-                _, x0[reveal] = dream_sample_tokens(mask_logits[reveal], temperature, top_p, top_k)
-            tokens[masked] = x0
-            canvas.commit(rows, tokens != canvas.mask_id, tokens, i + 1)
-            continue
-        confidence, x0 = dream_sample_tokens(
-            mask_logits, temperature, top_p, top_k, confidence=_CONFIDENCE[alg]
+    gen_length = canvas.gen_length
+    if block_length is None:
+        block_length = gen_length
+    if block_length < 1 or gen_length % block_length:
+        raise ValueError(
+            f"gen_length {gen_length} must be a multiple of block_length {block_length}: "
+            f"e.g. block_length=None (one block) or a divisor of {gen_length}"
         )
+    num_blocks = gen_length // block_length
+    if steps % num_blocks or steps < num_blocks:
+        raise ValueError(
+            f"steps {steps} must be a positive multiple of the number of blocks {num_blocks} "
+            f"(gen_length / block_length): e.g. steps={num_blocks * max(1, steps // num_blocks)}"
+        )
+    steps_per_block = steps // num_blocks
+    timesteps = torch.linspace(1, eps, steps_per_block + 1, device=canvas.device)
+    for block in range(num_blocks):
+        start, end = canvas.block_bounds(block, block_length)
+        for i in range(steps_per_block):
+            if not _dream_step(
+                canvas, i, steps_per_block, block * steps_per_block + i + 1, timesteps,
+                start, end, alg, temperature, top_p, top_k, alg_temp,
+            ):  # fmt: skip
+                return
+
+
+def _dream_step(
+    canvas: Canvas,
+    i: int,
+    steps: int,
+    step: int,
+    timesteps: torch.Tensor,
+    start: int,
+    end: int,
+    alg: str,
+    temperature: float,
+    top_p: float | None,
+    top_k: int | None,
+    alg_temp: float | None,
+) -> bool:
+    """Step i of `steps` on the grid `timesteps`, committing masks in [start, end) only; `step`
+    is the global step number (for the callback). False when no row is left."""
+    rows = canvas.active_rows()
+    if rows.numel() == 0:
+        return False
+    logits = canvas.forward(rows)
+    masked = canvas.masked(rows) & canvas.in_range(start, end)
+    mask_logits = logits[masked]
+    tokens = torch.full_like(masked, canvas.mask_id, dtype=torch.long)
+    if alg == "origin":
+        p_transfer = 1 - timesteps[i + 1] / timesteps[i] if i < steps - 1 else 1
+        x0 = torch.full((mask_logits.shape[0],), canvas.mask_id, device=canvas.device)
+        reveal = torch.rand(x0.shape, device=canvas.device) < p_transfer
+        if bool(reveal.any()):
+            _, x0[reveal] = dream_sample_tokens(mask_logits[reveal], temperature, top_p, top_k)
         tokens[masked] = x0
-        full = torch.full(masked.shape, float("-inf"), dtype=logits.dtype, device=canvas.device)
-        full[masked] = confidence.to(logits.dtype)
-        k = dream_transfer_count(masked.sum(1), i, steps, timesteps)
-        if not bool((k > 0).any()):
-            canvas.commit(rows, torch.zeros_like(masked), tokens, i + 1)
-            continue
-        if alg_temp is None or alg_temp == 0:
-            select = select_top_k(full, masked, k)
+        canvas.commit(rows, tokens != canvas.mask_id, tokens, step)
+        return True
+    confidence, x0 = dream_sample_tokens(
+        mask_logits, temperature, top_p, top_k, confidence=_CONFIDENCE[alg]
+    )
+    tokens[masked] = x0
+    full = torch.full(masked.shape, float("-inf"), dtype=logits.dtype, device=canvas.device)
+    full[masked] = confidence.to(logits.dtype)
+    k = dream_transfer_count(masked.sum(1), i, steps, timesteps)
+    if not bool((k > 0).any()):
+        canvas.commit(rows, torch.zeros_like(masked), tokens, step)
+        return True
+    if alg_temp is None or alg_temp == 0:
+        select = select_top_k(full, masked, k)
+    else:
+        weights = F.softmax(full / alg_temp, dim=-1)
+        select = torch.zeros_like(masked)
+        if bool((k == k[0]).all()):  # one call, as the reference makes
+            index = torch.multinomial(weights, num_samples=int(k[0]))
+            select.scatter_(1, index, True)
         else:
-            weights = F.softmax(full / alg_temp, dim=-1)
-            select = torch.zeros_like(masked)
-            if bool((k == k[0]).all()):  # one call, as the reference makes
-                index = torch.multinomial(weights, num_samples=int(k[0]))
-                select.scatter_(1, index, True)
-            else:
-                for r in range(rows.numel()):
-                    index = torch.multinomial(weights[r : r + 1], num_samples=int(k[r]))
-                    select[r].scatter_(0, index[0], True)
-        canvas.commit(rows, select, tokens, i + 1)
+            for r in range(rows.numel()):
+                if int(k[r]) == 0:  # a row without masks here (its softmax would be NaN)
+                    continue
+                index = torch.multinomial(weights[r : r + 1], num_samples=int(k[r]))
+                select[r].scatter_(0, index[0], True)
+    canvas.commit(rows, select, tokens, step)
+    return True

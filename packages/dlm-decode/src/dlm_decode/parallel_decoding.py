@@ -170,7 +170,11 @@ def _decode_without_cache(canvas, block_length, num_blocks, steps_per_block, pre
         x0, confidence = predict(logits)
         start, end = canvas.block_bounds(block[rows], block_length)
         in_block = canvas.in_range(start, end)
-        select = choose(confidence, canvas.masked(rows) & in_block, rows, step_in_block, schedule)
+        # Candidates: every mask left of the block end (leftovers of earlier blocks, where the
+        # model predicted [MASK], included), as the released loop; the block ends when its own
+        # positions are decoded.
+        before_end = canvas.in_range(0, end)
+        select = choose(confidence, canvas.masked(rows) & before_end, rows, step_in_block, schedule)
         canvas.commit(rows, select, x0, step)
         step_in_block[rows] += 1
         done = ~(canvas.masked(rows) & in_block).any(1) & canvas.active[rows]
@@ -179,6 +183,23 @@ def _decode_without_cache(canvas, block_length, num_blocks, steps_per_block, pre
 
 
 def _decode_with_cache(canvas, block_length, num_blocks, steps_per_block, mode, predict, choose):
+    """Per block: one refresh pass (full forward, records K/V, takes the block's first step), then
+    cached passes while the block still has masks. NFE of a block = 1 + (cached passes needed).
+
+    Released NFE differs (Fast-dLLM `llada/generate.py`, `generate_with_prefix_cache` and
+    `generate_with_dual_cache` alike): after the block-start pass both run
+    `i = 1; while True: nfe += 1; <cached forward>; <commit>; if no mask left in the block:
+    break` -- a do-while, so at least one cached pass follows the block-start pass even when that
+    pass has already decoded the whole block (threshold rule with every position confident,
+    block_length 1, or a fixed schedule whose first step takes every mask, e.g. a block with one
+    mask left; with one step per block the released fixed schedule instead fails on index 1);
+    that pass commits nothing. We test before each cached pass, so per block
+        released NFE = ours + 1   if the block-start pass left no mask in the block,
+        released NFE = ours       otherwise (both then stop after the pass that decodes the last).
+    Tokens are the same. (Their no-cache `generate` tests after each forward too, but it has no
+    separate block-start pass, so it matches ours -- apart from a block with no mask on entry,
+    e.g. filled by constraints, where it still runs one forward and ours runs none.)
+    """
     device, lm = canvas.device, canvas.lm
     step_in_block = torch.zeros(canvas.batch, dtype=torch.long, device=device)
     schedule = torch.zeros(canvas.batch, steps_per_block or 1, dtype=torch.long, device=device)
@@ -200,7 +221,9 @@ def _decode_with_cache(canvas, block_length, num_blocks, steps_per_block, mode, 
         canvas.count(rows)
         logits = cached_logits(lm, canvas.x[rows], key_mask, kv)
         x0, confidence = predict(logits)
-        candidates = canvas.masked(rows) & canvas.in_range(start, end)
+        # The refresh pass sees the whole canvas: leftovers of earlier blocks are candidates too
+        # (as released); the cached passes see the window only.
+        candidates = canvas.masked(rows) & canvas.in_range(0, end)
         canvas.commit(rows, choose(confidence, candidates, rows, step_in_block, schedule), x0, step)
         step_in_block[rows] += 1
         refreshed = rows

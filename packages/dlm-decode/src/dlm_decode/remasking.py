@@ -11,7 +11,15 @@ decoded left to right, each in `steps_per_block = steps / num_blocks` steps. At 
 
 where k_{b,i} spreads the block's n masks evenly: n // steps_per_block each step, the first
 n % steps_per_block steps one more (the linear schedule: E[masks revealed] is constant per step).
-Positions past the current block get c = -inf, so only the current block commits.
+Positions past the current block get c = -inf, so no later block commits.
+
+Leftover masks. A model may predict the [MASK] id itself; the position it "commits" then stays
+masked. The released `generate.py` (and Prophet's `generate_earlyexit.py`) set c = -inf only
+*right* of the current block, so such a leftover in an earlier block stays a candidate and is
+re-decoded in a later step, competing with the current block for its k_{b,i} slots (the schedule
+counts the current block's masks only). We do the same, with and without `reference_quirks`: a
+[MASK] left in the output is a bug for the user, and this is the released behaviour. A mask still
+survives when the model predicts [MASK] at the last step that could take it (the last block's).
 """
 
 from __future__ import annotations
@@ -252,6 +260,8 @@ def decode_semi_autoregressive(
                     x0, confidence, masked = x0[~stop], confidence[~stop], masked[~stop]
                     if keep.numel() == 0:
                         continue
-            candidates = masked & canvas.in_range(start, end)
+            # Everything masked left of the block end: the current block and the leftovers of
+            # earlier blocks (positions where the model predicted [MASK]), as released.
+            candidates = masked & canvas.in_range(0, end)
             select = select_top_k(confidence, candidates, schedule[keep, i])
             canvas.commit(keep, select, x0, global_step)

@@ -136,6 +136,7 @@ class DreamConfig(_StrategyConfig):
     top_k: int | None = Field(None, ge=1)
     alg_temp: float | None = Field(None, ge=0)  # > 0: positions drawn from softmax(conf / T)
     eps: float = Field(1e-3, gt=0, lt=1)  # last timestep
+    block_length: int | None = Field(None, ge=1)  # semi-AR blocks (Fast-dLLM); None: one block
 
     def build(self) -> Dream:
         return Dream(**self._options(Dream))
@@ -179,6 +180,10 @@ class LLaDA(_Validated):
     reference_quirks: the released `confidence_eos_eot_inf` line (see `decode_semi_autoregressive`),
     the Gumbel noise as exp(z)/(-log u)^T, and the confidence softmax in the logits' dtype (ours
     uses the fused top-2 op in fp32).
+
+    Leftovers (both settings, as released): a position whose prediction was the [MASK] id stays
+    masked and remains a candidate in later steps and blocks (only positions right of the current
+    block are excluded), so it is re-decoded instead of left in the output.
     """
 
     config_class: ClassVar[type[_StrategyConfig]] = LLaDAConfig
@@ -264,6 +269,12 @@ class FastDLLM(_Validated):
 
     reference_quirks: fp64 confidence softmax (ours: the fused fp32 op) and the factor rule's
     last-index acceptance.
+
+    Leftovers (both settings, as released): masks left of the current block (positions where the
+    model predicted [MASK]) stay candidates: at every step without a cache, at the block-start
+    pass with one. NFE with a cache: one refresh pass per block plus the cached passes until the
+    block is decoded; the released loops run one more cached pass in a block that the refresh
+    pass decoded completely (see `dlm_decode.parallel_decoding._decode_with_cache`).
     """
 
     config_class: ClassVar[type[_StrategyConfig]] = FastDLLMConfig
@@ -305,7 +316,12 @@ class Dream(_Validated):
     """Dream's sampler (`diffusion_generate`): `alg` in origin / maskgit_plus / topk_margin /
     entropy, with temperature, top_p, top_k and alg_temp. Defaults are `DreamGenerationConfig`'s
     (alg='origin', steps=512, T=0); Dream's README demo uses alg='entropy', T=0.2, top_p=0.95.
-    Random draws use torch's global RNG in the reference's order (seed with `set_seed`)."""
+    Random draws use torch's global RNG in the reference's order (seed with `set_seed`).
+
+    block_length: semi-autoregressive blocks as Fast-dLLM's `generation_utils_block.py` runs
+    them (Dream's own code has none): steps / num_blocks steps per block on the time grid
+    restarted in each block, only the current block's masks eligible (see `dlm_decode.dream`).
+    None (default): one block, Dream's `diffusion_generate`."""
 
     config_class: ClassVar[type[_StrategyConfig]] = DreamConfig
 
@@ -316,6 +332,7 @@ class Dream(_Validated):
     top_k: int | None = _DREAM.top_k
     alg_temp: float | None = _DREAM.alg_temp
     eps: float = _DREAM.eps
+    block_length: int | None = _DREAM.block_length
 
     @property
     def step_budget(self) -> int:
@@ -336,6 +353,7 @@ class Dream(_Validated):
             top_k=self.top_k,
             alg_temp=self.alg_temp,
             eps=self.eps,
+            block_length=self.block_length,
         )
 
 
