@@ -62,7 +62,9 @@ def check_decodable(lm: MaskedDiffusionLM, *, allow_causal: bool = False) -> Non
       predicted from the left context alone. `allow_causal=True` decodes it anyway.
     """
     vocab = vocabulary_size(lm.model)
-    if vocab is not None and not 0 <= lm.mask_token_id < vocab:
+    # DiffusionGemma's [MASK] is a sentinel past the vocabulary, fed as noise (never embedded).
+    sentinel = lm.call_style == "diffusion_gemma"
+    if vocab is not None and not sentinel and not 0 <= lm.mask_token_id < vocab:
         raise ValueError(
             f"mask_token_id {lm.mask_token_id} is outside the model's vocabulary [0, {vocab}): "
             "pass the model's [MASK] id (config.mask_token_id; LLaDA uses 126336, Dream 151666)"
@@ -123,6 +125,11 @@ def generate(
         raise ValueError("generate: pass the prompts as input_ids (B, P)")
     lm = as_masked_diffusion_lm(model, mask_token_id=mask_token_id, logit_shift=logit_shift)
     check_decodable(lm, allow_causal=allow_causal)
+    if lm.block_size is not None and gen_length % lm.block_size:
+        raise ValueError(
+            f"gen_length {gen_length} must be a multiple of the model's block (canvas) length "
+            f"{lm.block_size}: its blocks are aligned to the end of the sequence"
+        )
     strategy = LLaDA() if strategy is None else strategy
     cfg_scale = getattr(strategy, "cfg_scale", 0.0)
     canvas = Canvas(

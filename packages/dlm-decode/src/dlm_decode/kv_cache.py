@@ -24,6 +24,12 @@ keeps its positions.
 For a Dream-style model (`logit_shift = 1`) the logits of the block's first position come from
 the hidden state one to its left; the window therefore starts one position earlier (ours: the
 Fast-dLLM Dream code instead commits that position from the refresh pass unconditionally).
+
+Native LLaDA/Dream (`dlm_decode.models`) have Llama/Qwen2-style backbones and take this path as
+they are. DiffusionGemma (block-causal: a causal encoder for the context, a bidirectional decoder
+per canvas) takes `dlm_decode.diffusion_gemma.cached_block_logits`: there both caches are exact,
+since the context of a canvas is causal and frozen during the block and no canvas attends to a
+later one (dual cache == prefix cache == no cache, token for token).
 """
 
 from __future__ import annotations
@@ -97,6 +103,10 @@ def cached_logits(
     `rows` of the refresh batch); returns aligned logits of positions [start, end), (R, end-start, V).
     """
     _check(lm)
+    if lm.call_style == "diffusion_gemma":
+        from dlm_decode.diffusion_gemma import cached_block_logits
+
+        return cached_block_logits(lm, x, key_mask, cache, window, rows)
     batch, length = x.shape
     positions = (
         position_ids_from_mask(key_mask)
