@@ -6,7 +6,7 @@ import torch
 import torch.distributions as dists
 import torch.nn.functional as F
 
-from dlm_decode import Dream, dream_transfer_count, generate
+from dlm_decode import Dream, dream_transfer_count, generate, make_strategy
 from layerwise_core import set_seed
 from layerwise_core.tiny_models import tiny_shifted_bidirectional
 
@@ -69,12 +69,28 @@ def test_confidence_algorithms_by_hand(fl, alg, first):
 
 
 def reference_dream(model, prompt, gen_length, steps, alg, temperature=0.0, top_p=None,
-                    alg_temp=None, eps=1e-3, mask_id=127):  # fmt: skip
-    """Dream's `_sample` as a plain loop from the spec (no padding)."""
+                    alg_temp=None, eps=1e-3, mask_id=127, block_length=None):  # fmt: skip
+    """Dream's `_sample` as a plain loop from the spec (no padding). With block_length: the blocks of
+    Fast-dLLM's `generation_utils_block.py` without its cache: steps / num_blocks steps per block,
+    the time grid restarted in each block, only the block's masks eligible."""
     x = F.pad(prompt, (0, gen_length), value=mask_id)
+    P = prompt.shape[1]
+    block_length = block_length or gen_length
+    per_block = steps // (gen_length // block_length)
+    for b in range(gen_length // block_length):
+        lo, hi = P + b * block_length, P + (b + 1) * block_length
+        x = _reference_dream_block(model, x, lo, hi, per_block, alg, temperature, top_p, alg_temp,
+                                   eps, mask_id)  # fmt: skip
+    return x
+
+
+def _reference_dream_block(model, x, lo, hi, steps, alg, temperature, top_p, alg_temp, eps,
+                           mask_id):  # fmt: skip
     timesteps = torch.linspace(1, eps, steps + 1)
     for i in range(steps):
         mask_index = x == mask_id
+        mask_index[:, :lo] = False
+        mask_index[:, hi:] = False
         logits = model(input_ids=x).logits
         logits = torch.cat([logits[:, :1], logits[:, :-1]], 1)
         mask_logits = logits[mask_index]
@@ -166,3 +182,80 @@ def test_dream_refuses_a_generator():
     with pytest.raises(ValueError, match="set_seed"):
         generate(tiny_shifted_bidirectional(), torch.tensor([[1]]), Dream(steps=2),
                  gen_length=2, generator=torch.Generator())  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("alg", "temperature", "top_p", "alg_temp"),
+    [
+        ("origin", 0.8, 0.9, None),  # one rand per step over the eligible masks
+        ("entropy", 0.0, None, 0.5),  # positions drawn by multinomial
+    ],
+)
+def test_one_block_of_gen_length_is_todays_decode(alg, temperature, top_p, alg_temp):
+    # block_length = gen_length (and None) must be the unblocked sampler bit for bit, random draws
+    # included; blocks of 5 must match the blocked plain loop.
+    model = tiny_shifted_bidirectional(seed=0, initializer_range=0.3)
+    prompt = torch.randint(0, 100, (2, 4), generator=torch.Generator().manual_seed(5))
+    kw = dict(alg=alg, temperature=temperature, top_p=top_p, alg_temp=alg_temp)
+    set_seed(11)
+    want = reference_dream(model, prompt, 10, 6, alg, temperature, top_p, alg_temp)
+    for block in (None, 10):
+        set_seed(11)
+        out = generate(model, prompt, Dream(steps=6, block_length=block, **kw), gen_length=10)
+        assert torch.equal(out.sequences, want)
+        assert out.stats.nfe.tolist() == [6, 6]
+    set_seed(11)
+    want = reference_dream(model, prompt, 10, 6, alg, temperature, top_p, alg_temp, block_length=5)
+    set_seed(11)
+    out = generate(model, prompt, Dream(steps=6, block_length=5, **kw), gen_length=10)
+    assert torch.equal(out.sequences, want)
+    assert not (out.generated == 127).any()
+
+
+def test_block_schedule_by_hand(fl):
+    # gen 8 in 2 blocks of 4, steps 4 -> 2 steps per block on the restarted grid
+    # t = linspace(1, 1e-3, 3) = [1, 0.5005, 0.001]: step 0 commits int(4 * 0.4995) = 1, the last
+    # step the 3 left. Block 1 is more confident (0.9) than block 0 (0.3-0.6) but must wait.
+    # Unrestarted (one grid of 5 points) the first step would commit int(4 * 0.24975) = 0.
+    conf = [0.3, 0.6, 0.4, 0.5, 0.9, 0.95, 0.92, 0.91]
+    spec = {j: (j % 6, p) for j, p in enumerate(conf)}  # output j scores offset j (prompt of 1)
+    events = []
+    out = generate(
+        fl.model(fl.static(spec, 9), logit_shift=1),
+        torch.tensor([[1]]),
+        Dream(steps=4, alg="maskgit_plus", block_length=4),
+        gen_length=8,
+        callback=lambda e: events.append((e.step, (e.committed[0].nonzero() - 1).flatten())),
+    )
+    assert [(step, sorted(c.tolist())) for step, c in events] == [
+        (1, [1]),  # block 0's most confident (0.6)
+        (2, [0, 2, 3]),
+        (3, [5]),  # block 1's most confident (0.95)
+        (4, [4, 6, 7]),
+    ]
+    assert out.generated.tolist() == [[0, 1, 2, 3, 4, 5, 0, 1]]
+    assert out.stats.nfe.tolist() == [4]
+
+
+def test_blocks_batched_left_padded_equal_per_row():
+    model = tiny_shifted_bidirectional(seed=0, initializer_range=0.3)
+    prompts = [torch.tensor([5, 9, 17, 3]), torch.tensor([44, 2])]
+    batch = torch.tensor([[5, 9, 17, 3], [0, 0, 44, 2]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    strategy = Dream(steps=6, alg="topk_margin", block_length=4)
+    batched = generate(model, batch, strategy, gen_length=12, attention_mask=mask)
+    for r, prompt in enumerate(prompts):
+        alone = generate(model, prompt[None], strategy, gen_length=12)
+        assert torch.equal(alone.generated[0], batched.generated[r])
+    assert batched.stats.nfe.tolist() == [6, 6]
+
+
+def test_block_errors_name_the_fix():
+    model = tiny_shifted_bidirectional()
+    with pytest.raises(ValueError, match="multiple of block_length"):
+        generate(model, torch.tensor([[1]]), Dream(steps=4, block_length=3), gen_length=8)
+    with pytest.raises(ValueError, match="multiple of the number of blocks"):
+        generate(model, torch.tensor([[1]]), Dream(steps=3, block_length=4), gen_length=8)
+    assert make_strategy("dream", block_length=4).block_length == 4
+    with pytest.raises(ValueError, match="block_length"):
+        Dream(block_length=0)

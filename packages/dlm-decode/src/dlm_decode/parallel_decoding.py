@@ -12,7 +12,9 @@ probability of the argmax token at each masked position l of the block:
 - neither: LLaDA's fixed schedule (`steps` then matters).
 
 A block loops until none of its positions is masked, so the number of forward evaluations depends
-on the model's confidence. Each row runs its own blocks: a row that finishes its block moves on (no
+on the model's confidence. Hence no [MASK] leftover can sit left of the current block (the released
+loops exclude only positions right of it, which is therefore the same candidate set); a model
+that keeps predicting the [MASK] id at T = 0 makes the block loop forever, as released. Each row runs its own blocks: a row that finishes its block moves on (no
 cache) or waits without forwards (caches: rows share the block so that they share the window).
 """
 
@@ -170,11 +172,7 @@ def _decode_without_cache(canvas, block_length, num_blocks, steps_per_block, pre
         x0, confidence = predict(logits)
         start, end = canvas.block_bounds(block[rows], block_length)
         in_block = canvas.in_range(start, end)
-        # Candidates: every mask left of the block end (leftovers of earlier blocks, where the
-        # model predicted [MASK], included), as the released loop; the block ends when its own
-        # positions are decoded.
-        before_end = canvas.in_range(0, end)
-        select = choose(confidence, canvas.masked(rows) & before_end, rows, step_in_block, schedule)
+        select = choose(confidence, canvas.masked(rows) & in_block, rows, step_in_block, schedule)
         canvas.commit(rows, select, x0, step)
         step_in_block[rows] += 1
         done = ~(canvas.masked(rows) & in_block).any(1) & canvas.active[rows]
@@ -221,9 +219,7 @@ def _decode_with_cache(canvas, block_length, num_blocks, steps_per_block, mode, 
         canvas.count(rows)
         logits = cached_logits(lm, canvas.x[rows], key_mask, kv)
         x0, confidence = predict(logits)
-        # The refresh pass sees the whole canvas: leftovers of earlier blocks are candidates too
-        # (as released); the cached passes see the window only.
-        candidates = canvas.masked(rows) & canvas.in_range(0, end)
+        candidates = canvas.masked(rows) & canvas.in_range(start, end)
         canvas.commit(rows, choose(confidence, candidates, rows, step_in_block, schedule), x0, step)
         step_in_block[rows] += 1
         refreshed = rows

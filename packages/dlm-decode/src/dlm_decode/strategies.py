@@ -270,9 +270,9 @@ class FastDLLM(_Validated):
     reference_quirks: fp64 confidence softmax (ours: the fused fp32 op) and the factor rule's
     last-index acceptance.
 
-    Leftovers (both settings, as released): masks left of the current block (positions where the
-    model predicted [MASK]) stay candidates: at every step without a cache, at the block-start
-    pass with one. NFE with a cache: one refresh pass per block plus the cached passes until the
+    A block loops until it is decoded, so no [MASK] leftover (a position whose prediction was the
+    [MASK] id) outlives its block; a model stuck on [MASK] at T = 0 loops, as released.
+    NFE with a cache: one refresh pass per block plus the cached passes until the
     block is decoded; the released loops run one more cached pass in a block that the refresh
     pass decoded completely (see `dlm_decode.parallel_decoding._decode_with_cache`).
     """
