@@ -94,8 +94,9 @@ def bidirectional_mask(
 
     None or "full": None (full bidirectional attention). A 2-D padding mask (B, L): None when it has
     no padding, else the bool mask `key & query` (B, 1, L, L) (only `key` when the queries are
-    fewer than the keys). A 4-D mask: as given. `additive=True` (eager attention) turns a bool
-    mask into 0 / dtype-min; SDPA takes the bool mask itself.
+    fewer than the keys, as in a cached pass). A 4-D mask (B, 1, Q or 1, K): as given.
+    `additive=True` (eager attention) turns a bool mask into 0 / dtype-min; SDPA takes the bool
+    mask itself. Without a cache the keys are the queries; with one, the mask says how many.
     """
     if attention_mask is None or isinstance(attention_mask, str):
         if attention_mask not in (None, "full"):
@@ -119,6 +120,15 @@ def bidirectional_mask(
         else:
             mask = mask.expand(-1, 1, query_length, -1)
     elif attention_mask.dim() == 4:
+        if (
+            attention_mask.shape[-2] not in (1, query_length)
+            or attention_mask.shape[-1] != key_length
+        ):
+            raise ValueError(
+                f"the 4-D attention_mask is {tuple(attention_mask.shape)} but the attention is "
+                f"{query_length} queries x {key_length} keys: pass (B, 1, {query_length}, "
+                f"{key_length})"
+            )
         mask = attention_mask
     else:
         raise ValueError(
@@ -184,14 +194,15 @@ class DreamBaseModel(DreamPreTrainedModel, Qwen2Model):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         length = inputs_embeds.shape[1]
+        # keys: the queries themselves, or (with a cache) whatever the mask covers
+        key_length = length
+        if past_key_values is not None and isinstance(attention_mask, torch.Tensor):
+            key_length = attention_mask.shape[-1]
         if position_ids is None:
             if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
-                position_ids = _positions_from_padding(attention_mask)
+                position_ids = _positions_from_padding(attention_mask)[:, -length:]
             else:
                 position_ids = torch.arange(length, device=inputs_embeds.device)[None]
-        key_length = length
-        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() in (2, 4):
-            key_length = attention_mask.shape[-1]
         mask = bidirectional_mask(
             attention_mask,
             length,
