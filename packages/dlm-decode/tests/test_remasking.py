@@ -2,10 +2,12 @@
 values derived by hand and a plain per-row loop written from the paper and the spec."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dlm_decode import LLaDA, StepEvent, generate, gumbel_argmax, select_top_k, transfer_schedule
 from layerwise_core import set_seed
@@ -69,8 +71,11 @@ def test_tokens_per_step_follow_the_schedule(fl):
 
 
 def reference_llada(model, prompt, steps, gen_length, block_length, temperature=0.0,
-                    cfg_scale=0.0, remasking="low_confidence", mask_id=127):  # fmt: skip
-    """LLaDA's sampler as a plain loop from the spec: per-row topk, no vectorisation."""
+                    cfg_scale=0.0, remasking="low_confidence", mask_id=127,
+                    leftovers=True):  # fmt: skip
+    """LLaDA's sampler as a plain loop from the spec: per-row topk, no vectorisation. As released,
+    only positions right of the block are excluded, so a mask left in an earlier block (the model
+    predicted [MASK] there) stays a candidate; leftovers=False excludes them too (the contrast)."""
     P = prompt.shape[1]
     x = torch.full((prompt.shape[0], P + gen_length), mask_id, dtype=torch.long)
     x[:, :P] = prompt
@@ -102,6 +107,8 @@ def reference_llada(model, prompt, steps, gen_length, block_length, temperature=
             else:
                 conf = torch.rand(x0.shape)
             conf[:, hi:] = -math.inf
+            if not leftovers:
+                conf[:, :lo] = -math.inf
             conf = torch.where(mask_index, conf, -math.inf)
             for j in range(x.shape[0]):
                 index = torch.topk(conf[j], schedule[j][i]).indices
@@ -201,3 +208,56 @@ def test_errors_name_the_fix():
         generate(model, torch.tensor([[1, 2]]), attention_mask=torch.tensor([[1, 0]]))
     with pytest.raises(ValueError, match="mask"):
         generate(model, torch.tensor([[1, 127]]))
+
+
+class PredictsMask(nn.Module):
+    """Wraps a tiny model; at forward number c (from 1) the positions plan[c] predict the [MASK] id
+    (its logit raised 4 above the row's maximum), as a real checkpoint sometimes does."""
+
+    def __init__(self, inner: nn.Module, plan: dict[int, list[int]]):
+        super().__init__()
+        self.inner, self.plan, self.calls, self.config = inner, plan, 0, inner.config
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None):
+        self.calls += 1
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids)  # fmt: skip
+        logits = out.logits.clone()
+        mask_id = self.config.mask_token_id
+        for pos in self.plan.get(self.calls, []):
+            logits[:, pos, mask_id] = logits[:, pos].max(-1).values + 4.0
+        return SimpleNamespace(logits=logits)
+
+
+@pytest.mark.parametrize("quirks", [True, False])
+def test_mask_leftover_is_redecoded_in_the_next_block_by_hand(fl, quirks):
+    # prompt [0], gen 4 in 2 blocks of 2, 4 steps: 1 commit per step. Position 1 predicts [MASK]
+    # (p 0.9) at the first forward, then token 3 (0.95); position 2: token 4 (0.5); block 1:
+    # token 5 (0.6), token 1 (0.4). Step 1 takes position 1 -> stays [MASK]; step 2 commits it;
+    # block 0 ends with position 2 masked. Block 1 (schedule 1, 1 from its own 2 masks): step 3
+    # picks 0.6 over the leftover's 0.5 and 0.4, step 4 the leftover (0.5) over 0.4.
+    def fn(x, call):
+        first = (fl.MASK, 0.9) if call == 1 else (3, 0.95)
+        spec = {1: first, 2: (4, 0.5), 3: (5, 0.6), 4: (1, 0.4)}
+        return fl.static(spec, 5)(x, call)
+
+    out = generate(fl.model(fn), torch.tensor([[0]]),
+                   LLaDA(steps=4, block_length=2, reference_quirks=quirks), gen_length=4)  # fmt: skip
+    assert out.generated.tolist() == [[3, 4, 5, fl.MASK]]  # current block only: [3, MASK, 5, 1]
+
+
+@pytest.mark.parametrize("quirks", [True, False])
+def test_mask_predicting_model_matches_the_released_loop(quirks):
+    # Forward 1: offsets 0 and 1 predict [MASK], forward 3: offset 2; the released loop re-decodes
+    # the leftovers of block 0 in block 1 (they compete for its 1-per-step schedule).
+    P = 5
+    plan = {1: [P, P + 1], 3: [P + 2], 6: [P + 6]}
+    prompt = torch.randint(0, 100, (2, P), generator=torch.Generator().manual_seed(1))
+    inner = tiny_bidirectional(seed=0, initializer_range=0.3)
+    want = reference_llada(PredictsMask(inner, plan), prompt, 8, 8, 4)
+    old = reference_llada(PredictsMask(inner, plan), prompt, 8, 8, 4, leftovers=False)
+    assert not torch.equal(want, old)  # the scenario really tells the two apart
+    out = generate(PredictsMask(inner, plan), prompt,
+                   LLaDA(steps=8, block_length=4, reference_quirks=quirks), gen_length=8)  # fmt: skip
+    assert torch.equal(out.sequences, want)
+    assert out.stats.nfe.tolist() == [8, 8]
