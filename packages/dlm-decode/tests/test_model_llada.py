@@ -380,14 +380,21 @@ def test_caches_on_a_deep_model_match_uncached_decoding_when_each_block_is_one_p
     assert cached.stats.nfe.tolist() == [3, 3]
 
 
-def test_bf16_forward_is_close_to_fp32():
+def test_bf16_forward_is_close_to_fp32_with_left_padding():
     model = tiny_llada(std=0.1)
     x = tokens(2, 10)
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[0, :3] = 0
+    kwargs = dict(attention_mask=mask, position_ids=position_ids_from_mask(mask))
     with torch.no_grad():
-        ref = model(x).logits
-        low = model.to(torch.bfloat16)(x).logits
-    assert low.dtype == torch.bfloat16
-    err = (low.float() - ref).abs().max() / ref.abs().max()
+        ref = model(x, **kwargs).logits
+        low = model.to(torch.bfloat16)(x, **kwargs).logits
+        hidden = model.get_decoder().embed_tokens(x)
+        cos, _ = model.get_decoder().rotary_emb(hidden, kwargs["position_ids"])
+    assert low.dtype == torch.bfloat16 and hidden.dtype == torch.bfloat16
+    assert cos.dtype == torch.float32  # rope_full_precision: q, k are rotated in fp32
+    real = mask.bool()
+    err = (low.float() - ref)[real].abs().max() / ref[real].abs().max()
     assert err < 0.05, f"bf16 logits are {err:.3f} of the logit range away from fp32"
 
 
