@@ -156,9 +156,17 @@ def test_attention_is_bidirectional_where_qwen2_is_causal():
 
 def test_raw_logits_are_shifted_and_the_adapter_aligns_them():
     model = tiny_dream(seed=4)
-    assert (model.config.logit_shift, DreamConfig().mask_token_id) == (1, 151666)
+    released = DreamConfig()  # the defaults of the released configuration_dream.py
+    assert (released.mask_token_id, released.pad_token_id, released.use_cache) == (
+        151666,
+        151643,
+        False,
+    )
+    assert released.rope_parameters["rope_theta"] == 10000.0 and released.logit_shift == 1
     lm = as_masked_diffusion_lm(model)
     assert (lm.mask_token_id, lm.logit_shift) == (MASK, 1)
+    # native class: transformers call style, so Fast-dLLM's caches apply; its own EOS id
+    assert (lm.call_style, lm.supports_kv_cache, lm.eos_token_id) == ("hf", True, 1)
     x = tokens(2, 7)
     with torch.no_grad():
         raw = model(x).logits
@@ -318,14 +326,9 @@ def test_released_folder_with_auto_map_loads_without_remote_code(tmp_path):
             torch.testing.assert_close(loaded(x).logits, expected, atol=0, rtol=0)
 
 
-def _hf_lm(model: DreamModel) -> MaskedDiffusionLM:
-    """The adapter with the transformers call style (the one Fast-dLLM's caches need)."""
-    return MaskedDiffusionLM(model, MASK, 1, "hf", eos_token_id=1)
-
-
 def test_cached_window_equals_full_logits_when_nothing_changed():
     model = tiny_dream(seed=9, initializer_range=0.3)
-    lm = _hf_lm(model)
+    lm = as_masked_diffusion_lm(model)
     x = tokens(3, 14, seed=4)
     key_mask = torch.ones(3, 14, dtype=torch.long)
     key_mask[1, :3] = 0
@@ -359,9 +362,9 @@ def test_one_layer_dream_decodes_the_same_with_and_without_cache(cache):
 
     kwargs = dict(gen_length=12, attention_mask=mask, callback=bounded)
     with torch.no_grad():
-        plain = generate(_hf_lm(model), prompt, FastDLLM(block_length=4, threshold=0.3), **kwargs)
+        plain = generate(model, prompt, FastDLLM(block_length=4, threshold=0.3), **kwargs)
         cached = generate(
-            _hf_lm(model), prompt, FastDLLM(block_length=4, threshold=0.3, cache=cache), **kwargs
+            model, prompt, FastDLLM(block_length=4, threshold=0.3, cache=cache), **kwargs
         )
     assert torch.equal(cached.sequences, plain.sequences)
     assert cached.stats.nfe.tolist() == plain.stats.nfe.tolist()
@@ -378,12 +381,12 @@ def test_caches_on_a_two_layer_dream_decode_everything(cache):
     mask[1, :2] = 0
     kwargs = dict(gen_length=12, attention_mask=mask)
     with torch.no_grad():
-        out = generate(_hf_lm(model), prompt, FastDLLM(block_length=4, threshold=0.3, cache=cache),
+        out = generate(model, prompt, FastDLLM(block_length=4, threshold=0.3, cache=cache),
                        **kwargs)  # fmt: skip
         everything = generate(
-            _hf_lm(model), prompt, FastDLLM(block_length=4, threshold=0.0, cache=cache), **kwargs
+            model, prompt, FastDLLM(block_length=4, threshold=0.0, cache=cache), **kwargs
         )
-        plain = generate(_hf_lm(model), prompt, FastDLLM(block_length=4, threshold=0.0), **kwargs)
+        plain = generate(model, prompt, FastDLLM(block_length=4, threshold=0.0), **kwargs)
     assert not (out.generated == MASK).any()
     assert (out.stats.nfe >= 3).all() and (out.stats.nfe <= 12).all()
     assert torch.equal(everything.sequences, plain.sequences)
