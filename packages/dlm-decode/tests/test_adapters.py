@@ -85,3 +85,93 @@ def test_load_from_disk(tmp_path):
     assert (lm.mask_token_id, lm.logit_shift) == (127, 1)
     x = torch.randint(0, 100, (1, 5))
     torch.testing.assert_close(lm.logits(x), as_masked_diffusion_lm(model).logits(x))
+
+
+def _tiny_native_llada(seed: int = 0):
+    from dlm_decode.models.llada import LLaDAConfig, LLaDAModelLM
+
+    torch.manual_seed(seed)
+    config = LLaDAConfig(
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        n_layers=2,
+        mlp_hidden_size=48,
+        vocab_size=60,
+        embedding_size=64,
+        rope_theta=10000.0,
+        max_sequence_length=64,
+        mask_token_id=59,
+        eos_token_id=58,
+        pad_token_id=58,
+        init_device="cpu",
+    )
+    return LLaDAModelLM(config).eval()
+
+
+def _tiny_native_dream(seed: int = 0):
+    from dlm_decode.models.dream import DreamConfig, DreamModel
+
+    torch.manual_seed(seed)
+    config = DreamConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mask_token_id=63,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    return DreamModel(config).eval()
+
+
+@pytest.mark.parametrize(
+    ("make", "want"), [(_tiny_native_llada, (59, 0, 58)), (_tiny_native_dream, (63, 1, 1))]
+)
+def test_native_classes_get_the_hf_call_style(make, want):
+    """The native LLaDA/Dream classes: ids and shift from their configs (not the released ids),
+    call style "hf", so the Fast-dLLM caches run on their backbones; the refresh pass of the cache
+    path gives the plain logits (shifted ones aligned for Dream)."""
+    from dlm_decode.kv_cache import BlockKVCache, cached_logits
+
+    model = make()
+    lm = as_masked_diffusion_lm(model)
+    assert (lm.mask_token_id, lm.logit_shift, lm.eos_token_id) == want
+    assert lm.call_style == "hf" and lm.supports_kv_cache
+    x = torch.randint(0, 50, (2, 9))
+    x[:, 5:] = lm.mask_token_id
+    with torch.no_grad():
+        torch.testing.assert_close(cached_logits(lm, x, None, BlockKVCache()), lm.logits(x))
+
+
+def test_remote_code_keeps_its_call_style_and_a_flag_overrides_the_module():
+    """Same model types, decided by the class: remote code (any module outside dlm_decode.models)
+    keeps "llada" / "dream"; `_dlm_native = True` marks a native class wherever it lives."""
+
+    class RemoteLLaDA(nn.Module):
+        config = SimpleNamespace(model_type="llada")
+
+    RemoteLLaDA.__module__ = "transformers_modules.GSAI_ML.LLaDA_8B_Instruct.modeling_llada"
+    assert as_masked_diffusion_lm(RemoteLLaDA()).call_style == "llada"
+
+    class FlaggedDream(nn.Module):
+        _dlm_native = True
+        config = SimpleNamespace(model_type="Dream")
+
+    lm = as_masked_diffusion_lm(FlaggedDream())
+    assert (lm.call_style, lm.mask_token_id, lm.logit_shift) == ("hf", 151666, 1)
+    native = _tiny_native_llada()
+    assert type(native).__module__ == "dlm_decode.models.llada"
+
+
+@pytest.mark.parametrize("make", [_tiny_native_llada, _tiny_native_dream])
+def test_native_checkpoints_load_without_remote_code(tmp_path, make):
+    model = make(seed=4)
+    model.save_pretrained(tmp_path)
+    lm = load_masked_diffusion_lm(str(tmp_path))
+    assert type(lm.model) is type(model) and lm.call_style == "hf"
+    x = torch.randint(0, 50, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(lm.logits(x), as_masked_diffusion_lm(model).logits(x))

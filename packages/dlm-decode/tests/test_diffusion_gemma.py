@@ -6,7 +6,7 @@ import torch
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaModel
 from transformers.models.diffusion_gemma import generation_diffusion_gemma as hf_generation
 
-from dlm_decode import LLaDA, Prophet, as_masked_diffusion_lm, generate
+from dlm_decode import LLaDA, Prophet, as_masked_diffusion_lm, generate, load_masked_diffusion_lm
 from dlm_decode.diffusion_gemma import noise_tokens
 from dlm_decode.early_commit import StagedThresholds
 from dlm_decode.strategies import FastDLLM
@@ -147,19 +147,19 @@ def test_one_step_per_canvas_equals_the_released_generate_with_left_padding(mode
     assert torch.equal(ours.generated, released)
 
 
-@pytest.mark.parametrize("threshold", [0.3, None])
+@pytest.mark.parametrize("threshold", [0.3, None])  # threshold rule; fixed schedule (steps)
 def test_prefix_and_dual_caches_are_exact(model, threshold):
     """Block-causal attention: the context of a canvas is causal and frozen within the block and
     no canvas attends to a later one, so both Fast-dLLM caches give the uncached tokens and NFE."""
     prompt = torch.tensor([[5, 9, 17, 3, 22, 40], [0, 0, 0, 31, 2, 60]])
     mask = torch.tensor([[1] * 6, [0, 0, 0, 1, 1, 1]])
-    steps = None if threshold is not None else 6
+    steps = None if threshold is not None else 4
     runs = {
         cache: generate(
             model,
             prompt,
             FastDLLM(block_length=CANVAS, threshold=threshold, steps=steps, cache=cache),
-            gen_length=3 * CANVAS,
+            gen_length=2 * CANVAS,
             attention_mask=mask,
         )
         for cache in (None, "prefix", "dual")
@@ -207,3 +207,13 @@ def test_prophet_early_commit_fills_every_mask_with_the_first_argmax(model):
     )
     assert out.exit_step.tolist() == [1] and out.stats.nfe.tolist() == [1]
     assert torch.equal(out.generated, want)
+
+
+def test_loads_with_its_head(tmp_path, model):
+    """AutoModel alone would give the head-less DiffusionGemmaModel."""
+    model.save_pretrained(tmp_path)
+    lm = load_masked_diffusion_lm(str(tmp_path))
+    assert type(lm.model) is DiffusionGemmaForBlockDiffusion and lm.block_size == CANVAS
+    x = torch.tensor([[5, 9, 17, 3, 22, 40, VOCAB, VOCAB, VOCAB, VOCAB]])
+    with torch.no_grad():
+        torch.testing.assert_close(lm.logits(x), as_masked_diffusion_lm(model).logits(x))
