@@ -9,6 +9,7 @@ The method and the pruning before it are sparse-ft's own configs, nested as a ta
                 | seft: sparse_ft.SeftConfig
     prune       sparse_ft.PruneConfig                     none | magnitude | wanda | sparsegpt
     optimizer   adamw: layerwise_core.AdamWConfig
+    objective   ntp (next token, the answer's tokens) | mdm (masked diffusion SFT, LLaDA's)
 
 Every default of a method is its package's (a test compares them), so a run states the values
 of its paper (LIFT's math setting: lr 2e-4, betas [0.9, 0.95], eps 1e-6, weight decay 0). The
@@ -28,6 +29,7 @@ from sparse_ft import LiftConfig, PruneConfig, SeftConfig
 
 __all__ = [
     "METHODS",
+    "OBJECTIVES",
     "FinetuneConfig",
     "FinetuneDataConfig",
     "FinetuneEvalConfig",
@@ -85,6 +87,11 @@ class LoraConfig(LayerwiseConfig):
 METHODS = {"full": None, "lora": LoraConfig, "lift": LiftConfig, "seft": SeftConfig}
 
 
+# ntp: next-token loss on the answer; mdm: LLaDA's masked-diffusion SFT loss (train/mdm.py) on a
+# bidirectional model whose config has mask_token_id (prompt never masked, EOS padding trained)
+OBJECTIVES = {"ntp": None, "mdm": None}
+
+
 class FinetuneScheduleConfig(LayerwiseConfig):
     """Linear warm-up over a share of the steps, then linear decay to 0 (LIFT's setup)."""
 
@@ -121,6 +128,7 @@ class FinetuneConfig(LayerwiseConfig):
     method: tagged_choice(METHODS, default="lift")  # full | lora | lift | seft
     prune: PruneConfig = Field(default_factory=PruneConfig)  # before training; none by default
     optimizer: tagged_choice({"adamw": AdamWConfig}, default="adamw")
+    objective: tagged_choice(OBJECTIVES, default="ntp")  # training loss: ntp | mdm
     schedule: FinetuneScheduleConfig = Field(default_factory=FinetuneScheduleConfig)
     train: FinetuneTrainConfig = Field(default_factory=FinetuneTrainConfig)
     eval: FinetuneEvalConfig = Field(default_factory=FinetuneEvalConfig)
@@ -130,3 +138,13 @@ class FinetuneConfig(LayerwiseConfig):
     def _old_layout(cls, data: Any) -> Any:
         # finetune: {method, lora, lift, seft, prune}, optim:: see layerwise.legacy_layout
         return migrate_finetune(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _mdm_evaluation(self) -> FinetuneConfig:
+        if self.objective.name == "mdm" and self.data.eval:
+            raise ValueError(
+                "objective=mdm trains a masked diffusion LM, which the left-to-right math "
+                "evaluation (data.eval) cannot decode: drop data.eval and evaluate the saved "
+                "model with `layerwise eval decode`"
+            )
+        return self

@@ -1,6 +1,10 @@
 """`finetune(cfg)`: full fine-tuning, LoRA (peft), LIFT or SEFT (sparse-ft) of a Hugging Face causal
 LM on instruction / answer jsonl, then the generation-based math evaluation.
 
+`objective: mdm` trains a masked diffusion LM (a bidirectional model whose config has
+`mask_token_id`) with LLaDA's SFT loss instead (`mdm_sft_loss`); there is no left-to-right
+evaluation then (`layerwise eval decode` decodes the saved model).
+
 One optimizer step consumes `batch_size * grad_accum` examples (shuffled each epoch with the run's
 seed); each micro-batch's mean answer-token loss is scaled by 1/grad_accum before backward. AdamW
 with a linear warm-up over `warmup_ratio` of the steps and a linear decay to zero (LIFT's setup);
@@ -31,12 +35,14 @@ from layerwise.data.cache import atomic_directory
 from layerwise.eval.math_generation import MathEvalResult, evaluate_math_generation
 from layerwise.finetune.config import FinetuneConfig
 from layerwise.finetune.instruction_data import (
+    IGNORE_INDEX,
     collate,
     encode_examples,
     format_prompt,
     read_jsonl,
 )
 from layerwise.train.divergence import diverged, divergence_error
+from layerwise.train.mdm import _mask_and_shift, masked_diffusion_loss
 from layerwise.train.metrics import MetricsLog
 from layerwise_core import (
     LayerwiseConfig,
@@ -52,7 +58,7 @@ from layerwise_core import (
     set_seed,
 )
 
-__all__ = ["FinetuneResult", "build_method", "finetune", "linear_warmup_decay"]
+__all__ = ["FinetuneResult", "build_method", "finetune", "linear_warmup_decay", "mdm_sft_loss"]
 
 
 @dataclass
@@ -72,6 +78,29 @@ def linear_warmup_decay(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def mdm_sft_loss(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    mask_token_id: int,
+    logit_shift: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """LLaDA's masked-diffusion SFT loss (arXiv:2502.09992 Eq. 5, `layerwise.train.mdm`) of a
+    collated batch: the prompt (the leading labels == -100) is never masked, each answer is
+    averaged over its length, and the right padding, which must be EOS, counts as answer (LLaDA's
+    SFT guidelines: EOS padding is trained, so the model learns to end). No attention mask, as
+    LLaDA trains."""
+    prompt_lengths = (batch["labels"] == IGNORE_INDEX).long().cumprod(1).sum(1)
+    return masked_diffusion_loss(
+        model,
+        batch["input_ids"],
+        mask_token_id,
+        logit_shift=logit_shift,
+        prompt_lengths=prompt_lengths,
+        generator=generator,
+    )
 
 
 def build_method(
@@ -108,8 +137,10 @@ def _load(cfg: FinetuneConfig):
         fix="save the tokenizer the model was trained with in that folder",
     )
     dtype = getattr(torch, cfg.model.dtype)
-    # the Auto classes after importing the saved model type's package (LNS / Mix-LN, CoE)
-    model = load_pretrained(folder, dtype=dtype, auto_class=AutoModelForCausalLM)
+    # the Auto classes after importing the saved model type's package (LNS / Mix-LN, CoE); a
+    # masked diffusion LM may be registered with AutoModelForMaskedLM only (load_pretrained's pick)
+    auto_class = None if cfg.objective.name == "mdm" else AutoModelForCausalLM
+    model = load_pretrained(folder, dtype=dtype, auto_class=auto_class)
     return model, tokenizer
 
 
@@ -166,6 +197,11 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> Finetu
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
+    mdm = cfg.objective.name == "mdm"
+    if mdm:  # LLaDA pads SFT answers with EOS and trains on it
+        pad_id = tokenizer.eos_token_id
+        mask_token_id, logit_shift = _mask_and_shift(model)
+        noise = torch.Generator(device=device).manual_seed(tc.seed)
     examples = encode_examples(
         records, tokenizer, cfg.data.instruction_field, cfg.data.answer_field, cfg.data.max_length
     )
@@ -201,7 +237,10 @@ def _finetune(cfg: FinetuneConfig, model: nn.Module | None, tokenizer) -> Finetu
             batch = {
                 k: v.to(device) for k, v in collate([examples[i] for i in chosen], pad_id).items()
             }
-            loss = wrapped(**batch).loss
+            if mdm:
+                loss = mdm_sft_loss(wrapped, batch, mask_token_id, logit_shift, noise)
+            else:
+                loss = wrapped(**batch).loss
             (loss / tc.grad_accum).backward()
             step_loss += loss.item() / tc.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
