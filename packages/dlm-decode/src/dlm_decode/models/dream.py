@@ -48,9 +48,16 @@ from transformers import (
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
-from transformers.models.qwen2.modeling_qwen2 import Qwen2Model, Qwen2PreTrainedModel
+from transformers.models.qwen2.modeling_qwen2 import (
+    Qwen2DecoderLayer,
+    Qwen2Model,
+    Qwen2PreTrainedModel,
+)
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
+
+from dlm_decode.adapters import position_ids_from_mask
+from layerwise_core.hf_cache import cache_keyword
 
 __all__ = ["MODEL_TYPE", "DreamBaseModel", "DreamConfig", "DreamModel", "bidirectional_mask"]
 
@@ -141,12 +148,6 @@ def bidirectional_mask(
     return mask
 
 
-def _positions_from_padding(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counting real tokens only (cumsum - 1; padding gets 0)."""
-    mask = attention_mask.long()
-    return (mask.cumsum(-1) - 1).clamp_(min=0).masked_fill_(mask == 0, 0)
-
-
 class DreamPreTrainedModel(Qwen2PreTrainedModel):
     """Qwen2's pretrained-model base with the Dream config; SDPA and eager attention."""
 
@@ -169,6 +170,8 @@ class DreamBaseModel(DreamPreTrainedModel, Qwen2Model):
         Qwen2Model.__init__(self, config)
         for layer in self.layers:
             layer.self_attn.is_causal = False
+        # the layers' name for the cache (`cache` from transformers 5.25, `past_key_values` before)
+        self._layer_cache_keyword = cache_keyword(Qwen2DecoderLayer.forward)
 
     @capture_outputs
     def forward(
@@ -200,7 +203,7 @@ class DreamBaseModel(DreamPreTrainedModel, Qwen2Model):
             key_length = attention_mask.shape[-1]
         if position_ids is None:
             if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
-                position_ids = _positions_from_padding(attention_mask)[:, -length:]
+                position_ids = position_ids_from_mask(attention_mask)[:, -length:]
             else:
                 position_ids = torch.arange(length, device=inputs_embeds.device)[None]
         mask = bidirectional_mask(
@@ -218,8 +221,8 @@ class DreamBaseModel(DreamPreTrainedModel, Qwen2Model):
                 attention_mask=mask,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **{self._layer_cache_keyword: past_key_values},
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
