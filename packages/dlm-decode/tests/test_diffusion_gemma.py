@@ -62,7 +62,8 @@ def test_described_without_arguments(model):
     # no [MASK] in a uniform-noise model: a sentinel the head can never predict
     assert (lm.mask_token_id, lm.logit_shift, lm.call_style) == (VOCAB, 0, "diffusion_gemma")
     assert lm.eos_token_id == model.config.text_config.eos_token_id == 1
-    assert lm.block_size == CANVAS and lm.supports_kv_cache
+    # Fast-dLLM's caches run through dlm_decode.diffusion_gemma; not a Llama-style backbone
+    assert lm.block_size == CANVAS and not lm.supports_kv_cache
     headless = DiffusionGemmaModel(model.config)
     with pytest.raises(ValueError, match="DiffusionGemmaForBlockDiffusion"):
         as_masked_diffusion_lm(headless)

@@ -108,9 +108,8 @@ class MaskedDiffusionLM:
     def supports_kv_cache(self) -> bool:
         """True for transformers decoders whose backbone takes a KV cache and a 4-D mask
         (Llama/Qwen2 families, the tiny test models, the native LLaDA/Dream): what Fast-dLLM's
-        caches need; and for DiffusionGemma, where both caches are exact (block-causal model)."""
-        if self.call_style == "diffusion_gemma":
-            return True
+        caches and Elastic-Cache's layer-by-layer runner need. False for DiffusionGemma, whose
+        encoder/decoder pair takes Fast-dLLM's caches through `dlm_decode.diffusion_gemma`."""
         return (
             self.call_style == "hf"
             and hasattr(self.model, "get_decoder")

@@ -78,7 +78,7 @@ class BlockKVCache:
 
 
 def _check(lm: MaskedDiffusionLM) -> None:
-    if not lm.supports_kv_cache:
+    if not lm.supports_kv_cache and lm.call_style != "diffusion_gemma":
         raise ValueError(
             f"KV caches need a transformers decoder (get_decoder/get_output_embeddings) that takes "
             f"a cache and a 4-D mask; this model ({type(lm.model).__name__}, call style "
