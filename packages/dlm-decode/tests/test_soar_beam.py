@@ -144,6 +144,10 @@ def test_two_paths_to_one_canvas_keep_one(fl):
     assert kept[2] == [[1, 2, 3, M], [1, 2, M, 4]]
     assert kept[3] == [[1, 2, 3, 4]]
     assert out.stats.nfe.tolist() == [4] and out.stats.sequence_evals.tolist() == [1 + 2 + 2 + 2]
+    # a cap of 2 steps stops there: the canvas holds the best beam of step 2
+    capped = generate(fl.model(fl.static(spec, P + 4)), torch.tensor([[0]]), SOARBeam(steps=2),
+                      gen_length=4)  # fmt: skip
+    assert capped.generated.tolist() == [[1, 2, M, M]] and capped.stats.nfe.tolist() == [2]
 
 
 def test_collapse_keeps_the_best_parallel_child(fl):

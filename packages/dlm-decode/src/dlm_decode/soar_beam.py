@@ -2,14 +2,14 @@
 decoding when the model is confident.
 
 Cao et al., "Search or Accelerate: Confidence-Switched Position Beam Search for Diffusion Language
-Models", arXiv:2602.10953. The paper's own words we could read (abstract; project page
-duterscmy.github.io/soar-introduction): "when confidence is low, SOAR briefly widens the search
-over alternative unmasking decisions ...; when confidence is high, it collapses the search and
-decodes many positions in parallel"; Position Beam Search (PBS) "performs search in the position
-dimension to obtain sequences with higher confidence". The method section itself was not
-retrievable here, so the formulas below are our reading, each marked with where it comes from.
-`dlm_decode.soar` is the released code (`duterscmy/SOAR` `eval_llada8b/generate.py:generate_soar`)
-bit for bit; this module is the algorithm without the released code's accidents:
+Models", arXiv:2602.10953. What we could read of the paper (its abstract and the project page
+duterscmy.github.io/soar-introduction) says: under low confidence SOAR widens the search over
+which positions to unmask (Position Beam Search, PBS, a search in the position dimension for
+higher-confidence sequences); under high confidence it collapses the search and decodes many
+positions at once. The method section itself was not retrievable here, so the rules below are our
+reading, each marked with where it comes from. `dlm_decode.soar` is the released code
+(`duterscmy/SOAR` `eval_llada8b/generate.py:generate_soar`) as it is; this module is the algorithm
+without the released code's accidents:
 
 Each row keeps up to B = `beam_width` partial canvases ("beams"). Every step feeds all beams that
 still have masks, of all rows, through the network in one batched forward. For a beam with
@@ -31,11 +31,12 @@ the better-scored one) and pruned back to B. Collapse: if any beam of the row to
 branch, the row keeps ONE beam, the best-scored parallel child (the released code keeps the best
 candidate of any kind and tests the masks of beam 0, not of that candidate's parent).
 
-A row ends when its best beam is complete; with `log_prob` no other beam can overtake it (scores
-only decrease), with the other scores the row runs until every beam is complete. The answer is
-the best complete beam (the best beam if the `steps` cap stopped it first). Complete beams are
-carried, not fed again (the released code feeds them). Per row, `canvas.steps`/`nfe` count the
-steps the row took part in and `sequence_evals` the beams fed (x2 with guidance).
+Every beam of a row has committed the same number of tokens (a branch commits one, a parallel
+step leaves one beam), so a row's beams complete together: the row ends then, or when the `steps`
+cap is reached, and the answer is its best-scored beam. (The released code can hold beams of
+different depths, feeds complete ones again and runs until every beam is complete.) Per row,
+`canvas.steps`/`nfe` count the steps the row took part in and `sequence_evals` the beams fed
+(x2 with guidance).
 """
 
 from __future__ import annotations
@@ -213,7 +214,6 @@ def decode_soar_beam(
             "of gen_length or block_length=None (one block)"
         )
     k = beam_width if branch_factor is None else branch_factor
-    monotone = score == "log_prob"
     beams = {r: [_Beam(canvas.x[r].clone())] for r in canvas.active_rows().tolist()}
     step = 0
     while beams:
@@ -223,15 +223,13 @@ def decode_soar_beam(
             if not canvas.active[r]:  # finished by an end-of-text stop
                 del beams[r]
                 continue
-            complete = [not bool((b.seq[P:] == mask_id).any()) for b in beams[r]]
-            if complete[0] and (monotone or all(complete)):
+            if not bool((beams[r][0].seq[P:] == mask_id).any()):  # all beams are complete
                 canvas.finish(torch.tensor([r], device=canvas.device))
                 del beams[r]
                 continue
-            for beam, done in zip(beams[r], complete):
-                if not done:
-                    beam.block = _first_masked_block(beam, P, block_length, mask_id)
-                    live.append((r, beam))
+            for beam in beams[r]:
+                beam.block = _first_masked_block(beam, P, block_length, mask_id)
+                live.append((r, beam))
         if not live or (steps is not None and step >= steps):
             break
         step += 1
@@ -267,13 +265,10 @@ def decode_soar_beam(
                 candidates[r].append(_commit(beam, pos[None], x0[i], c[None], P, parallel=False))
 
         for r in rows:
-            carried = [b for b in beams[r] if not bool((b.seq[P:] == mask_id).any())]
             pool = candidates[r]
             width = beam_width
             if any(c.parallel for c in pool):  # collapse: one beam, the best parallel child
                 pool, width = [c for c in pool if c.parallel], 1
-            else:
-                pool = pool + carried
             pool = sorted(pool, key=lambda b: b.score(score), reverse=True)
             kept, seen = [], set()
             for cand in pool:
@@ -287,13 +282,7 @@ def decode_soar_beam(
             canvas.replace(r, kept[0].seq, step)
             if history is not None:
                 history.append((step, r, [_record(b, score) for b in kept]))
-    for r, row_beams in beams.items():  # stopped by the step cap: the best complete beam
-        if canvas.active[r]:
-            complete = [b for b in row_beams if not bool((b.seq[P:] == mask_id).any())]
-            best = (complete or row_beams)[0]
-            if not torch.equal(best.seq, canvas.x[r]):
-                canvas.replace(r, best.seq, step)
-    canvas.finish(canvas.active_rows())
+    canvas.finish(canvas.active_rows())  # rows the `steps` cap stopped hold their best beam
 
 
 def _commit(
