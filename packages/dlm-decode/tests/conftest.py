@@ -57,10 +57,35 @@ def static(spec: dict[int, tuple[int, float]], length: int):
     return fn
 
 
+class PredictsMask(nn.Module):
+    """Wraps a (tiny) model; at forward number c (from 1) the positions plan[c] predict the [MASK] id
+    (its logit raised 4 above the row's maximum), as a real checkpoint sometimes does."""
+
+    def __init__(self, inner: nn.Module, plan: dict[int, list[int]]):
+        super().__init__()
+        self.inner, self.plan, self.calls, self.config = inner, plan, 0, inner.config
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None):
+        self.calls += 1
+        out = self.inner(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        )
+        logits = out.logits.clone()
+        for pos in self.plan.get(self.calls, []):
+            logits[:, pos, self.config.mask_token_id] = logits[:, pos].max(-1).values + 4.0
+        return SimpleNamespace(logits=logits)
+
+
 @pytest.fixture
 def fl():
     """The fixed-logits toolkit: fl.model(fn, logit_shift=0), fl.static(spec, length),
-    fl.prob_logits(token, p), fl.V / fl.MASK / fl.EOS."""
+    fl.prob_logits(token, p), fl.V / fl.MASK / fl.EOS, fl.predicts_mask(inner, plan)."""
     return SimpleNamespace(
-        model=FixedLogits, static=static, prob_logits=prob_logits, V=V, MASK=MASK, EOS=EOS
+        model=FixedLogits,
+        static=static,
+        prob_logits=prob_logits,
+        V=V,
+        MASK=MASK,
+        EOS=EOS,
+        predicts_mask=PredictsMask,
     )

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dlm_decode import LLaDA, Prophet, StagedThresholds, answer_anchor, generate
+from layerwise_core.tiny_models import tiny_bidirectional
 
 GEN = 8
 P = 1
@@ -143,3 +144,70 @@ def test_answer_anchor_as_released(fl):
     first_call = model.inputs[0]
     assert first_call[0, P + 2 : P + 5].tolist() == [3, 4, 5]
     assert (first_call[1, P + 2 : P + 5] == fl.MASK).all()  # guidance masks them like the prompt
+
+
+@torch.no_grad()
+def reference_prophet(model, prompt, steps, gen_length, block_length, answer_start, tau,
+                      mask_id=127, leftovers=True):  # fmt: skip
+    """Prophet's `generate` (one row, T = 0, low confidence) as a plain loop from the paper and the
+    released description: LLaDA's blocks, and before each commit the mean top-2 logit gap of the 5
+    answer positions against tau(step / steps); on exit every mask takes this step's argmax. As
+    released, only positions right of the block are excluded from the commit (leftovers=False:
+    left of it too, the contrast)."""
+    P = prompt.shape[1]
+    x = torch.full((1, P + gen_length), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    per_block, step = steps // (gen_length // block_length), 0
+    answer = list(range(P + answer_start, min(P + gen_length, P + answer_start + 5)))
+    for b in range(gen_length // block_length):
+        lo, hi = P + b * block_length, P + (b + 1) * block_length
+        n = int((x[0, lo:hi] == mask_id).sum())
+        schedule = [n // per_block + (i < n % per_block) for i in range(per_block)]
+        for i in range(per_block):
+            step += 1
+            logits = model(input_ids=x).logits[0]
+            x0 = logits.argmax(-1)
+            conf = torch.softmax(logits, -1).gather(-1, x0[:, None]).squeeze(-1)
+            top = logits[answer].topk(2, dim=-1).values
+            if float((top[:, 0] - top[:, 1]).mean()) >= tau(step / steps):
+                masked = x[0] == mask_id
+                x[0, masked] = x0[masked]
+                return x, step
+            conf[hi:] = -float("inf")
+            if not leftovers:
+                conf[:lo] = -float("inf")
+            conf[x[0] != mask_id] = -float("inf")
+            index = conf.topk(schedule[i]).indices
+            x[0, index] = x0[index]
+    return x, steps
+
+
+@pytest.mark.parametrize(("quirks", "late"), [(False, 0.0), (True, 1e9)])  # exit: step 6 / never
+def test_mask_predicting_model_matches_the_released_loop(fl, quirks, late):
+    # A tiny model that predicts [MASK] at offsets 0, 1 on forward 1 and 2 on forward 3 (leftovers
+    # of block 0, candidates in block 1 as released) and at block 1's offsets 4-7 on forward 6. late = 0: the
+    # rule exits at step 6 (first progress >= 0.67) and the all-in commit writes that step's
+    # argmax, [MASK], there. late = 1e9: no exit; the leftovers compete in block 1's steps.
+    Pn = 5
+    plan = {1: [Pn, Pn + 1], 3: [Pn + 2], 6: [Pn + 4, Pn + 5, Pn + 6, Pn + 7]}
+    inner = tiny_bidirectional(seed=0, initializer_range=0.3)
+    tau = StagedThresholds(early=1e9, mid=1e9, late=late)
+    prompts = torch.randint(0, 100, (2, Pn), generator=torch.Generator().manual_seed(1))
+    differs = []
+    for r, prompt in enumerate(prompts):
+        run = dict(steps=8, gen_length=8, block_length=4, answer_start=2, tau=tau)
+        want, exit_step = reference_prophet(fl.predicts_mask(inner, plan), prompt[None], **run)
+        old, _ = reference_prophet(fl.predicts_mask(inner, plan), prompt[None], **run,
+                                   leftovers=False)  # fmt: skip
+        differs.append(not torch.equal(want, old))
+        strategy = Prophet(steps=8, block_length=4, answer_start=2, thresholds=tau,
+                           reference_quirks=quirks)  # fmt: skip
+        out = generate(fl.predicts_mask(inner, plan), prompt[None], strategy, gen_length=8)
+        assert torch.equal(out.sequences, want), r
+        if late == 0:
+            assert exit_step == 6 and out.exit_step.tolist() == [6]
+            assert int((want[0, Pn + 4 :] == 127).sum()) >= 3  # step 5 committed at most one
+        else:
+            assert exit_step == 8 and out.exit_step.tolist() == [-1]
+    if late > 0:
+        assert any(differs)  # the scenario tells re-decoding apart from the current block only

@@ -2,12 +2,10 @@
 values derived by hand and a plain per-row loop written from the paper and the spec."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from dlm_decode import LLaDA, StepEvent, generate, gumbel_argmax, select_top_k, transfer_schedule
 from layerwise_core import set_seed
@@ -210,25 +208,6 @@ def test_errors_name_the_fix():
         generate(model, torch.tensor([[1, 127]]))
 
 
-class PredictsMask(nn.Module):
-    """Wraps a tiny model; at forward number c (from 1) the positions plan[c] predict the [MASK] id
-    (its logit raised 4 above the row's maximum), as a real checkpoint sometimes does."""
-
-    def __init__(self, inner: nn.Module, plan: dict[int, list[int]]):
-        super().__init__()
-        self.inner, self.plan, self.calls, self.config = inner, plan, 0, inner.config
-
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None):
-        self.calls += 1
-        out = self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=position_ids)  # fmt: skip
-        logits = out.logits.clone()
-        mask_id = self.config.mask_token_id
-        for pos in self.plan.get(self.calls, []):
-            logits[:, pos, mask_id] = logits[:, pos].max(-1).values + 4.0
-        return SimpleNamespace(logits=logits)
-
-
 @pytest.mark.parametrize("quirks", [True, False])
 def test_mask_leftover_is_redecoded_in_the_next_block_by_hand(fl, quirks):
     # prompt [0], gen 4 in 2 blocks of 2, 4 steps: 1 commit per step. Position 1 predicts [MASK]
@@ -247,17 +226,17 @@ def test_mask_leftover_is_redecoded_in_the_next_block_by_hand(fl, quirks):
 
 
 @pytest.mark.parametrize("quirks", [True, False])
-def test_mask_predicting_model_matches_the_released_loop(quirks):
+def test_mask_predicting_model_matches_the_released_loop(fl, quirks):
     # Forward 1: offsets 0 and 1 predict [MASK], forward 3: offset 2; the released loop re-decodes
     # the leftovers of block 0 in block 1 (they compete for its 1-per-step schedule).
     P = 5
     plan = {1: [P, P + 1], 3: [P + 2], 6: [P + 6]}
     prompt = torch.randint(0, 100, (2, P), generator=torch.Generator().manual_seed(1))
     inner = tiny_bidirectional(seed=0, initializer_range=0.3)
-    want = reference_llada(PredictsMask(inner, plan), prompt, 8, 8, 4)
-    old = reference_llada(PredictsMask(inner, plan), prompt, 8, 8, 4, leftovers=False)
+    want = reference_llada(fl.predicts_mask(inner, plan), prompt, 8, 8, 4)
+    old = reference_llada(fl.predicts_mask(inner, plan), prompt, 8, 8, 4, leftovers=False)
     assert not torch.equal(want, old)  # the scenario really tells the two apart
-    out = generate(PredictsMask(inner, plan), prompt,
+    out = generate(fl.predicts_mask(inner, plan), prompt,
                    LLaDA(steps=8, block_length=4, reference_quirks=quirks), gen_length=8)  # fmt: skip
     assert torch.equal(out.sequences, want)
     assert out.stats.nfe.tolist() == [8, 8]
