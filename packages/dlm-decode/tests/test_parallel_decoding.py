@@ -242,3 +242,31 @@ def test_cache_errors_name_the_fix(fl):
     with pytest.raises(ValueError, match="cache=None"):
         generate(fl.model(fl.static({}, 6)), torch.tensor([[0, 1]]),
                  FastDLLM(block_length=4, cache="dual"), gen_length=4)  # fmt: skip
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cached_nfe_per_block_is_the_refresh_plus_the_passes_that_decode(cache):
+    # Ours: per block 1 refresh pass + the cached passes while the block has masks.
+    # Fixed schedule, gen 8 in 2 blocks of 4, steps 8: 1 commit per pass, so block b is decoded by
+    # passes 4b+1 .. 4b+4 (refresh + 3 cached), NFE 8 (the released loops: 8 as well).
+    # block_length 1 (threshold 0.9): each refresh decodes its block, NFE = 8 blocks x 1 pass;
+    # the released do-while loops run one more (empty) cached pass per block: 16.
+    model = tiny_bidirectional(seed=0, initializer_range=0.5)
+    prompt = torch.randint(0, 100, (2, 4), generator=torch.Generator().manual_seed(0))
+    events = []
+
+    def record(event):
+        events.append((event.step, [c.nonzero().flatten().tolist() for c in event.committed]))
+
+    out = generate(model, prompt, FastDLLM(block_length=4, threshold=None, steps=8, cache=cache),
+                   gen_length=8, callback=record)  # fmt: skip
+    assert out.stats.nfe.tolist() == [8, 8]
+    assert [step for step, _ in events] == list(range(1, 9))
+    for step, committed in events:
+        block = (step - 1) // 4
+        assert all(len(c) == 1 and 4 + 4 * block <= c[0] < 8 + 4 * block for c in committed)
+    one = generate(model, prompt, FastDLLM(block_length=1, threshold=0.9, cache=cache),
+                   gen_length=8)  # fmt: skip
+    assert one.stats.nfe.tolist() == [8, 8]
+    assert torch.equal(one.sequences, generate(model, prompt, FastDLLM(block_length=1),
+                                               gen_length=8).sequences)  # fmt: skip
