@@ -11,7 +11,9 @@ how sure the model is of the answer:
     tau(progress) = 7.5 if progress < 0.33, 5.0 if progress < 0.67, else 2.5
 
 If g >= tau(progress) the sampler stops and commits "all in": every position still masked, in all
-blocks, takes this step's x0; no further forward pass (NFE = the exit step).
+blocks, takes this step's x0; no further forward pass (NFE = the exit step). A position whose x0
+is the [MASK] id stays masked then (as released); before the exit, masks left in earlier blocks
+are re-decoded as in LLaDA's loop (`dlm_decode.remasking`).
 
 The answer region, as released: `answer_length = 5` positions starting at `answer_start`, located
 by forcing anchor tokens into the canvas ("The answer is" at generation offsets 200-202 in the
