@@ -220,3 +220,15 @@ def test_config_defaults_and_refusals():
         SOARBeam(score="sum")
     with pytest.raises(ValueError, match="multiple of block_length"):
         generate(tiny_bidirectional(seed=0), _prompts(1), SOARBeam(block_length=3), gen_length=8)
+
+
+def test_a_predicted_mask_id_is_never_committed(fl):
+    # offset 1 predicts the [MASK] id with p = .9: committing it would change nothing (the released
+    # loop then spends steps on it). x0 is the best real token (token 0, p = .1 / 7, the first of
+    # the tied ones), scored by its full-vocabulary probability; the search ends in 2 steps.
+    spec = {P: (1, 0.6), P + 1: (fl.MASK, 0.9)}
+    strategy = SOARBeam(beam_width=1, confidence_threshold=None, record_beams=True)
+    out = generate(fl.model(fl.static(spec, P + 2)), torch.tensor([[0]]), strategy, gen_length=2)
+    assert out.generated.tolist() == [[1, 0]] and out.stats.nfe.tolist() == [2]
+    score = strategy.beam_history[-1][2][0].score
+    assert score == pytest.approx(math.log(0.6) + math.log(0.1 / 7), abs=1e-5)

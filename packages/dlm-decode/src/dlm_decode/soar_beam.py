@@ -13,8 +13,10 @@ without the released code's accidents:
 
 Each row keeps up to B = `beam_width` partial canvases ("beams"). Every step feeds all beams that
 still have masks, of all rows, through the network in one batched forward. For a beam with
-canvas x, x0 = argmax(logits + T * Gumbel) and c_l = log softmax(logits)_l[x0_l] over the masked
-positions l of the beam's current block (the first block that still has masks):
+canvas x, x0 = argmax(logits + T * Gumbel) over the real tokens (ours: never the [MASK] id, whose
+commit would change nothing; the released code can commit it and leave the position masked) and
+c_l = log softmax(logits)_l[x0_l] (full vocabulary) over the masked positions l of the beam's
+current block (the first block that still has masks):
 
 - parallel branch: if at least `min_parallel_tokens` positions have p_l = exp(c_l) above
   `confidence_threshold`, the beam proposes ONE child committing the (at most
@@ -241,7 +243,10 @@ def decode_soar_beam(
         )
         owner = torch.tensor([r for r, _ in live], device=canvas.device)
         logits = canvas.model_logits(torch.stack([b.seq for _, b in live]), owner)[:, P:]
-        x0 = gumbel_argmax(logits, temperature, generator)
+        # a committed [MASK] would commit nothing (and, uncapped, loop forever): x0 is the best
+        # real token; its confidence is still its probability under the full softmax
+        no_mask = torch.tensor([mask_id], device=logits.device)
+        x0 = gumbel_argmax(logits.index_fill(-1, no_mask, float("-inf")), temperature, generator)
         z = logits.float()
         log_p = (z.gather(-1, x0[..., None]).squeeze(-1) - z.logsumexp(-1)).cpu()
         x0 = x0.cpu()
