@@ -24,7 +24,9 @@ by layer with a per-layer K/V cache:
 
   and if sigma^l < gamma the row refreshes: layers l+1 .. L-1 recompute every position, their
   input restored from the cached layer inputs with the queried rows written in (the layer that
-  failed, and every shallower one, keep their caches).
+  failed, and every shallower one, keep their caches). A layer's K/V at a position depend on
+  its own input only, so layer l+1's K/V outside the query set come out as cached; its new
+  outputs make layers l+2 .. L-1 the first whose K/V move everywhere.
 - Most-attended token of layer l: argmax over decoded positions k (prompt included, [MASK] and
   padding excluded) of alpha_k = sum over window queries q and heads of S[h, q, k].
 
