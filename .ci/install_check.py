@@ -81,6 +81,10 @@ HEAVY = frozenset(
 # (what an allowed package imports itself is allowed too: transformers -> tokenizers, accelerate)
 AT_IMPORT: dict[str, dict[str, str]] = {
     "coe-moe": {"transformers": "CoEConfig / CoEForCausalLM: HF classes registered at import"},
+    "dlm-decode": {
+        "transformers": "native LLaDA / Dream model types registered with the Auto classes at "
+        "import, so released checkpoints load without trust_remote_code"
+    },
     "ln-scaling": {
         "transformers": "LNS / Mix-LN model types registered with the Auto classes at import, so "
         "a saved checkpoint loads with its scheme"

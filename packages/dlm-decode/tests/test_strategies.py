@@ -13,12 +13,18 @@ from dlm_decode import (
     STRATEGY_CONFIGS,
     Dream,
     DreamConfig,
+    ElasticCache,
+    ElasticCacheConfig,
     FastDLLM,
     FastDLLMConfig,
     LLaDA,
     LLaDAConfig,
+    ParallelForced,
+    ParallelForcedConfig,
     Prophet,
     ProphetConfig,
+    SOARBeam,
+    SOARBeamConfig,
     SOARConfig,
     StagedThresholds,
     make_strategy,
@@ -27,7 +33,7 @@ from dlm_decode.dream import DREAM_ALGORITHMS
 from layerwise_core import ConfigError
 from layerwise_kernels._backend import BACKENDS
 
-STATE = {"gap_history"}  # Prophet's per-run record: a field of the object, not an option
+STATE = {"gap_history", "beam_history", "refresh_log"}  # per-run records: fields, not options
 
 
 def _options(strategy):
@@ -37,7 +43,8 @@ def _options(strategy):
 def test_one_config_per_strategy_with_the_same_options():
     assert list(STRATEGY_CONFIGS) == list(STRATEGIES)
     pairs = {"llada": LLaDAConfig, "prophet": ProphetConfig, "fast_dllm": FastDLLMConfig}
-    pairs |= {"dream": DreamConfig, "soar": SOARConfig}
+    pairs |= {"dream": DreamConfig, "soar": SOARConfig, "soar_beam": SOARBeamConfig}
+    pairs |= {"elastic_cache": ElasticCacheConfig, "parallel_forced": ParallelForcedConfig}
     assert pairs == STRATEGY_CONFIGS
     for name, strategy in STRATEGIES.items():
         assert list(STRATEGY_CONFIGS[name].model_fields) == _options(strategy), name
@@ -77,6 +84,9 @@ OPTIONS = {
     "fast_dllm": {"block_length": 8, "threshold": None, "factor": 1.5, "cache": "dual"},
     "dream": {"steps": 8, "alg": "entropy", "temperature": 0.2, "top_p": 0.95},
     "soar": {"steps": 16, "cfg_scale": 0.5, "max_parallel_tokens": 3, "max_beam_size": 4},
+    "soar_beam": {"steps": 16, "beam_width": 3, "branch_factor": 2, "confidence_threshold": None},
+    "elastic_cache": {"gamma": 0.5, "window": 8, "threshold": 0.7, "track_num": 2},
+    "parallel_forced": {"tokens_per_step": 4, "segments": (4, 12), "summary_last": True},
 }
 
 
@@ -144,6 +154,9 @@ def test_unknown_strategy_name_suggests_the_closest():
         lambda: FastDLLM(threshold=1.5),
         lambda: Dream(alg="greedy"),
         lambda: SOAR(max_beam_size=0),
+        lambda: SOARBeam(beam_width=0),
+        lambda: ElasticCache(gamma=-0.5),
+        lambda: ParallelForced(tokens_per_step=0),
     ],
 )
 def test_the_dataclasses_check_their_fields_with_their_config(build):

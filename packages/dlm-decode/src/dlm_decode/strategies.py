@@ -4,13 +4,18 @@ and one pydantic config per method that holds the knobs' defaults (the reference
     LLaDA     semi-autoregressive low-confidence / random remasking (the baseline)
     Prophet   LLaDA + early commit on the top-2 logit gap (released rule; anchor-free: ours)
     FastDLLM  confidence-threshold (or factor) parallel decoding, optional prefix / dual KV cache
-    Dream     Dream's `origin` / `maskgit_plus` / `topk_margin` / `entropy` algorithms
-    SOAR      parallel commits or a beam search over positions, adaptively
+    Dream     Dream's `origin` / `maskgit_plus` / `topk_margin` / `entropy` algorithms, optional
+              semi-autoregressive blocks
+    SOAR      parallel commits or a beam search over positions, adaptively (the released code)
+    SOARBeam  SOAR's position beam search as the paper describes it (soar_beam.py)
+    ElasticCache  attention-drift-triggered, depth-aware KV refresh + sliding window (elastic_cache.py)
+    ParallelForced  NAP: a fixed number of commits per step, over independent segments
+                    (parallel_forced.py)
 
     LLaDAConfig(steps=256).build() == LLaDA(steps=256) == make_strategy("llada", steps=256)
 
-The configs (`LLaDAConfig`, `ProphetConfig`, `FastDLLMConfig`, `DreamConfig`, `SOARConfig`; by
-name in `STRATEGY_CONFIGS`) validate every knob; the dataclasses take their defaults from them and
+The configs (`LLaDAConfig`, `ProphetConfig`, `FastDLLMConfig`, `DreamConfig`, `SOARConfig`,
+`SOARBeamConfig`, `ElasticCacheConfig`, `ParallelForcedConfig`; by name in `STRATEGY_CONFIGS`) validate every knob; the dataclasses take their defaults from them and
 validate through them. `reference_quirks=True` (where present) reproduces the reference bit for
 bit, including what looks like a bug; each class documents what it changes.
 """
@@ -29,9 +34,12 @@ from dlm_decode._base import _StrategyConfig, _Validated
 from dlm_decode.canvas import Canvas
 from dlm_decode.dream import decode_dream
 from dlm_decode.early_commit import ProphetRule, StagedThresholds
+from dlm_decode.elastic_cache import ElasticCache, ElasticCacheConfig
 from dlm_decode.parallel_decoding import decode_parallel
+from dlm_decode.parallel_forced import ParallelForced, ParallelForcedConfig
 from dlm_decode.remasking import decode_semi_autoregressive
 from dlm_decode.soar import decode_soar
+from dlm_decode.soar_beam import SOARBeam, SOARBeamConfig
 from layerwise_core import ConfigError
 
 __all__ = [
@@ -394,7 +402,7 @@ class SOAR(_Validated):
         )
 
 
-Strategy = LLaDA | Prophet | FastDLLM | Dream | SOAR
+Strategy = LLaDA | Prophet | FastDLLM | Dream | SOAR | SOARBeam | ElasticCache | ParallelForced
 
 
 STRATEGIES: dict[str, type] = {
@@ -403,6 +411,9 @@ STRATEGIES: dict[str, type] = {
     "fast_dllm": FastDLLM,
     "dream": Dream,
     "soar": SOAR,
+    "soar_beam": SOARBeam,
+    "elastic_cache": ElasticCache,
+    "parallel_forced": ParallelForced,
 }
 
 STRATEGY_CONFIGS: dict[str, type[_StrategyConfig]] = {
@@ -411,12 +422,15 @@ STRATEGY_CONFIGS: dict[str, type[_StrategyConfig]] = {
     "fast_dllm": FastDLLMConfig,
     "dream": DreamConfig,
     "soar": SOARConfig,
+    "soar_beam": SOARBeamConfig,
+    "elastic_cache": ElasticCacheConfig,
+    "parallel_forced": ParallelForcedConfig,
 }
 
 
 def make_strategy(name: str, **options: Any) -> Strategy:
-    """A strategy from its config name (`llada | prophet | fast_dllm | dream | soar`) and options,
-    validated by its config: `STRATEGY_CONFIGS[name].from_dict(options).build()`.
+    """A strategy from its config name (a key of `STRATEGY_CONFIGS`: `llada | prophet | fast_dllm |
+    dream | soar | soar_beam | elastic_cache | parallel_forced`) and options, validated by its config: `STRATEGY_CONFIGS[name].from_dict(options).build()`.
 
     An unknown name or option raises a `ConfigError` (a `ValueError`) naming the closest valid one
     and listing them all; Prophet's `thresholds` may be a mapping (`{"early": 7.5, ...}`).
