@@ -328,3 +328,88 @@ def gpu(session: nox.Session) -> None:
     # refuses (exit 2) if torch sees no CUDA device, e.g. a CPU build of torch
     session.run("python", "-m", "layerwise.recipes.smoke", env=OFFLINE_ENV)
     bench(session)
+
+
+# The official LLaDA / Dream code pins transformers 4.x: Dream's requirements 4.46.2, LLaDA's README
+# 4.38.2 (its lm-eval script 4.49.0). 4.46.2 installs and imports on Python 3.11 with torch 2.13
+# and runs both models' released files, so the reference venv uses it for both.
+REFERENCE_TRANSFORMERS = "transformers==4.46.2"
+
+
+@nox.session
+def reference_dlm(session: nox.Session) -> None:
+    """dlm-decode vs the OFFICIAL LLaDA / Dream modeling and samplers (not in CI; docs/dlm-decode.md,
+    "Reference check"). A second venv with the transformers the official code pins runs
+    packages/dlm-decode/reference/official_side.py: tiny random-weight models built with the
+    official classes, saved in the released format, their logits and the official samplers'
+    tokens; then compare.py, in this session's venv (current transformers, our packages
+    editable), loads them with AutoModelForCausalLM and requires equal logits (fp32) and
+    identical tokens. The official code is imported from checkouts at run time, never copied:
+    LAYERWISE_FAST_DLLM (NVlabs/Fast-dLLM: llada/ and dream/) and LAYERWISE_LLADA (ML-GSAI/LLaDA:
+    generate.py), each a work tree or a git repository."""
+    import subprocess
+
+    scripts = ROOT / "packages" / "dlm-decode" / "reference"
+    tmp = Path(session.create_tmp())
+    sources = tmp / "official-src"
+    shutil.rmtree(sources, ignore_errors=True)
+    sources.mkdir()
+    info: list[str] = []
+
+    def checkout(var: str, default: str, files: tuple[str, ...], dest: Path) -> Path:
+        """A work tree that has `files`, or the files taken from a git repository's HEAD."""
+        path = Path(os.environ.get(var, default))
+        if all((path / f).exists() for f in files):
+            return path
+        git = ["git", "-C", str(path)]
+        found = path.is_dir() and subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        if not found or found.returncode != 0:
+            session.error(
+                f"{var}={path}: no checkout there (need {', '.join(files)}); set {var} to a "
+                "clone of the official repository (nox -s reference_dlm is not part of CI)"
+            )
+        info.append(f"{path.parent.name if path.name == 'repo' else path.name}@{found.stdout[:12]}")
+        dest.mkdir(parents=True)
+        archive = subprocess.run([*git, "archive", "HEAD", *files], capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        if not all((dest / f).exists() for f in files):
+            session.error(f"{var}={path}: its HEAD lacks {', '.join(files)}")
+        return dest
+
+    fast = checkout(
+        "LAYERWISE_FAST_DLLM", "/work/.mirror/NVlabs+Fast-dLLM/repo", ("llada", "dream"),
+        sources / "fast-dllm",
+    )  # fmt: skip
+    llada = checkout(
+        "LAYERWISE_LLADA", "/work/.mirror/ML-GSAI+LLaDA/repo", ("generate.py",), sources / "llada"
+    )
+
+    # The official side: torch pinned first (CPU wheel), then the pinned transformers.
+    old = tmp / "official-venv"
+    old_python = str(old / "bin" / "python")
+    marker = old / "installed.txt"
+    if not marker.is_file() or marker.read_text() != REFERENCE_TRANSFORMERS:
+        shutil.rmtree(old, ignore_errors=True)
+        session.run(sys.executable, "-m", "venv", str(old), external=True)
+        pip = (old_python, "-m", "pip", "install", "-q")
+        session.run(*pip, *CONSTRAINTS, "pip>=23", "torch==2.13.0", external=True)
+        # not constraints.txt here: it pins the current transformers / tokenizers
+        session.run(*pip, "torch==2.13.0", REFERENCE_TRANSFORMERS, "einops", external=True)
+        marker.write_text(REFERENCE_TRANSFORMERS)
+    out = tmp / "reference-out"
+    shutil.rmtree(out, ignore_errors=True)
+    session.run(
+        "nice", old_python, str(scripts / "official_side.py"), "--fast-dllm", str(fast),
+        "--llada-generate", str(llada / "generate.py"), "--out", str(out),
+        "--source-info", ", ".join(info), env=OFFLINE_ENV, external=True,
+    )  # fmt: skip
+
+    # Our side: current transformers, the workspace packages dlm-decode needs, editable.
+    _install_torch(session)
+    local = [*_workspace_deps("dlm-decode"), "dlm-decode"]
+    session.install(*CONSTRAINTS, *[arg for name in local for arg in ("-e", str(DISTS[name]))])
+    session.run(
+        "nice", "python", str(scripts / "compare.py"), str(out), env=OFFLINE_ENV, external=True
+    )
