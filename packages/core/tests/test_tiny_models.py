@@ -1,5 +1,6 @@
 """The bidirectional test models really attend both ways; padding keys are ignored."""
 
+import pytest
 import torch
 
 from layerwise_core import find_decoder, tiny_bidirectional, tiny_llama, tiny_shifted_bidirectional
@@ -16,8 +17,10 @@ def test_bidirectional_sees_the_future_causal_does_not():
         torch.testing.assert_close(causal(ids).logits[0, 0], causal(changed).logits[0, 0])
 
 
-def test_padding_keys_are_masked():
-    model = tiny_bidirectional()
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_keys_are_masked(attn):
+    # eager adds the 4-D mask to the scores: a bool mask there once let padding keys in
+    model = tiny_bidirectional(attn_implementation=attn)
     ids = torch.randint(0, 100, (1, 6))
     mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
     other = ids.clone()

@@ -56,6 +56,12 @@ class BidirectionalLlamaForMaskedDiffusion(LlamaForCausalLM):
                 else attention_mask.bool()
             )
             attention_mask = keys[:, None, None, :].expand(batch, 1, length, length)
+        if attention_mask.dtype == torch.bool and self.config._attn_implementation == "eager":
+            # transformers' eager attention adds the mask to the scores: a bool mask would add
+            # 1 / 0 instead of masking padding keys out, so it becomes 0 / finfo.min here.
+            dtype = self.model.embed_tokens.weight.dtype
+            additive = torch.zeros(attention_mask.shape, dtype=dtype, device=ref.device)
+            attention_mask = additive.masked_fill(~attention_mask, torch.finfo(dtype).min)
         kwargs.pop("use_cache", None)
         return super().forward(
             input_ids=input_ids,

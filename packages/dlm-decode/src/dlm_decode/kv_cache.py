@@ -36,7 +36,12 @@ from __future__ import annotations
 
 import torch
 
-from dlm_decode.adapters import MaskedDiffusionLM, align_logits, position_ids_from_mask
+from dlm_decode.adapters import (
+    MaskedDiffusionLM,
+    align_logits,
+    is_native,
+    position_ids_from_mask,
+)
 from layerwise_core.hf_cache import cache_keyword
 
 __all__ = ["BlockKVCache", "cached_logits"]
@@ -75,6 +80,14 @@ class BlockKVCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """0: transformers asks it to derive positions, which `cached_logits` always passes."""
         return 0
+
+
+def _adds_mask_to_scores(model) -> bool:
+    """A transformers backbone in eager attention adds a 4-D mask to the scores as it is, so it
+    needs 0 / dtype-min rather than a bool mask (SDPA takes either; the native LLaDA / Dream
+    classes convert their own)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) == "eager" and not is_native(model)
 
 
 def _check(lm: MaskedDiffusionLM) -> None:
@@ -132,6 +145,10 @@ def cached_logits(
     query = hi - lo
     mask4d = keys[:, None, None, :].expand(batch, 1, query, length)
     backbone = lm.model.get_decoder()
+    if _adds_mask_to_scores(lm.model):
+        dtype = lm.model.get_output_embeddings().weight.dtype
+        additive = torch.zeros(mask4d.shape, dtype=dtype, device=x.device)
+        mask4d = additive.masked_fill(~mask4d, torch.finfo(dtype).min)
     hidden = backbone(
         input_ids=x[:, lo:hi],
         attention_mask=mask4d,
