@@ -273,3 +273,57 @@ def test_cached_nfe_per_block_is_the_refresh_plus_the_passes_that_decode(cache):
     assert one.stats.nfe.tolist() == [8, 8]
     assert torch.equal(one.sequences, generate(model, prompt, FastDLLM(block_length=1),
                                                gen_length=8).sequences)  # fmt: skip
+
+
+def test_a_model_stuck_on_mask_is_decoded_by_hand(fl):
+    # Generation offset 1 predicts [MASK] with p = 0.9 at every forward, the most confident
+    # position; token 2 is its runner-up (logit 1 below). The released loop commits [MASK] there
+    # forever. Ours takes token 2 with its full-softmax probability 0.9/e / (0.9 + 0.9/e + 0.6/7)
+    # = 0.25, so the other positions go first (0.6, 0.4, 0.3), one per pass (threshold 0.95).
+    spec = {1: (3, 0.6), 2: (4, 0.5), 3: (5, 0.4), 4: (1, 0.3)}
+    table = fl.static(spec, 5)
+    stuck = fl.prob_logits(fl.MASK, 0.9)
+    stuck[2] = stuck[fl.MASK] - 1.0
+
+    def fn(x, call):
+        logits = table(x, call)
+        logits[:, 2] = stuck
+        return logits
+
+    model = fl.model(fn)
+    out = generate(model, torch.tensor([[0]]), FastDLLM(block_length=4), gen_length=4)
+    assert out.generated.tolist() == [[3, 2, 5, 1]]
+    assert out.stats.nfe.tolist() == [4]
+    quirks = FastDLLM(block_length=4, reference_quirks=True)
+    with pytest.raises(RuntimeError, match="keeps predicting \\[MASK\\]"):
+        generate(model, torch.tensor([[0]]), quirks, gen_length=4)
+    assert model.calls == 4 + 6  # the released rule stalls from pass 1 and stops after 6
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+def test_a_real_model_predicting_mask_everywhere_still_decodes(cache):
+    # The [MASK] logit is raised above every other at every position: ours commits the best
+    # non-[MASK] token, whose probability is now tiny, so one position per pass (as the plain
+    # model at threshold 0.9), with or without a cache; the released rule would loop forever,
+    # and stops with an error under reference_quirks.
+    model = tiny_bidirectional(seed=0, initializer_range=0.5)
+    mask = model.config.mask_token_id
+    prompt = torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(1))
+    plain = generate(model, prompt, FastDLLM(block_length=4, cache=cache), gen_length=8)
+
+    def raise_mask(module, args, out):
+        out = out.clone()
+        out[..., mask] = out.max(-1).values + 5.0
+        return out
+
+    handle = model.get_output_embeddings().register_forward_hook(raise_mask)
+    try:
+        out = generate(model, prompt, FastDLLM(block_length=4, cache=cache), gen_length=8)
+        quirks = FastDLLM(block_length=4, cache=cache, reference_quirks=True)
+        with pytest.raises(RuntimeError, match="keeps predicting"):
+            generate(model, prompt, quirks, gen_length=8)
+    finally:
+        handle.remove()
+    assert not bool((out.generated == mask).any())
+    # one position per pass at most 8 + (cache: one refresh per block, already counted)
+    assert out.stats.nfe.tolist() == [8, 8] == plain.stats.nfe.tolist()

@@ -122,15 +122,52 @@ def decode_parallel(
         return select_top_k(confidence, candidates, schedule[rows, step_in_block[rows]])
 
     def predict(logits):
-        return _confidence(
+        x0, confidence = _confidence(
             canvas, logits, temperature, remasking, reference_quirks, generator, backend
         )
+        if not reference_quirks:
+            x0, confidence = _never_the_mask(logits, x0, confidence, canvas.mask_id, remasking)
+        return x0, confidence
+
+    # The released loops run until the block is decoded; a model that predicts [MASK] at the most
+    # confident position commits nothing and (at T = 0) loops forever. Ours never predicts [MASK]
+    # (`_never_the_mask`); under reference_quirks a block that outlives this many passes stops
+    # with an error instead of hanging.
+    limit = max(block_length, steps_per_block or 0) + 1
 
     if cache is None:
-        _decode_without_cache(canvas, block_length, num_blocks, steps_per_block, predict, choose)
+        _decode_without_cache(
+            canvas, block_length, num_blocks, steps_per_block, predict, choose, limit
+        )
     else:
         _decode_with_cache(
-            canvas, block_length, num_blocks, steps_per_block, cache, predict, choose
+            canvas, block_length, num_blocks, steps_per_block, cache, predict, choose, limit
+        )
+
+
+def _never_the_mask(logits, x0, confidence, mask_id, remasking):
+    """Where x0 is the [MASK] id, the most likely other token and its (full-softmax) probability:
+    committing [MASK] would change nothing and the block loop could never end."""
+    bad = x0 == mask_id
+    if not bool(bad.any()):
+        return x0, confidence
+    picked = logits[bad].float()
+    probs = torch.softmax(picked, dim=-1)
+    picked[:, mask_id] = -torch.inf
+    alt = picked.argmax(-1)
+    x0 = x0.masked_scatter(bad, alt)
+    if remasking == "low_confidence":
+        p_alt = probs.gather(-1, alt[:, None]).squeeze(-1).to(confidence.dtype)
+        confidence = confidence.masked_scatter(bad, p_alt)
+    return x0, confidence
+
+
+def _check_progress(step_in_block: torch.Tensor, rows: torch.Tensor, limit: int) -> None:
+    if bool((step_in_block[rows] > limit).any()):
+        raise RuntimeError(
+            f"a block is still not decoded after {limit} passes: the model keeps predicting "
+            "[MASK] where it must commit (the released Fast-dLLM loop never ends here); use "
+            "reference_quirks=False, which never commits [MASK]"
         )
 
 
@@ -139,7 +176,9 @@ def _block_masks(canvas: Canvas, block: torch.Tensor, block_length: int) -> torc
     return (canvas.x == canvas.mask_id) & canvas.in_range(start, end)
 
 
-def _decode_without_cache(canvas, block_length, num_blocks, steps_per_block, predict, choose):
+def _decode_without_cache(
+    canvas, block_length, num_blocks, steps_per_block, predict, choose, limit
+):
     device = canvas.device
     block = torch.zeros(canvas.batch, dtype=torch.long, device=device)
     step_in_block = torch.zeros_like(block)
@@ -176,11 +215,14 @@ def _decode_without_cache(canvas, block_length, num_blocks, steps_per_block, pre
         canvas.commit(rows, select, x0, step)
         step_in_block[rows] += 1
         done = ~(canvas.masked(rows) & in_block).any(1) & canvas.active[rows]
+        _check_progress(step_in_block, rows[~done], limit)
         block[rows[done]] += 1
         enter_blocks(rows[done])
 
 
-def _decode_with_cache(canvas, block_length, num_blocks, steps_per_block, mode, predict, choose):
+def _decode_with_cache(
+    canvas, block_length, num_blocks, steps_per_block, mode, predict, choose, limit
+):
     """Per block: one refresh pass (full forward, records K/V, takes the block's first step), then
     cached passes while the block still has masks. NFE of a block = 1 + (cached passes needed).
 
@@ -230,6 +272,7 @@ def _decode_with_cache(canvas, block_length, num_blocks, steps_per_block, mode, 
                 break
             sub = left.nonzero().flatten()  # rows of the refresh batch, as the cache holds them
             rows = refreshed[sub]
+            _check_progress(step_in_block, rows, limit)
             step += 1
             canvas.count(rows)
             logits = cached_logits(
