@@ -118,3 +118,27 @@ def test_bad_input_is_named(mdm_run, tmp_path, capsys, small_data, tiny_run):
         main(["eval", "decode", "--model", str(causal / "final"), "--prompts", str(prompts)]) == 2
     )
     assert "not a masked-diffusion LM" in capsys.readouterr().err
+
+
+def test_new_strategies_by_name_equal_their_exact_special_cases(mdm_run):
+    # Reached by name through the `decode:` switch, the new samplers reduce to older ones where
+    # they are exact: Elastic-Cache refreshing every step with a window over the whole generation
+    # is Fast-dLLM uncached with one block; NAP's parallel-forced with one token per step is
+    # LLaDA with one block and a step per token.
+    final, tokenizer = mdm_run
+    model = load_saved_model(final)
+
+    def run(**decode):
+        cfg = DecodeConfig.from_dict({"decode": decode, "gen_length": 8, "batch_size": 3})
+        return evaluate_decoding(model, tokenizer, PROMPTS, None, cfg)
+
+    elastic = run(name="elastic_cache", gamma=1.0, window=8, threshold=0.2)
+    fast = run(name="fast_dllm", block_length=8, threshold=0.2)
+    assert elastic.outputs == fast.outputs and elastic.nfe == fast.nfe
+    forced = run(name="parallel_forced", tokens_per_step=1)
+    llada = run(name="llada", steps=8, block_length=8)
+    assert forced.outputs == llada.outputs and forced.nfe == llada.nfe == [8, 8, 8]
+    two = run(name="parallel_forced", tokens_per_step=2)
+    assert two.nfe == [4, 4, 4]  # exactly two commits per step (no EOS stop on this model)
+    beam = run(name="soar_beam", beam_width=1, confidence_threshold=None)
+    assert beam.outputs == llada.outputs  # one beam, no parallel branch: greedy, one per step
