@@ -1,7 +1,10 @@
-"""Fine-tuning pipeline: `method: full | lora | lift | seft` on instruction / answer jsonl."""
+"""Fine-tuning pipeline: `method: full | lora | lift | seft` on instruction / answer jsonl, with
+`objective: ntp` (next token) or `mdm` (masked-diffusion SFT, LLaDA's loss); NAP's
+independent-trajectory SFT data (`nap_data`)."""
 
 from layerwise.finetune.config import (
     METHODS,
+    OBJECTIVES,
     FinetuneConfig,
     FinetuneDataConfig,
     FinetuneEvalConfig,
@@ -17,11 +20,26 @@ from layerwise.finetune.instruction_data import (
     format_prompt,
     read_jsonl,
 )
-from layerwise.finetune.pipeline import FinetuneResult, build_method, finetune, linear_warmup_decay
+from layerwise.finetune.nap_data import (
+    arithmetic_nap_records,
+    long_cot_target,
+    nap_record,
+    nap_target,
+    parse_nap_target,
+    structure_tokens,
+)
+from layerwise.finetune.pipeline import (
+    FinetuneResult,
+    build_method,
+    finetune,
+    linear_warmup_decay,
+    mdm_sft_loss,
+)
 from layerwise.finetune.word_problems import generate_word_problems, write_jsonl
 
 __all__ = [
     "METHODS",
+    "OBJECTIVES",
     "PROMPT",
     "FinetuneConfig",
     "FinetuneDataConfig",
@@ -31,6 +49,7 @@ __all__ = [
     "FinetuneScheduleConfig",
     "FinetuneTrainConfig",
     "LoraConfig",
+    "arithmetic_nap_records",
     "build_method",
     "collate",
     "encode_examples",
@@ -38,6 +57,12 @@ __all__ = [
     "format_prompt",
     "generate_word_problems",
     "linear_warmup_decay",
+    "long_cot_target",
+    "mdm_sft_loss",
+    "nap_record",
+    "nap_target",
+    "parse_nap_target",
     "read_jsonl",
+    "structure_tokens",
     "write_jsonl",
 ]
