@@ -47,7 +47,7 @@ import torch.distributions as dists
 import torch.nn.functional as F
 
 from dlm_decode.canvas import Canvas
-from dlm_decode.remasking import select_top_k
+from dlm_decode.remasking import select_top_k, split_steps
 
 __all__ = ["DREAM_ALGORITHMS", "decode_dream", "dream_sample_tokens", "dream_transfer_count"]
 
@@ -138,18 +138,7 @@ def decode_dream(
     gen_length = canvas.gen_length
     if block_length is None:
         block_length = gen_length
-    if block_length < 1 or gen_length % block_length:
-        raise ValueError(
-            f"gen_length {gen_length} must be a multiple of block_length {block_length}: "
-            f"e.g. block_length=None (one block) or a divisor of {gen_length}"
-        )
-    num_blocks = gen_length // block_length
-    if steps % num_blocks or steps < num_blocks:
-        raise ValueError(
-            f"steps {steps} must be a positive multiple of the number of blocks {num_blocks} "
-            f"(gen_length / block_length): e.g. steps={num_blocks * max(1, steps // num_blocks)}"
-        )
-    steps_per_block = steps // num_blocks
+    num_blocks, steps_per_block = split_steps(gen_length, block_length, steps, "block_length=None")
     timesteps = torch.linspace(1, eps, steps_per_block + 1, device=canvas.device)
     for block in range(num_blocks):
         start, end = canvas.block_bounds(block, block_length)

@@ -159,6 +159,27 @@ class EarlyCommitRule(Protocol):
         ...
 
 
+def split_steps(
+    gen_length: int, block_length: int, steps: int, one_block: str | None = None
+) -> tuple[int, int]:
+    """(number of blocks, steps per block) of a semi-autoregressive schedule: `steps` split evenly
+    over `gen_length / block_length` blocks; anything else is a ValueError naming the fix
+    (`one_block`: how the caller spells "one block", default `block_length=<gen_length>`)."""
+    if block_length < 1 or gen_length % block_length:
+        one_block = one_block or f"block_length={gen_length}"
+        raise ValueError(
+            f"gen_length {gen_length} must be a multiple of block_length {block_length}: "
+            f"e.g. {one_block} (one block) or a divisor of {gen_length}"
+        )
+    num_blocks = gen_length // block_length
+    if steps % num_blocks or steps < num_blocks:
+        raise ValueError(
+            f"steps {steps} must be a positive multiple of the number of blocks {num_blocks} "
+            f"(gen_length / block_length): e.g. steps={num_blocks * max(1, steps // num_blocks)}"
+        )
+    return num_blocks, steps // num_blocks
+
+
 def decode_semi_autoregressive(
     canvas: Canvas,
     *,
@@ -184,18 +205,7 @@ def decode_semi_autoregressive(
     so EOS leaves it too. The confidence softmax then runs in the logits' dtype.
     """
     gen_length = canvas.gen_length
-    if gen_length % block_length:
-        raise ValueError(
-            f"gen_length {gen_length} must be a multiple of block_length {block_length}: "
-            f"e.g. block_length={gen_length} (one block) or a divisor of {gen_length}"
-        )
-    num_blocks = gen_length // block_length
-    if steps % num_blocks or steps < num_blocks:
-        raise ValueError(
-            f"steps {steps} must be a positive multiple of the number of blocks {num_blocks} "
-            f"(gen_length / block_length): e.g. steps={num_blocks * max(1, steps // num_blocks)}"
-        )
-    steps_per_block = steps // num_blocks
+    num_blocks, steps_per_block = split_steps(gen_length, block_length, steps)
     lm = canvas.lm
     if (logits_eos_inf or confidence_eos_eot_inf) and lm.eos_token_id is None:
         raise ValueError(
