@@ -1,13 +1,13 @@
 """`layerwise eval decode`: a masked-diffusion LM answers prompts with a dlm-decode strategy.
 
 The `decode:` switch is dlm-decode's strategy config, a tagged choice (`dlm_decode.STRATEGY_CONFIGS`:
-`llada | prophet | fast_dllm | dream | soar`) holding the sampler's fields with the reference
-defaults, e.g. `decode: {name: prophet, steps: 32, block_length: 8}` or `decode=prophet
+`llada | prophet | fast_dllm | dream | soar | soar_beam | elastic_cache | parallel_forced`)
+holding the sampler's fields with the reference defaults, e.g. `decode: {name: prophet, steps: 32, block_length: 8}` or `decode=prophet
 decode.steps=32` (Prophet without an answer anchor needs `region: block` to exit early, and takes
 `thresholds: {early: 7.5, mid: 5.0, late: 2.5}`). The model is any saved
 masked-diffusion LM, e.g. the `final/` folder of an `objective: mdm` run. Each answer is the
 generation cut at the first EOS; it is scored by exact match (after stripping whitespace) or by its
-last number, and every row's NFE and early-commit step are reported.
+last number, and every row's NFE, latency and early-commit step are reported.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ __all__ = ["DecodeConfig", "DecodeReport", "evaluate_decoding", "read_prompts"]
 class DecodeConfig(LayerwiseConfig):
     """How `layerwise eval decode` decodes and scores: the strategy and its fields, the length."""
 
-    decode: tagged_choice(STRATEGY_CONFIGS, default="llada")  # llada | prophet | fast_dllm | ...
+    decode: tagged_choice(STRATEGY_CONFIGS, default="llada")  # any STRATEGY_CONFIGS name
     gen_length: int = Field(32, ge=1)  # tokens generated after each prompt
     batch_size: int = Field(8, ge=1)
     scorer: Literal["exact", "last_number"] = "exact"

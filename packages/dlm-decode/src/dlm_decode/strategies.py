@@ -279,7 +279,9 @@ class FastDLLM(_Validated):
     last-index acceptance.
 
     A block loops until it is decoded, so no [MASK] leftover (a position whose prediction was the
-    [MASK] id) outlives its block; a model stuck on [MASK] at T = 0 loops, as released.
+    [MASK] id) outlives its block. Ours never commits [MASK] (the best other token instead); with
+    reference_quirks a model stuck on [MASK] (the released loop never ends) raises a RuntimeError
+    after block_length + 1 passes of a block.
     NFE with a cache: one refresh pass per block plus the cached passes until the
     block is decoded; the released loops run one more cached pass in a block that the refresh
     pass decoded completely (see `dlm_decode.parallel_decoding._decode_with_cache`).
