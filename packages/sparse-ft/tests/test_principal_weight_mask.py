@@ -9,6 +9,7 @@ from sparse_ft import (
     principal_weight_indices,
     principal_weight_mask,
 )
+from sparse_ft.principal_weight_mask import _certified_indices, _low_rank_fp64, _refined_subspace
 
 
 def _explicit_topk(weight: torch.Tensor, rank: int, k: int, largest: bool) -> set[int]:
@@ -110,3 +111,55 @@ def test_fp32_low_rank_approximation_is_the_rounded_fp64_svd():
         # one rounding to fp32 (half an ulp), nothing of the fp32 SVD's ~1e-6 relative error
         err = (got.double() - want).abs() / want.abs().clamp_min(1e-30)
         assert float(err.max()) <= 2**-24 * 1.01
+
+
+def _full_decomposition_indices(weight: torch.Tensor, rank: int, k: int, largest: bool):
+    """The mask before the certified path: fp64 Gram eigenvectors (`_low_rank_fp64`), top-k."""
+    return _top_k(_low_rank_fp64(weight, rank), k, largest)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heavy_tailed", [False, True])
+@pytest.mark.parametrize(("m", "n"), [(512, 512), (512, 1376)])
+def test_certified_mask_equals_the_full_decomposition_mask(m, n, heavy_tailed, dtype):
+    # llama-60m shapes, filter rank 64, LoRA rank 8 (k = 8192 / 15104): the default path returns
+    # exactly the previous fp64-eigh mask; a certified mask equals it; on the fp32 Gaussian init
+    # (the benchmark's case) the certificate must pass (else the fast path would never run).
+    gen = torch.Generator().manual_seed(m + n + heavy_tailed)
+    torch.manual_seed(m + n)
+    if heavy_tailed:
+        weight = torch.distributions.StudentT(2.5).sample((m, n)) * 0.02
+    else:
+        weight = torch.randn(m, n, generator=gen) * 0.02
+    weight = weight.to(dtype)
+    k = lift_budget((m, n), 8)
+    want = _full_decomposition_indices(weight, 64, k, True)
+    assert torch.equal(principal_weight_indices(weight, 64, k), want)
+    certified = _certified_indices(weight, 64, k, True)
+    assert certified is None or torch.equal(certified, want)
+    if dtype == torch.float32 and not heavy_tailed:
+        assert certified is not None
+
+
+def test_refined_subspace_bound_holds_and_fallback_when_no_gap():
+    gen = torch.Generator().manual_seed(7)
+    tall = torch.randn(300, 200, generator=gen, dtype=torch.float64)
+    basis, bound = _refined_subspace(tall, 20)
+    vectors = torch.linalg.eigh(tall.T @ tall).eigenvectors[:, -20:]
+    angle = torch.linalg.matrix_norm(vectors @ vectors.T - basis @ basis.T, ord=2)
+    assert float(angle) <= bound < 1e-6  # the bound is an upper bound, and tight enough to use
+    # sigma_20 = sigma_21: the top-20 subspace is not unique, no certificate; the caller falls
+    # back to the fp64 decomposition and returns its mask
+    u, _ = torch.linalg.qr(torch.randn(300, 200, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(200, 200, generator=gen, dtype=torch.float64))
+    s = torch.linspace(3.0, 1.0, 200, dtype=torch.float64)
+    s[20] = s[19]
+    weight = (u * s) @ v.T
+    assert _refined_subspace(weight, 20)[1] == float("inf")
+    assert _certified_indices(weight, 20, 800, True) is None
+    torch.testing.assert_close(
+        principal_weight_indices(weight, 20, 800),
+        _full_decomposition_indices(weight, 20, 800, True),
+        rtol=0,
+        atol=0,
+    )

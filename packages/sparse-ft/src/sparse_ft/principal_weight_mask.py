@@ -51,6 +51,91 @@ def _low_rank_fp64(weight: torch.Tensor, rank: int) -> torch.Tensor:
     return approx.T if wide else approx
 
 
+def _refined_subspace(tall: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]:
+    """(Q_r, bound): an fp64 orthonormal basis of the top-`rank` right singular subspace of the fp64
+    `tall` (M x N, M >= N) and a bound on sin of its largest angle to the exact subspace.
+
+    The full eigendecomposition is done once in fp32 (half the time of fp64 here), then the top
+    block is refined in fp64 with one Ogita-Aishima step against the exact fp64 Gram G: for the
+    fp32 eigenvectors x_i outside the block and the block's columns q_j (Rayleigh quotient l_j),
+
+        q_j <- q_j + sum_i x_i (x_i^T G q_j - l_j x_i^T q_j) / (l_j - l_i),   then QR,
+
+    which leaves an error quadratic in the fp32 one (~1e-9 instead of ~1e-5). The bound is the
+    Davis-Kahan sin-theta theorem, ||sin Theta||_2 <= ||G Q - Q Theta||_2 / delta with
+    delta = lambda_min(Q^T G Q) - (an upper bound on lambda_{r+1}(G)): the fp32 eigenvalue
+    mu_{r+1} plus the rounding of G to fp32 (<= 2^-24 ||G||_F) plus LAPACK's backward error
+    (taken as N * 2^-24 * ||G||_2, above its usual size). inf when delta <= 0 (no gap to certify).
+    """
+    n = tall.shape[1]
+    gram = tall.T @ tall
+    mu, vectors = torch.linalg.eigh(gram.to(torch.float32))
+    mu, vectors = mu.to(torch.float64), vectors.to(torch.float64)
+    basis = vectors[:, n - rank :]
+    g_basis = gram @ basis
+    # fp64 Rayleigh quotients of the basis vectors; those far below the block keep their fp32 ones
+    quotients = mu.clone()
+    near = max(n - 2 * rank, 0)
+    quotients[near:] = (vectors[:, near:] * (gram @ vectors[:, near:])).sum(0)
+    own = (basis * g_basis).sum(0)
+    coupling = vectors.T @ g_basis - own * (vectors.T @ basis)
+    step = coupling / (own[None, :] - quotients[:, None])
+    step[n - rank :] = 0.0  # rotations inside the block do not move the subspace
+    basis = torch.linalg.qr(basis + vectors @ step).Q
+    g_basis = gram @ basis
+    ritz = basis.T @ g_basis
+    # spectral norm of the N x r residual (its r singular values), 1% added for their rounding
+    residual = 1.01 * float(torch.linalg.matrix_norm(g_basis - basis @ ritz, ord=2))
+    norm_2 = float(mu.abs().max())
+    next_up = float(mu[n - rank - 1]) + 2.0**-24 * (
+        float(torch.linalg.matrix_norm(gram)) + n * norm_2
+    )
+    delta = float(torch.linalg.eigvalsh(ritz)[0]) - next_up
+    if not delta > 0:
+        return basis, float("inf")
+    # fp64 rounding of the residual and of Q's orthonormality: far below, bounded generously
+    return basis, residual / delta + 64 * n * 2.0**-53
+
+
+def _certified_indices(
+    weight: torch.Tensor, rank: int, k: int, largest: bool
+) -> torch.Tensor | None:
+    """The exact mask (`_low_rank_fp64`'s) without the fp64 eigendecomposition, or None.
+
+    W'~ = W Q Q^T from `_refined_subspace`; each entry of row i (of the tall side) is within
+    eps_i = ||w_i|| (sin_bound + 64 N 2^-53) of the exact W'. When the k chosen |W'~| entries minus
+    eps still exceed every other entry plus eps (or the reverse for `largest=False`), the exact top-k
+    set is unique and equal to the chosen one. Otherwise None: the caller recomputes exactly.
+    """
+    w = weight.detach().to(torch.float64)
+    wide = w.shape[0] < w.shape[1]
+    tall = w.T if wide else w
+    try:
+        basis, sin_bound = _refined_subspace(tall, rank)
+    except torch.linalg.LinAlgError:
+        return None
+    if not sin_bound < 1e-4:
+        return None
+    approx = ((tall @ basis) @ basis.T).abs_()
+    slack = tall.norm(dim=1, keepdim=True) * (sin_bound + 64 * tall.shape[1] * 2.0**-53)
+    slack = slack.expand_as(approx)
+    if wide:
+        approx, slack = approx.T, slack.T
+    approx, slack = approx.reshape(-1), slack.reshape(-1)
+    chosen = torch.topk(approx, k, largest=largest, sorted=False).indices
+    if k == approx.numel():
+        return torch.sort(chosen).values
+    if largest:
+        inner = float((approx[chosen] - slack[chosen]).min())
+        outer = (approx + slack).index_fill_(0, chosen, -float("inf"))
+        certain = inner > float(outer.max())
+    else:
+        inner = float((approx[chosen] + slack[chosen]).max())
+        outer = (approx - slack).index_fill_(0, chosen, float("inf"))
+        certain = inner < float(outer.min())
+    return torch.sort(chosen).values if certain else None
+
+
 def low_rank_approximation(
     weight: torch.Tensor,
     rank: int,
@@ -103,12 +188,18 @@ def principal_weight_indices(
         indices = sort(top-k_{i} |vec(W')_i|),  W' = rank-`rank` approximation of W
 
     `largest=False` takes the k smallest |W'_ij| (the official `lift_sparse` configs).
+    `method="full"` first tries `_certified_indices` (fp32 eigendecomposition, fp64 refinement, a
+    proof that the top-k set cannot differ from the exact one) and recomputes with the fp64
+    eigendecomposition when the proof fails: the mask is that of `_low_rank_fp64` either way.
     """
     numel = weight.numel()
     if not 0 < k <= numel:
         raise ValueError(f"k must be in [1, {numel}] for a weight of shape {tuple(weight.shape)}")
     _check(weight, rank)
     if method == "full" and rank < min(weight.shape):
+        certified = _certified_indices(weight, rank, k, largest)
+        if certified is not None:
+            return certified
         approx = _low_rank_fp64(weight, rank)  # ranked in fp64: no ties made by rounding
     else:
         approx = low_rank_approximation(weight, rank, method=method, niter=niter)
