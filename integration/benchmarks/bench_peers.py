@@ -644,8 +644,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--child", choices=ITEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # also what the section's machine line reports
     if args.child:
-        torch.set_num_threads(args.threads)
         child(args.child, args.repeats)
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
