@@ -5,7 +5,7 @@ report accuracy vs NFE and wall time, and how often the answer is already right 
 (Prophet's observation). Dream's sampler is left out: it is written for shifted (Dream-style)
 models, and this model is LLaDA-style (output i scores token i).
 
-    python examples/dlm_arithmetic.py                      # ~8 CPU minutes (1 thread): train + evaluate
+    python examples/dlm_arithmetic.py                      # ~10-15 CPU minutes (1 thread): train + evaluate
     python examples/dlm_arithmetic.py --smoke              # seconds: the same code on a toy budget
     python examples/dlm_arithmetic.py --report             # + append to docs/reproductions.md
 

@@ -4,7 +4,7 @@ derivations of a + b, each in its own tagged segment, then a summary) and one on
 as a single chain (the Long-CoT control), decoded with parallel-forced decoding at 1, 2, 4, 8
 tokens per step.
 
-    python examples/nap_arithmetic.py                       # ~10 CPU minutes (1 thread)
+    python examples/nap_arithmetic.py                       # ~12 CPU minutes (1 thread, 1 seed)
     python examples/nap_arithmetic.py --smoke               # seconds: the same code, toy budget
     python examples/nap_arithmetic.py --report FILE         # + append a markdown section to FILE
 
