@@ -272,3 +272,27 @@ def test_refuses_a_model_without_a_transformers_backbone(fl):
     model = fl.model(fl.static({}, 6))
     with pytest.raises(ValueError, match="layer by layer"):
         generate(model, torch.tensor([[1, 2]]), ElasticCache(), gen_length=4)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+def test_a_model_predicting_mask_everywhere_still_finishes(gamma):
+    # The [MASK] logit is raised above every other at every position (the hook is on the output
+    # head, which the layer-by-layer runner calls too): the loop runs until no mask is left, so
+    # committing [MASK] would hang it; it must commit the best other token instead.
+    model = tiny_bidirectional(seed=0, initializer_range=0.5)
+    mask = model.config.mask_token_id
+    prompt = torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(1))
+
+    def raise_mask(module, args, out):
+        out = out.clone()
+        out[..., mask] = out.max(-1).values + 5.0
+        return out
+
+    handle = model.get_output_embeddings().register_forward_hook(raise_mask)
+    try:
+        out = generate(model, prompt, ElasticCache(gamma=gamma, window=4), gen_length=8)
+    finally:
+        handle.remove()
+    assert not bool((out.generated == mask).any())
+    # every confidence is now tiny, so only the top-1 of the window is committed per step
+    assert out.stats.nfe.tolist() == [8, 8]

@@ -73,7 +73,7 @@ from dlm_decode._base import _StrategyConfig, _Validated
 from dlm_decode.adapters import MaskedDiffusionLM, position_ids_from_mask
 from dlm_decode.canvas import Canvas
 from dlm_decode.parallel_decoding import threshold_rule
-from dlm_decode.remasking import token_confidence
+from dlm_decode.remasking import never_the_mask, token_confidence
 from layerwise_core.hf_cache import cache_keyword
 
 __all__ = [
@@ -456,6 +456,8 @@ def decode_elastic_cache(
                     generator=generator,
                     backend=backend,
                 )
+                # never commit [MASK]: the position would stay masked and the loop never end
+                x0, confidence = never_the_mask(logits, x0, confidence, mask_id, remasking)
                 chosen = threshold_rule(confidence, wvalid, threshold)
                 # padding entries repeat the row's first window position: make them agree with it
                 chosen = torch.where(wvalid, chosen, chosen[:, :1])

@@ -24,7 +24,13 @@ import torch
 
 from dlm_decode.canvas import Canvas
 from dlm_decode.kv_cache import BlockKVCache, cached_logits
-from dlm_decode.remasking import gumbel_argmax, select_top_k, token_confidence, transfer_schedule
+from dlm_decode.remasking import (
+    gumbel_argmax,
+    never_the_mask,
+    select_top_k,
+    token_confidence,
+    transfer_schedule,
+)
 
 __all__ = ["decode_parallel", "factor_rule", "threshold_rule"]
 
@@ -126,13 +132,13 @@ def decode_parallel(
             canvas, logits, temperature, remasking, reference_quirks, generator, backend
         )
         if not reference_quirks:
-            x0, confidence = _never_the_mask(logits, x0, confidence, canvas.mask_id, remasking)
+            x0, confidence = never_the_mask(logits, x0, confidence, canvas.mask_id, remasking)
         return x0, confidence
 
     # The released loops run until the block is decoded; a model that predicts [MASK] at the most
     # confident position commits nothing and (at T = 0) loops forever. Ours never predicts [MASK]
-    # (`_never_the_mask`); under reference_quirks a block that outlives this many passes stops
-    # with an error instead of hanging.
+    # (`remasking.never_the_mask`); under reference_quirks a block that outlives this many passes
+    # stops with an error instead of hanging.
     limit = max(block_length, steps_per_block or 0) + 1
 
     if cache is None:
@@ -143,23 +149,6 @@ def decode_parallel(
         _decode_with_cache(
             canvas, block_length, num_blocks, steps_per_block, cache, predict, choose, limit
         )
-
-
-def _never_the_mask(logits, x0, confidence, mask_id, remasking):
-    """Where x0 is the [MASK] id, the most likely other token and its (full-softmax) probability:
-    committing [MASK] would change nothing and the block loop could never end."""
-    bad = x0 == mask_id
-    if not bool(bad.any()):
-        return x0, confidence
-    picked = logits[bad].float()
-    probs = torch.softmax(picked, dim=-1)
-    picked[:, mask_id] = -torch.inf
-    alt = picked.argmax(-1)
-    x0 = x0.masked_scatter(bad, alt)
-    if remasking == "low_confidence":
-        p_alt = probs.gather(-1, alt[:, None]).squeeze(-1).to(confidence.dtype)
-        confidence = confidence.masked_scatter(bad, p_alt)
-    return x0, confidence
 
 
 def _check_progress(step_in_block: torch.Tensor, rows: torch.Tensor, limit: int) -> None:

@@ -159,6 +159,25 @@ class EarlyCommitRule(Protocol):
         ...
 
 
+def never_the_mask(logits, x0, confidence, mask_id, remasking):
+    """Where x0 (R, L) is the [MASK] id, the most likely other token and, for low-confidence
+    remasking, its full-softmax probability: committing [MASK] changes nothing, so a loop that
+    runs until every position is decoded could never end. Costs a host sync and, only where x0
+    is [MASK], a softmax over the vocabulary."""
+    bad = x0 == mask_id
+    if not bool(bad.any()):
+        return x0, confidence
+    picked = logits[bad].float()
+    probs = torch.softmax(picked, dim=-1)
+    picked[:, mask_id] = -torch.inf
+    alt = picked.argmax(-1)
+    x0 = x0.masked_scatter(bad, alt)
+    if remasking == "low_confidence":
+        p_alt = probs.gather(-1, alt[:, None]).squeeze(-1).to(confidence.dtype)
+        confidence = confidence.masked_scatter(bad, p_alt)
+    return x0, confidence
+
+
 def split_steps(
     gen_length: int, block_length: int, steps: int, one_block: str | None = None
 ) -> tuple[int, int]:
