@@ -84,7 +84,7 @@ CONFIG_KEYS = {
         [],
     ),
     ("finetune",): (
-        ["model", "data", "method", "prune", "optimizer", "schedule", "train", "eval"],
+        ["model", "data", "method", "prune", "optimizer", "objective", "schedule", "train", "eval"],
         [],
     ),
     ("quickstart",): (["base"], ["runs", "eval_all_validation", "depth_report", "depth_rows"]),

@@ -39,7 +39,8 @@ def _bounded(limit):
 
 def _uncached_window_reference(model, ids, mask, gen_length, window, threshold):
     """Hand loop: every step a full forward of the whole canvas (lm.logits), commit the threshold
-    rule among the `window` leftmost masks. Returns (sequences, steps per row)."""
+    rule among the `window` leftmost masks (tokens: the most likely non-[MASK] one, confidence its
+    full-softmax probability). Returns (sequences, steps per row)."""
     lm = as_masked_diffusion_lm(model)
     canvas = Canvas(lm, ids, gen_length, attention_mask=mask)
     steps = torch.zeros(canvas.batch, dtype=torch.long)
@@ -51,7 +52,9 @@ def _uncached_window_reference(model, ids, mask, gen_length, window, threshold):
             break
         steps[rows] += 1
         logits = lm.logits(canvas.x[rows], canvas.key_mask[rows])
-        confidence, x0 = logits.float().softmax(-1).max(-1)
+        probs = logits.float().softmax(-1)
+        probs[..., canvas.mask_id] = -1.0  # [MASK] is never committed: the best other token
+        confidence, x0 = probs.max(-1)
         m = masked[rows]
         win = m & (m.long().cumsum(1) <= window)
         select = threshold_rule(confidence, win, threshold)
