@@ -25,6 +25,8 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from layerwise_core.hf_cache import additive_mask
+
 __all__ = ["MODEL_TYPE", "BidirectionalLlamaConfig", "BidirectionalLlamaForMaskedDiffusion"]
 
 MODEL_TYPE = "layerwise_bidirectional_llama"
@@ -59,9 +61,7 @@ class BidirectionalLlamaForMaskedDiffusion(LlamaForCausalLM):
         if attention_mask.dtype == torch.bool and self.config._attn_implementation == "eager":
             # transformers' eager attention adds the mask to the scores: a bool mask would add
             # 1 / 0 instead of masking padding keys out, so it becomes 0 / finfo.min here.
-            dtype = self.model.embed_tokens.weight.dtype
-            additive = torch.zeros(attention_mask.shape, dtype=dtype, device=ref.device)
-            attention_mask = additive.masked_fill(~attention_mask, torch.finfo(dtype).min)
+            attention_mask = additive_mask(attention_mask, self.model.embed_tokens.weight.dtype)
         kwargs.pop("use_cache", None)
         return super().forward(
             input_ids=input_ids,

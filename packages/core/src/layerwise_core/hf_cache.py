@@ -9,6 +9,9 @@ the rename and warns on neither.
     from layerwise_core.hf_cache import cache_keyword
 
     backbone(input_ids=x, **{cache_keyword(backbone.forward): cache}, use_cache=True)
+
+Also here, for the same callers: `additive_mask`, because transformers' eager attention adds a 4-D
+mask to the scores as it is (a bool mask would add 1 / 0 instead of masking keys out).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["cache_keyword"]
+import torch
+
+__all__ = ["additive_mask", "cache_keyword"]
 
 
 def cache_keyword(fn: Callable[..., Any]) -> str:
@@ -33,3 +38,10 @@ def cache_keyword(fn: Callable[..., Any]) -> str:
     except (TypeError, ValueError):  # builtins and C functions have no inspectable signature
         return "past_key_values"
     return "cache" if "cache" in parameters else "past_key_values"
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive form of a bool attention mask (True = attend): 0 where allowed, the dtype's
+    minimum elsewhere, for attention that adds the mask to its scores (transformers' eager)."""
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)

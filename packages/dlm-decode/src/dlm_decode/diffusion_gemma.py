@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from dlm_decode.adapters import MaskedDiffusionLM, _config_int, position_ids_from_mask
+from layerwise_core.hf_cache import additive_mask
 
 __all__ = ["block_causal_logits", "block_starts", "describe", "noise_tokens"]
 
@@ -151,8 +152,7 @@ def _attention_mask(allowed: torch.Tensor, model: nn.Module, dtype: torch.dtype)
     if implementation == "sdpa":
         return allowed
     if implementation == "eager":
-        zero = torch.zeros((), dtype=dtype, device=allowed.device)
-        return zero.masked_fill(~allowed, torch.finfo(dtype).min)
+        return additive_mask(allowed, dtype)
     raise ValueError(
         f"DiffusionGemma under dlm_decode needs attn_implementation 'sdpa' or 'eager' (a 4-D "
         f"block-causal mask), got {implementation!r}: load with attn_implementation='sdpa'"

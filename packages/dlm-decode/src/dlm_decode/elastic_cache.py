@@ -74,7 +74,7 @@ from dlm_decode.adapters import MaskedDiffusionLM, position_ids_from_mask
 from dlm_decode.canvas import Canvas
 from dlm_decode.parallel_decoding import threshold_rule
 from dlm_decode.remasking import never_the_mask, token_confidence
-from layerwise_core.hf_cache import cache_keyword
+from layerwise_core.hf_cache import additive_mask, cache_keyword
 
 __all__ = [
     "ElasticCache",
@@ -286,9 +286,7 @@ class _Runner:
         real = self.real[rows]
         mask = real[:, None, None, :].expand(n, 1, q_len, real.shape[1])
         if self.eager:
-            mask = torch.zeros(mask.shape, dtype=h.dtype, device=h.device).masked_fill(
-                ~mask, torch.finfo(h.dtype).min
-            )
+            mask = additive_mask(mask, h.dtype)
         cache = _LayerCache(self.state, l, rows, idx, valid)
         out = self.layers[l](
             h,

@@ -42,7 +42,7 @@ from dlm_decode.adapters import (
     is_native,
     position_ids_from_mask,
 )
-from layerwise_core.hf_cache import cache_keyword
+from layerwise_core.hf_cache import additive_mask, cache_keyword
 
 __all__ = ["BlockKVCache", "cached_logits"]
 
@@ -146,9 +146,7 @@ def cached_logits(
     mask4d = keys[:, None, None, :].expand(batch, 1, query, length)
     backbone = lm.model.get_decoder()
     if _adds_mask_to_scores(lm.model):
-        dtype = lm.model.get_output_embeddings().weight.dtype
-        additive = torch.zeros(mask4d.shape, dtype=dtype, device=x.device)
-        mask4d = additive.masked_fill(~mask4d, torch.finfo(dtype).min)
+        mask4d = additive_mask(mask4d, lm.model.get_output_embeddings().weight.dtype)
     hidden = backbone(
         input_ids=x[:, lo:hi],
         attention_mask=mask4d,

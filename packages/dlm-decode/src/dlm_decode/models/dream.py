@@ -56,7 +56,7 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from dlm_decode.adapters import position_ids_from_mask
-from layerwise_core.hf_cache import cache_keyword
+from layerwise_core.hf_cache import additive_mask, cache_keyword
 
 __all__ = ["MODEL_TYPE", "DreamBaseModel", "DreamConfig", "DreamModel", "bidirectional_mask"]
 
@@ -142,8 +142,7 @@ def bidirectional_mask(
             f"{tuple(attention_mask.shape)}"
         )
     if additive and mask.dtype == torch.bool:
-        zero = torch.zeros((), dtype=dtype, device=mask.device)
-        return torch.where(mask, zero, torch.finfo(dtype).min)
+        return additive_mask(mask, dtype)
     return mask
 
 
