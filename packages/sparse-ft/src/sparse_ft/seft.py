@@ -17,7 +17,9 @@ Dropped deltas are folded into the weight; grown entries start at zero with Adam
 from the accumulated gradient (SpIEL); pruned support entries are replaced by the unpruned
 positions of largest gradient. The target sparsity therefore holds after every optimizer step.
 Dense gradients are formed only on update steps, one layer at a time, inside the backward; the
-controller keeps O(k) candidates (positions and gradients) per matrix.
+controller keeps O(k) candidates (positions and gradients) per matrix. The index-level drop / grow
+step is the dynamic-sparse-training engine's (`sparse_ft.dst.drop_and_grow`, shared with
+NeuroTrails).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from sparse_ft.config import SeftConfig
+from sparse_ft.dst import drop_and_grow
 from sparse_ft.sparse_delta import SparseDeltaLinear
 
 __all__ = [
@@ -45,28 +48,6 @@ def sensitivity(theta: torch.Tensor, grad: torch.Tensor, kind: str = "sensitivit
     if kind == "magnitude":
         return theta.abs()
     return (theta * grad).abs()
-
-
-def drop_and_grow(
-    indices: torch.Tensor,
-    values: torch.Tensor,
-    candidates: torch.Tensor,
-    candidate_scores: torch.Tensor,
-    n: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the n entries of smallest |values|; grow the n candidates of largest score.
-
-    `candidates` are positions outside the support. Fewer candidates than n drop fewer entries, so
-    the support keeps its size. Returns (new sorted support, which candidates were grown).
-    """
-    n = min(n, candidates.numel(), indices.numel())
-    if n == 0:
-        return indices, torch.zeros(0, dtype=torch.long, device=indices.device)
-    dropped = torch.topk(values.abs(), n, largest=False).indices
-    keep = torch.ones(indices.numel(), dtype=torch.bool, device=indices.device)
-    keep[dropped] = False
-    chosen = torch.topk(candidate_scores, n).indices
-    return torch.sort(torch.cat([indices[keep], candidates[chosen]])).values, chosen
 
 
 def _positions_outside(
