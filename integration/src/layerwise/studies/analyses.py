@@ -60,6 +60,7 @@ class AnalysisContext:
     mdm_copies: int
     mask_seed: int
     batch_size: int
+    tokenizer: Any = None  # the run's tokenizer (stages that tokenize text of their own)
 
     _baseline: float | None = None
 

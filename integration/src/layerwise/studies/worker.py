@@ -119,6 +119,7 @@ def analyse(folder: Path, job: dict) -> list[str]:
             mdm_copies=probe["mdm_copies"],
             mask_seed=probe["mask_seed"],
             batch_size=probe["batch_size"],
+            tokenizer=tokenizer,
         )
         for label, config, path in todo:
             started = time.perf_counter()
