@@ -413,3 +413,30 @@ def reference_dlm(session: nox.Session) -> None:
     session.run(
         "nice", "python", str(scripts / "compare.py"), str(out), env=OFFLINE_ENV, external=True
     )
+
+
+@nox.session
+def reference_neurotrails(session: nox.Session) -> None:
+    """sparse_ft's DST engine and multi-head model vs the OFFICIAL NeuroTrails code (not in CI;
+    docs/neurotrails.md, "Reference check"): ERK densities, the cosine prune fraction, a hard
+    prune + gradient regrow, a 12-step DST trajectory (bitwise masks, weights, Adam moments), the
+    soft sampler's statistics and the multi-head / ensemble forward with reference_quirks. The
+    official `language_modeling/` code is imported at run time from LAYERWISE_NEUROTRAILS (a clone
+    of bramgrooten/neurotrails: work tree or git repository), never copied; it runs on CPU under
+    the current transformers (its Llama is self-contained), so one venv serves both sides."""
+    path = os.environ.get("LAYERWISE_NEUROTRAILS", "/work/.mirror/bramgrooten+neurotrails/repo")
+    if not Path(path).exists():
+        session.error(
+            f"LAYERWISE_NEUROTRAILS={path}: no checkout there; set it to a clone of "
+            "github.com/bramgrooten/neurotrails (nox -s reference_neurotrails is not part of CI)"
+        )
+    _install_torch(session)
+    local = [*_workspace_deps("sparse-ft"), "sparse-ft"]
+    session.install(
+        *CONSTRAINTS, "numpy", *[arg for name in local for arg in ("-e", str(DISTS[name]))]
+    )
+    script = ROOT / "packages" / "sparse-ft" / "reference" / "neurotrails_check.py"
+    session.run(
+        "nice", "python", str(script), "--official", path, *session.posargs, env=OFFLINE_ENV,
+        external=True,
+    )  # fmt: skip
