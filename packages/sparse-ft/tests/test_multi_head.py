@@ -272,6 +272,9 @@ def test_ensemble_equals_independent_llamas():
     real = mask.bool()
     for got, ref in zip(out.head_logits, refs, strict=True):
         assert torch.allclose(got[real], ref.logits[real], atol=1e-6, rtol=0)
+    with torch.no_grad():  # export_head of a member is that member
+        exported = model.export_head(1)(ids, attention_mask=mask).logits
+    assert torch.allclose(exported[real], refs[1].logits[real], atol=1e-6, rtol=0)
     # transformers' own causal-LM loss, summed over the members
     assert torch.allclose(out.loss, sum(ref.loss for ref in refs), atol=1e-5)
     # the members are independent models: embeddings differ
