@@ -57,6 +57,7 @@ __all__ = [
     "MultiHeadForCausalLM",
     "MultiHeadOutput",
     "combine_logits",
+    "default_blocks_in_head",
     "head_disagreement",
 ]
 
