@@ -57,7 +57,9 @@ def build_model(
 ):
     """`LlamaForCausalLM(llama_config(preset, vocab_size, **overrides))` with N(0, init_std) weights
     (the bidirectional masked-diffusion Llama for `objective="mdm"`, the MoE / CoE model of
-    `cfg.mlp`), then ELAS (`sparse_ft.ELASConfig(low_rank=cfg.low_rank, mlp=cfg.mlp).apply`
+    `cfg.mlp`, the multi-head `sparse_ft.MultiHeadForCausalLM` of `cfg.heads` with count > 1:
+    each head's copy of the last blocks, norm and LM head drawn from its own parameter names,
+    so the heads start independent), then ELAS (`sparse_ft.ELASConfig(low_rank=cfg.low_rank, mlp=cfg.mlp).apply`
     when `cfg.mlp` is relu2 or `cfg.low_rank` has a rank; saved as model type "elas_llama"), the
     norm scheme of `cfg.norm` (`ln_scaling.NormConfig.apply`; saved as model type "ln_scaling",
     so the Auto classes reload the model once `ln_scaling` is imported) and the simulated
@@ -92,6 +94,11 @@ def _construct(cfg, vocab_size, block_size, eos_token_id, objective, mask_token_
             f"train.block_size {block_size} exceeds model max_position_embeddings "
             f"{config.max_position_embeddings}: raise model.overrides.max_position_embeddings"
         )
+    if objective == "mdm" and cfg.heads.enabled:
+        raise UsageError(
+            f"model.heads={cfg.heads.count} builds a causal multi-head Llama, and objective=mdm "
+            "trains a bidirectional one: use objective=ntp with model.heads, or model.heads=1"
+        )
     if objective == "mdm":
         # a masked-diffusion LM: the same Llama with bidirectional attention and a [MASK] id
         # (the tokenizer's, or one extra id past its vocabulary)
@@ -106,6 +113,9 @@ def _construct(cfg, vocab_size, block_size, eos_token_id, objective, mask_token_
         model = BidirectionalLlamaForMaskedDiffusion(
             BidirectionalLlamaConfig(mask_token_id=mask_token_id, logit_shift=0, **kept)
         )
+    elif cfg.heads.enabled:  # NeuroTrails / TreeNet / full ensemble: sparse_ft.MultiHeadForCausalLM
+        # (ModelConfig refuses other MLPs, norm schemes and low_rank with it)
+        model = cfg.heads.build(config)
     elif cfg.mlp.name in ("moe", "coe"):  # coe_moe.MoEMLPConfig / CoEMLPConfig
         model = cfg.mlp.build(config, init_std=cfg.init_std)
     else:

@@ -9,6 +9,7 @@
                                               #       | relu2: sparse_ft.ReLU2MLPConfig (ELAS)
       low_rank: 128                           # sparse_ft.LowRankConfig (or {rank: 128, ...})
       quant: {format: int4}                   # simulated low-bit training (or `quant: int4`)
+      heads: {count: 3, blocks_in_head: 8}    # sparse_ft.HeadsConfig (or `heads: 3`): NeuroTrails
 
 The norm scheme, the MLP and the low-rank factorisation are their packages' own configs (the MLP
 a tagged choice); only the quantisation switch is written here, since layerwise_kernels (plain
@@ -19,6 +20,13 @@ warm-up) and / or `low_rank: R` (attention and MLP linears as two rank-R factors
 parameterisation); `build_model` applies `sparse_ft.ELASConfig(low_rank=..., mlp=...)` to the
 Llama. Unquoted `activation_sparsity: 2:4` is the YAML 1.1 sexagesimal int 124, which
 `ReLU2MLPConfig` reads as "2:4".
+
+NeuroTrails / TreeNet (arXiv 2505.17909): `heads: K` (K > 1) builds a `sparse_ft`
+`MultiHeadForCausalLM`: the first L - b blocks shared, each of K heads owning a copy of the last
+b blocks (`blocks_in_head: b`; null: round(2L/3), the official split; "all": K independent full
+models, the dense full ensemble), its final norm and its own LM head. It is a dense Pre-LN SwiGLU
+Llama: other MLPs, norm schemes and the low-rank factorisation are refused. Dynamic sparsity is
+the run's `sparsity:` section (`layerwise.train.config`).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from layerwise_core import LLAMA_PRESETS, LayerwiseConfig, check_config_fields, 
 from layerwise_kernels import apply_fake_quant
 from ln_scaling import NormConfig
 from sparse_ft import LowRankConfig, ReLU2MLPConfig
+from sparse_ft.multi_head import HeadsConfig
 
 __all__ = ["MLPS", "ModelConfig", "QuantConfig"]
 
@@ -86,6 +95,9 @@ class ModelConfig(LayerwiseConfig):
     # ELAS / LORO: attention and MLP linears as two rank-r factors (sparse_ft.LowRankLinear);
     # `low_rank: 128` means {rank: 128}; rank null: full rank (the default)
     low_rank: LowRankConfig = Field(default_factory=LowRankConfig)
+    # NeuroTrails / TreeNet: K heads on a shared backbone (`heads: 3` means {count: 3}); count 1:
+    # one model (the default)
+    heads: HeadsConfig = Field(default_factory=HeadsConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -157,6 +169,29 @@ class ModelConfig(LayerwiseConfig):
                 f"model.quant={self.quant.format} fake-quantises nn.Linear layers, not ELAS's "
                 "low-rank factors and 2:4 FFN: use model.quant=none with model.mlp=relu2 / "
                 "model.low_rank"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> ModelConfig:
+        # the multi-head model copies Llama's own decoder layers (sparse_ft.MultiHeadForCausalLM)
+        if not self.heads.enabled:
+            return self
+        other = [
+            (name, value, fix)
+            for name, value, fix, fits in (
+                ("model.mlp", self.mlp.name, "dense", self.mlp.name == "dense"),
+                ("model.norm", self.norm.scheme, "pre_ln", self.norm.scheme == "pre_ln"),
+                ("model.low_rank", self.low_rank.rank, "null", not self.low_rank.enabled),
+            )
+            if not fits
+        ]
+        if other:
+            name, value, fix = other[0]
+            raise ValueError(
+                f"model.heads={self.heads.count} builds a multi-head dense Pre-LN Llama "
+                f"(NeuroTrails), which {name}={value} does not fit: set {name}={fix}, or "
+                "model.heads=1"
             )
         return self
 

@@ -12,6 +12,9 @@ with its `name`, or just the name; `layerwise_core.tagged_choice`):
                   | loro: sparse_ft.LOROConfig (needs model.low_rank)
     spectral      none | alphadecay: spectral_opt.AlphaDecayConfig
                   | llr: spectral_opt.LayerwiseLRConfig
+    sparsity      sparse_ft.DSTConfig: dynamic sparse training (NeuroTrails' prune / regrow of
+                  every Linear / Embedding weight); density 1.0 (the default): dense, off
+    model.heads   sparse_ft.HeadsConfig: K heads on a shared backbone (`layerwise.models.config`)
 
 Every default of a method is its package's (a test compares them); the integration owns only how
 a run is laid out (data, model size, schedule, train). The old layout (`optim:`, `spam:`,
@@ -34,6 +37,7 @@ from layerwise_core import AdamWConfig, LayerwiseConfig, tagged_choice
 from meap import MEAPConfig
 from spam_opt import SPAMConfig, StableSPAMConfig
 from sparse_ft import LOROConfig
+from sparse_ft.dst import DSTConfig
 from spectral_opt import AlphaDecayConfig, LayerwiseLRConfig
 
 __all__ = [
@@ -166,6 +170,9 @@ class PretrainConfig(LayerwiseConfig):
     objective: tagged_choice(OBJECTIVES, default="ntp")  # training loss: ntp | meap | mdm
     optimizer: tagged_choice(OPTIMIZERS, default="adamw")  # adamw | spam | stable_spam | loro
     spectral: tagged_choice(SPECTRAL, default="none")  # none | alphadecay | llr
+    # dynamic sparse training (sparse_ft.DynamicSparsity): masks on every Linear / Embedding
+    # weight, pruned and regrown every `update_every` updates; density 1.0: dense (off)
+    sparsity: DSTConfig = Field(default_factory=DSTConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
@@ -210,11 +217,42 @@ class PretrainConfig(LayerwiseConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _neurotrails_fits(self) -> PretrainConfig:
+        heads = self.model.heads
+        if heads.enabled and self.objective.name != "ntp":
+            raise ValueError(
+                f"model.heads={heads.count} trains each head on next-token prediction (the sum "
+                f"of the heads' losses), not objective={self.objective.name}: use objective=ntp "
+                "with model.heads, or model.heads=1"
+            )
+        if heads.enabled and self.train.log_layer_variance_every:
+            raise ValueError(
+                f"train.log_layer_variance_every reads one stack of decoder blocks, and "
+                f"model.heads={heads.count} has a backbone and {heads.count} heads: set "
+                "train.log_layer_variance_every=0 with model.heads"
+            )
+        if self.sparsity.enabled:
+            if self.model.elas:
+                raise ValueError(
+                    f"sparsity.density={self.sparsity.density} masks nn.Linear / nn.Embedding "
+                    "weights, and ELAS (model.mlp=relu2 / model.low_rank) replaces them: set "
+                    "sparsity.density=1.0 with ELAS, or model.mlp=dense and model.low_rank=null"
+                )
+            if self.model.mlp.name in ("moe", "coe"):
+                raise ValueError(
+                    f"sparsity.density={self.sparsity.density} masks nn.Linear / nn.Embedding "
+                    f"weights, not model.mlp={self.model.mlp.name}'s expert tensors (they would "
+                    "stay dense): set sparsity.density=1.0 with it, or model.mlp=dense"
+                )
+        return self
+
 
 # The fields a resumed run (train.resume=true) may change; any other difference from the
 # checkpoint's configuration refuses the resume (layerwise.train.pretrain). "any": any new value;
 # "increase": a value >= the stored one; "ignored": how this invocation runs, not what the run
-# is. Allowed changes are recorded in out_dir/history.jsonl.
+# is. Allowed changes are recorded in out_dir/history.jsonl. `sparsity.*` and `model.heads.*` are
+# deliberately absent: the masks, their schedule and the model's heads are what the checkpoint is.
 RESUME_SAFE_CHANGES: dict[str, Literal["any", "increase", "ignored"]] = {
     # train longer: the cosine LR schedule (and Stable-SPAM's / LLR's, which follow train.steps)
     # is stretched to the new length from the resumed step on

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from layerwise_core import all_reduce_sum
+from layerwise_core import UsageError, all_reduce_sum
 
 __all__ = ["TrainingVarianceLog"]
 
@@ -41,6 +41,12 @@ class TrainingVarianceLog:
     def __init__(self, model: nn.Module) -> None:
         from depth_probe import LayerVarianceMonitor
 
+        if callable(getattr(model, "decoder_layers", None)):  # PretrainConfig refuses it first
+            raise UsageError(
+                f"train.log_layer_variance_every reads one stack of decoder blocks, and "
+                f"{type(model).__name__} has a backbone and several heads: set "
+                "train.log_layer_variance_every=0"
+            )
         self.monitor = LayerVarianceMonitor(model)
         self._armed = 0
 

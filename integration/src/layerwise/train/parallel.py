@@ -45,6 +45,7 @@ __all__ = [
     "DistributedEnv",
     "autocast",
     "clip_grad_norm",
+    "decoder_layers",
     "gradient_sync",
     "init_distributed",
     "main_process_first",
@@ -133,6 +134,17 @@ def _checkpoint_forward(layer: nn.Module) -> None:
     layer.forward = checkpointed
 
 
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """Every decoder layer of `model`: `model.decoder_layers()` where the model defines it (the
+    multi-head `sparse_ft.MultiHeadForCausalLM`: the backbone's, then each head's), else the
+    block stack `layerwise_core.find_decoder` finds. What FSDP2 shards, activation checkpointing
+    recomputes and `train.compile` compiles, one layer at a time."""
+    own = getattr(model, "decoder_layers", None)
+    if callable(own):
+        return list(own())
+    return list(find_decoder(model).layers)
+
+
 def shards_parameters(parallelism: Parallelism) -> bool:
     """Whether `parallelize` shards the parameters over the processes (FSDP2 in a process group):
     then a model built on the meta device is materialised after `parallelize`, shard by shard
@@ -159,7 +171,7 @@ def parallelize(
     A model on the meta device stays there under FSDP2 (`shards_parameters`): materialise its
     shards afterwards, before building the optimizer (`layerwise.models.init_model_weights`).
     """
-    layers = find_decoder(model).layers
+    layers = decoder_layers(model)
     for layer in layers:
         if activation_checkpointing:
             _checkpoint_forward(layer)
@@ -182,7 +194,8 @@ def parallelize(
         # fully_shard moves the shards to the mesh's device (shards on the meta device stay there)
         for layer in layers:
             fully_shard(layer, mesh=mesh, mp_policy=policy)
-        fully_shard(model, mesh=mesh, mp_policy=policy)  # embeddings, final norm, LM head
+        # the rest: embeddings, final norm(s), LM head(s)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
         return model
     from torch.nn.parallel import DistributedDataParallel
 

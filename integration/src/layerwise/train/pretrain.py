@@ -25,6 +25,23 @@ FFN's 2:4 statistics (`collect_stats`, `sparse_ft.elas_stats`), summed over its 
 processes in one all-reduce: the record carries `activation_sparsity/<module>` (share of zeros of
 ReLU^2) and `dropped_mass_fraction/<module>` (share of the ReLU^2 mass the 2:4 select drops, or
 would drop during the warm-up) per layer, and `PretrainResult.elas_stats` the last ones.
+
+NeuroTrails (arXiv 2505.17909; `model.heads: K`, `sparsity.density: d`, sparse_ft):
+- a multi-head model (`sparse_ft.MultiHeadForCausalLM`) trains on the SUM of its heads'
+  next-token losses (each head's cross-entropy on its own logits, as the official code; not the
+  mean); the train record carries that sum as `loss` and each head's as `loss/head{k}`, and
+  validation scores the combined prediction (`model.heads.combine`) as `loss` / `perplexity`,
+  plus `loss/head{k}`, `ensemble_gain` (mean head loss - combined loss) and `disagreement` (the
+  heads' pairwise top-1 disagreement, `sparse_ft.multi_head.head_disagreement`);
+- dynamic sparse training (`sparsity:`, `sparse_ft.DynamicSparsity`) masks every Linear /
+  Embedding weight once the model is materialised (ERK densities, W *= M), and steps after each
+  optimizer update, before the gradients are zeroed: W *= M, and every `update_every` updates a
+  prune / regrow from the weights and the (all-reduced, clipped) gradients. The masks are the
+  same on every process (seeded generators, full masks); the train record carries `density`
+  (global), `density/<parameter>`, `prune_fraction` (of the last update), `mask_changed` and
+  `mask_updates` (entries changed and update events since the previous record). The engine's
+  state (step, masks, targets) is in every checkpoint (`scheduler.pt`, key "sparsity") and
+  restored on resume; a resume may change neither `sparsity` nor `model.heads`.
 """
 
 from __future__ import annotations
@@ -85,12 +102,15 @@ from layerwise_core import (
     all_reduce_sum,
     barrier,
     lock_run_folder,
+    rank_batch_starts,
     remove_temp_leftovers,
     set_rng_state,
     set_seed,
 )
 from layerwise_kernels import Sparse24Stats
 from sparse_ft import ELASFFN, elas_stats, set_elas_step
+from sparse_ft.dst import DynamicSparsity
+from sparse_ft.multi_head import head_disagreement
 
 __all__ = ["HISTORY", "PretrainResult", "ResumeDriftError", "pretrain"]
 
@@ -114,6 +134,12 @@ class PretrainResult:
     # ELAS: the last train record's 2:4 statistics per FFN module name ({"activation_sparsity",
     # "dropped_mass_fraction"}); None for a model without ELAS FFNs or with no record logged
     elas_stats: dict[str, dict[str, float]] | None = None
+    # dynamic sparsity: the masked tensors' global density at the end (nonzeros / entries of the
+    # masked tensors); None without `sparsity`
+    density: float | None = None
+    # a multi-head model: the final validation's per-head losses, ensemble gain and disagreement
+    # (the keys of its validation record); None for one model or with no final validation
+    final_heads: dict[str, float] | None = None
 
 
 def _ensure_fresh(out: Path, overwrite: bool, main: bool) -> bool:
@@ -280,6 +306,14 @@ def _pretrain(
     )
     if on_meta:  # this process's shards of the initial weights, on its device
         init_model_weights(model, cfg.model.init_std, tc.seed, env.device)
+    # dynamic sparsity: masks from the global shapes and seeded generators (the same on every
+    # process), applied to the initial weights now; None when dense
+    sparsity = (
+        DynamicSparsity(model, cfg.sparsity, tc.steps, seed=tc.seed)
+        if cfg.sparsity.enabled
+        else None
+    )
+    heads = cfg.model.heads.count if cfg.model.heads.enabled else 0  # 0: one model
     optimizer = build_optimizer(cfg, model)
     # LORO restarts its LR schedule after each exact step: a factor on top of warm-up + cosine
     factor = cfg.optimizer.schedule_factor if cfg.optimizer.name == "loro" else None
@@ -300,6 +334,9 @@ def _pretrain(
     sampler = data.training_batches(tc.seed, global_batch)
     log = MetricsLog(out, enabled=main)
     step, pending_loss, pending_steps = 0, 0.0, 0
+    pending_heads = [0.0] * heads  # per-head loss sums since the last record
+    # dynamic sparsity since the last record: entries changed, update events; the last fraction
+    mask_log = {"changed": 0, "updates": 0, "prune_fraction": None}
     if ckpt is not None:
         load_training_state(resume_from, model, optimizer)  # resharded to this run's processes
         _follow_run_length(optimizer, cfg)
@@ -312,6 +349,11 @@ def _pretrain(
         pending_steps = ckpt.trainer_state["pending_steps"]
         if spectral is not None:
             spectral.load_state_dict(ckpt.trainer_state["spectral"])
+        if heads:
+            pending_heads = list(ckpt.trainer_state["pending_head_losses"])
+        if sparsity is not None:  # masks, targets, step count: bitwise (then W *= M)
+            sparsity.load_state_dict(ckpt.scheduler_state["sparsity"])
+            mask_log = dict(ckpt.trainer_state["sparsity_log"])
         set_rng_state(ckpt.rng_state)
     if elas_ffns:  # loaded with the model; set from the step all the same
         set_elas_step(model, step)
@@ -338,9 +380,11 @@ def _pretrain(
     eval_blocks = None if tc.eval_batches is None else tc.eval_batches * B * world
     meter = Throughput(B * A * T, flops_per_token, peak_flops(device, compute_dtype))
 
-    def evaluate() -> PerplexityResult:
+    def evaluate() -> tuple[PerplexityResult, dict[str, float]]:
         with autocast(tc.precision, train_model, device):  # the bare model: no DDP hooks
-            return score(model, data.validation, B, eval_blocks, device)
+            if heads:  # the combined prediction, and each head's
+                return _multi_head_validation(model, data.validation, B, eval_blocks, device)
+            return score(model, data.validation, B, eval_blocks, device), {}
 
     def write_hf(folder: Path) -> None:  # the Hugging Face folder of the checkpoint, sans weights
         model.config.save_pretrained(folder)
@@ -355,6 +399,8 @@ def _pretrain(
             scheduler_state={
                 "scheduler": scheduler.state_dict(),
                 "grad_scaler": None if scaler is None else scaler.state_dict(),
+                # masks (bool tensors, the same on every process), targets, step count
+                "sparsity": None if sparsity is None else sparsity.state_dict(),
             },
             trainer_state={
                 "data": sampler.state_dict(),
@@ -363,6 +409,8 @@ def _pretrain(
                 "world_size": world,
                 "parallelism": tc.parallelism,
                 "spectral": None if spectral is None else spectral.state_dict(),
+                "pending_head_losses": pending_heads,
+                "sparsity_log": mask_log,
             },
             config_yaml=cfg.to_yaml(),
             write_hf=write_hf,
@@ -380,6 +428,7 @@ def _pretrain(
             ffn.collect_stats = will_log
         measure = variance is not None and (step + 1) % tc.log_layer_variance_every == 0
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        step_heads = torch.zeros(heads, dtype=torch.float64, device=device)
         for m in range(A):
             lo = (m * world + rank) * B
             batch = blocks[lo : lo + B].to(device)
@@ -398,6 +447,9 @@ def _pretrain(
                             tc.seed, step, global_batch, batch.shape[1], slice(lo, lo + B)
                         )
                         loss = mdm_loss(train_model, batch, noise)
+                    elif heads:  # the sum of the heads' losses (NeuroTrails)
+                        loss, head_losses = _multi_head_loss(train_model, batch)
+                        step_heads += head_losses.detach().double()
                     else:
                         loss = _train_loss(train_model, batch)
                 (loss / A if scaler is None else scaler.scale(loss / A)).backward()
@@ -407,7 +459,11 @@ def _pretrain(
         if scaler is not None:
             scaler.unscale_(optimizer)
         grad_norm = clip_grad_norm(model.parameters(), clip)
-        mean_loss = (all_reduce_sum(step_loss) / (A * world)).item()
+        if heads:  # one all-reduce for the sum and the heads
+            means = (all_reduce_sum(torch.cat([step_loss.view(1), step_heads])) / (A * world)).cpu()
+            mean_loss, head_means = means[0].item(), means[1:].tolist()
+        else:
+            mean_loss = (all_reduce_sum(step_loss) / (A * world)).item()
         # fp16: an overflowing gradient is the scaler's to skip (and to lower its scale)
         overflow = scaler is not None and not math.isfinite(float(grad_norm))
         if diverged(mean_loss, 0.0 if overflow else grad_norm):  # never applied, never saved
@@ -423,12 +479,24 @@ def _pretrain(
             scaler.step(optimizer)
             scaler.update()
         scheduler.step()
+        # dynamic sparsity: W *= M after the update, and on update steps a prune / regrow from
+        # this step's gradients (not for an fp16 step the scaler skipped: its gradients overflow)
+        if sparsity is not None and not overflow:
+            update = sparsity.step(optimizer)
+            if update is not None:
+                mask_log["updates"] += 1
+                mask_log["prune_fraction"] = float(update["prune_fraction"])
+                mask_log["changed"] += int(
+                    sum(v for k, v in update.items() if k.startswith("changed/"))
+                )
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if elas_ffns:  # the FFNs' 2:4 select starts after model.mlp.warmup_steps updates
             set_elas_step(model, step)
         pending_loss += mean_loss
         pending_steps += 1
+        if heads:
+            pending_heads = [a + b for a, b in zip(pending_heads, head_means)]
         bar.update(1)
         logged = step % tc.log_every == 0 or step == tc.steps
         meter.stop(device, sync=logged)
@@ -443,6 +511,13 @@ def _pretrain(
                 "elapsed_s": round(time.perf_counter() - t0, 3),
                 **meter.record(),  # tokens_per_s per device, mfu (on a GPU of known peak)
             }
+            if heads:
+                for k, total in enumerate(pending_heads):
+                    record[f"loss/head{k}"] = total / pending_steps
+                pending_heads = [0.0] * heads
+            if sparsity is not None:
+                record.update(_sparsity_record(sparsity, mask_log))
+                mask_log = {"changed": 0, "updates": 0, "prune_fraction": None}
             if measure:  # layer_variance/<l>, layer_variance/last
                 record.update(variance.record())
             if elas_ffns:
@@ -454,18 +529,19 @@ def _pretrain(
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
             pending_loss, pending_steps = 0.0, 0
         if tc.eval_every and step % tc.eval_every == 0 and step != tc.steps:
-            log.log(_validation_record(step, evaluate()))
+            log.log(_validation_record(step, *evaluate()))
         if (tc.save_every and step % tc.save_every == 0) or step == end:
             checkpoint()
     bar.close()
     if variance is not None:
         variance.close()
 
-    final_eval = None
+    final_eval, final_heads = None, None
     if step == tc.steps:
-        final_eval = evaluate()
+        final_eval, extras = evaluate()
+        final_heads = extras or None
         if not already_finished:  # resuming a finished run logs nothing twice
-            log.log(_validation_record(step, final_eval))
+            log.log(_validation_record(step, final_eval, extras))
         # a resumed run that trained further replaces final/; a finished one only completes it
         if main:
             _save_final(latest_checkpoint(ckpt_root), out / "final", replace=not already_finished)
@@ -479,6 +555,8 @@ def _pretrain(
         wall_s=time.perf_counter() - t0,
         num_parameters=num_parameters,
         elas_stats=last_elas_stats,
+        density=None if sparsity is None else sparsity.global_density(),
+        final_heads=final_heads,
     )
 
 
@@ -510,14 +588,82 @@ def _reduced_elas_stats(model) -> dict[str, dict[str, float]]:
     return out
 
 
-def _validation_record(step: int, result: PerplexityResult) -> dict:
+def _validation_record(step: int, result: PerplexityResult, extras: dict | None = None) -> dict:
     return {
         "step": step,
         "split": "validation",
         "loss": result.loss,
         "perplexity": result.perplexity,
         "tokens": result.tokens,
+        **(extras or {}),
     }
+
+
+def _sparsity_record(sparsity: DynamicSparsity, mask_log: dict) -> dict[str, float]:
+    """The train-record keys of dynamic sparsity: `density` (global), `density/<parameter>`,
+    `prune_fraction` of the last update (absent before the first), `mask_changed` and
+    `mask_updates` since the previous record."""
+    record: dict[str, float] = {"density": sparsity.global_density()}
+    record.update({f"density/{k}": v for k, v in sparsity.layer_densities().items()})
+    if mask_log["prune_fraction"] is not None:
+        record["prune_fraction"] = mask_log["prune_fraction"]
+    record["mask_changed"] = mask_log["changed"]
+    record["mask_updates"] = mask_log["updates"]
+    return record
+
+
+def _multi_head_loss(model, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """NeuroTrails' training loss on `blocks`: the SUM over heads of each head's next-token
+    cross-entropy (logits upcast to fp32, as `_train_loss`), and the K head losses [K]."""
+    out = model(input_ids=blocks[:, :-1], use_cache=False)
+    targets = blocks[:, 1:].reshape(-1)
+    losses = torch.stack(
+        [F.cross_entropy(z.float().reshape(-1, z.size(-1)), targets) for z in out.head_logits]
+    )
+    return losses.sum(), losses
+
+
+@torch.no_grad()
+def _multi_head_validation(
+    model, blocks, batch_size: int, max_blocks: int | None, device
+) -> tuple[PerplexityResult, dict[str, float]]:
+    """`perplexity` of a multi-head model's combined prediction (`.logits`, the same sums in the
+    same order), and in the same forward passes each head's loss (`loss/head{k}`), the ensemble
+    gain (mean head loss - combined loss) and the heads' pairwise top-1 disagreement
+    (`disagreement`, token-weighted over the batches); all-reduced over the processes."""
+    count = len(blocks) if max_blocks is None else min(len(blocks), max_blocks)
+    if count == 0:
+        raise ValueError("no validation blocks: the validation split is shorter than one block")
+    was_training = model.training
+    model.eval()
+    total = None  # [combined NLL, K head NLLs, disagreement x tokens, tokens]
+    starts, idle = rank_batch_starts(count, batch_size)
+    for start in starts:
+        batch = blocks.gather(range(start, min(start + batch_size, count))).to(device)
+        out = model(input_ids=batch[:, :-1], use_cache=False)
+        targets = batch[:, 1:].reshape(-1)
+        if total is None:
+            total = torch.zeros(len(out.head_logits) + 3, dtype=torch.float64, device=device)
+        nll = [out.logits, *out.head_logits]
+        for i, logits in enumerate(nll):
+            total[i] += F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), targets, reduction="sum"
+            ).double()
+        total[-2] += head_disagreement(out.head_logits) * targets.numel()
+        total[-1] += targets.numel()
+    for _ in range(idle):  # FSDP2: as many (collective) forward passes as the busiest process
+        out = model(input_ids=blocks.gather(range(1)).to(device)[:, :-1], use_cache=False)
+    if total is None:  # this process scored nothing: the size from an idle pass
+        total = torch.zeros(len(out.head_logits) + 3, dtype=torch.float64, device=device)
+    model.train(was_training)
+    total = all_reduce_sum(total)
+    means = (total[:-1] / total[-1]).tolist()
+    loss, head_losses, disagreement = means[0], means[1:-1], means[-1]
+    extras = {f"loss/head{k}": v for k, v in enumerate(head_losses)}
+    extras["ensemble_gain"] = sum(head_losses) / len(head_losses) - loss
+    extras["disagreement"] = disagreement
+    result = PerplexityResult(loss=loss, perplexity=math.exp(loss), tokens=int(total[-1].item()))
+    return result, extras
 
 
 def _follow_run_length(optimizer, cfg: PretrainConfig) -> None:

@@ -10,6 +10,11 @@ lookup; a tied LM head counts once; an MoE layer counts the experts a token visi
 per multiply-add x (forward + 2 in the backward); 12 L d T: the attention scores and their
 weighted sum (L layers, d = heads x head dim, T the sequence length), causal masking not
 subtracted. Activation checkpointing's recomputation is not model FLOPs: MFU does not count it.
+A multi-head model (`sparse_ft.MultiHeadForCausalLM`, NeuroTrails) runs every token through the
+backbone and all K heads: N counts every head's blocks and LM head (each input embedding table,
+one per model of a full ensemble, is a lookup) and L every decoder layer of
+`model.decoder_layers()`. Dynamic sparsity's masks are not subtracted: the hardware multiplies
+the dense matrices, zeros included.
 
     MFU = tokens/s per device x F / peak FLOP/s of the device
 
@@ -65,11 +70,22 @@ def peak_flops_of(name: str, dtype: torch.dtype | None) -> float | None:
     return None
 
 
-def _matmul_weights(model: nn.Module) -> float:
-    """N: weights multiplied per token (see the module docstring)."""
+def _lookups(model: nn.Module) -> set[int]:
+    """ids of the input embedding tables of `model` that are not also an output head (a tied LM
+    head is a matmul)."""
+    if callable(getattr(model, "decoder_layers", None)):  # multi-head: one table per model
+        tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        heads = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+        return tables - heads
     dmap = find_decoder(model)
     embedding = dmap.embed_tokens.weight
     head = getattr(dmap.lm_head, "weight", None)
+    return set() if embedding is head else {id(embedding)}
+
+
+def _matmul_weights(model: nn.Module) -> float:
+    """N: weights multiplied per token (see the module docstring)."""
+    lookups = _lookups(model)
     counted: set[int] = set()
     total = 0.0
     # MoE / Chain-of-Experts layers (coe_moe.CoELayer): in each of its C iterations a token
@@ -90,7 +106,7 @@ def _matmul_weights(model: nn.Module) -> float:
     for p in model.parameters():
         if id(p) in counted or p.dim() < 2:
             continue
-        if p is embedding and p is not head:  # a lookup, unless it is also the LM head
+        if id(p) in lookups:  # a lookup, unless it is also the LM head
             continue
         counted.add(id(p))
         total += p.numel()
@@ -102,7 +118,10 @@ def model_flops_per_token(model: nn.Module, seq_len: int) -> float:
     config = model.config
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    layers = len(find_decoder(model).layers)
+    if callable(getattr(model, "decoder_layers", None)):  # the backbone's and every head's
+        layers = len(model.decoder_layers())
+    else:
+        layers = len(find_decoder(model).layers)
     return 6 * _matmul_weights(model) + 12 * layers * heads * head_dim * seq_len
 
 
