@@ -151,3 +151,24 @@ def test_layerwise_eval_decode_loads_the_mdm_run_as_trained(saved, tmp_path):
     expected = evaluate_decoding(models["mdm"], tokenizer, PROMPTS, None, cfg)
     got = json.loads((tmp_path / "decode.json").read_text())
     assert (got["outputs"], got["nfe"]) == (expected.outputs, expected.nfe)
+
+
+_REGISTERS = """
+import importlib, json, sys
+from transformers import CONFIG_MAPPING
+from layerwise_core import MODEL_PACKAGES
+
+missing = []
+for model_type, package in MODEL_PACKAGES.items():
+    importlib.import_module(package.module)
+    if model_type not in CONFIG_MAPPING:
+        missing.append(f"{model_type}: import {package.module}")
+print(json.dumps(missing))
+"""
+
+
+def test_every_registered_model_type_is_registered_by_the_package_it_names():
+    # layerwise_core.MODEL_PACKAGES tells loaders which package to import for a model type: each
+    # package, imported in a fresh interpreter, must register exactly the types it is named for
+    out = run_python(_REGISTERS).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == []

@@ -9,6 +9,8 @@ config.json, and the package that defines it registers that type with `AutoConfi
     ln_scaling                        ln_scaling                           ln-scaling
     coe                               coe_moe                              coe-moe
     elas_llama                        sparse_ft                            sparse-ft
+    multi_head_llama                  sparse_ft                            sparse-ft
+    llada, Dream                      dlm_decode                           dlm-decode
     layerwise_bidirectional_llama     layerwise_core.bidirectional_llama   'layerwise-core[hf]'
 
 So `import ln_scaling` (say) before `AutoModelForCausalLM.from_pretrained(path)` gives the model as
@@ -60,6 +62,11 @@ MODEL_PACKAGES: dict[str, ModelPackage] = {
     "ln_scaling": ModelPackage("ln_scaling", "ln-scaling", "LayerNorm Scaling / Mix-LN"),
     "coe": ModelPackage("coe_moe", "coe-moe", "Chain-of-Experts / MoE"),
     "elas_llama": ModelPackage("sparse_ft", "sparse-ft", "ELAS (low-rank, 2:4 squared-ReLU) Llama"),
+    "multi_head_llama": ModelPackage(
+        "sparse_ft", "sparse-ft", "NeuroTrails / TreeNet multi-head (or ensemble) Llama"
+    ),
+    "llada": ModelPackage("dlm_decode", "dlm-decode", "LLaDA masked-diffusion LM"),
+    "Dream": ModelPackage("dlm_decode", "dlm-decode", "Dream masked-diffusion LM"),
     "layerwise_bidirectional_llama": ModelPackage(
         "layerwise_core.bidirectional_llama",
         "'layerwise-core[hf]'",

@@ -42,6 +42,14 @@ from sparse_ft.lift import lift_initial_indices, lift_refresh, lift_refresh_due
 from sparse_ft.loro import LOROAdamW, LOROConfig, loro_param_groups
 from sparse_ft.low_rank import LowRankConfig, LowRankLinear
 from sparse_ft.magnitude import lowest_fraction_mask, magnitude_prune_mask
+from sparse_ft.multi_head import (
+    HeadsConfig,
+    MultiHeadConfig,
+    MultiHeadForCausalLM,
+    MultiHeadOutput,
+    combine_logits,
+    head_disagreement,
+)  # registers model type "multi_head_llama"
 from sparse_ft.nm_sparsity import is_nm_sparse, nm_prune_mask, parse_nm
 from sparse_ft.owl import owl_outlier_ratio, owl_sparsities
 from sparse_ft.principal_weight_mask import (
@@ -87,6 +95,7 @@ __all__ = [
     "ElasLlamaConfig",
     "ElasLlamaForCausalLM",
     "GPTQHessian",
+    "HeadsConfig",
     "HessianStatistics",
     "InputNormStatistics",
     "LOROAdamW",
@@ -94,6 +103,9 @@ __all__ = [
     "LiftConfig",
     "LowRankConfig",
     "LowRankLinear",
+    "MultiHeadConfig",
+    "MultiHeadForCausalLM",
+    "MultiHeadOutput",
     "PruneConfig",
     "PruneResult",
     "QuantGrid",
@@ -109,6 +121,7 @@ __all__ = [
     "__version__",
     "apply_elas",
     "capture_block_inputs",
+    "combine_logits",
     "drop_and_grow",
     "effective_weight",
     "elas_stats",
@@ -116,6 +129,7 @@ __all__ = [
     "get_sparse_model",
     "gptq_quantize",
     "grid_quantize",
+    "head_disagreement",
     "is_nm_sparse",
     "layer_sparsities",
     "lift_budget",
