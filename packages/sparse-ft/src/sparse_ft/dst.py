@@ -296,6 +296,15 @@ def _is_output_head(module_name: str) -> bool:
     return module_name.split(".")[-1] == "lm_head"
 
 
+def _optimizer_state(optimizer: torch.optim.Optimizer, param: Tensor) -> dict:
+    """The optimizer's state of `param`, through wrappers that hold the torch optimizer in
+    `.optimizer` (e.g. accelerate's)."""
+    inner = optimizer
+    while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
+        inner = inner.optimizer
+    return getattr(inner, "state", {}).get(param, {})
+
+
 @torch.no_grad()
 def _multiply_(tensor: Tensor, full_mask: Tensor) -> None:
     """tensor *= mask, for a plain tensor or this rank's shard of a DTensor."""
@@ -452,7 +461,7 @@ class DynamicSparsity:
                 target = param if is_dtensor(param) else param.data
                 _zero_(target, grown)
                 if optimizer is not None:
-                    for value in optimizer.state.get(param, {}).values():
+                    for value in _optimizer_state(optimizer, param).values():
                         if isinstance(value, Tensor) and tuple(value.shape) == tuple(param.shape):
                             _zero_(value, grown)
             record[f"changed/{name}"] = int((new != old).sum())
