@@ -22,6 +22,16 @@ from sparse_ft.calibration import (
     run_block,
 )
 from sparse_ft.config import LiftConfig, PruneConfig, QuantizeConfig, SeftConfig
+from sparse_ft.dst import (
+    DSTConfig,
+    DynamicSparsity,
+    cosine_prune_fraction,
+    drop_and_grow,
+    erk_densities,
+    prune_and_regrow,
+    soft_magnitude_keep,
+    uniform_densities,
+)
 from sparse_ft.elas import (
     ELASConfig,
     ElasLlamaConfig,
@@ -67,7 +77,7 @@ from sparse_ft.quantization import (
     quantize,
     save_quantized,
 )
-from sparse_ft.seft import drop_and_grow, seft_budget, sensitivity
+from sparse_ft.seft import seft_budget, sensitivity
 from sparse_ft.shira import to_shira
 from sparse_ft.sparse_delta import SparseDeltaLinear, effective_weight, remap_optimizer_state
 from sparse_ft.sparse_model import SparseFTModel, get_sparse_model, target_linear_names
@@ -91,6 +101,8 @@ __all__ = [
     "METHODS",
     "QUANTIZATION_METHODS",
     "BlockInputs",
+    "DSTConfig",
+    "DynamicSparsity",
     "ELASConfig",
     "ElasLlamaConfig",
     "ElasLlamaForCausalLM",
@@ -122,9 +134,11 @@ __all__ = [
     "apply_elas",
     "capture_block_inputs",
     "combine_logits",
+    "cosine_prune_fraction",
     "drop_and_grow",
     "effective_weight",
     "elas_stats",
+    "erk_densities",
     "fit_grid",
     "get_sparse_model",
     "gptq_quantize",
@@ -150,6 +164,7 @@ __all__ = [
     "principal_weight_indices",
     "principal_weight_mask",
     "prune",
+    "prune_and_regrow",
     "quantize",
     "relu2_sparse24_matmul",
     "remap_optimizer_state",
@@ -159,9 +174,11 @@ __all__ = [
     "seft_budget",
     "sensitivity",
     "set_elas_step",
+    "soft_magnitude_keep",
     "sparsegpt_prune",
     "target_linear_names",
     "to_shira",
+    "uniform_densities",
     "wanda_prune_mask",
     "wanda_scores",
 ]
