@@ -8,9 +8,10 @@ steps t, with the cosine-decayed fraction
 
     p(t) = p_T + (p_0 - p_T) * (1 + cos(pi * t / T)) / 2        (p_0 = 0.5, p_T = 0.005)
 
-    prune:  keep ceil(n * (1 - p)) of the n active entries: the largest |w| ("magnitude"), or a
-            sample without replacement with P proportional to |w|^T ("soft", T = 3, the LM script's
-            magnitude_soft, after Zhang et al. arXiv 2501.19107)
+    prune:  drop the ceil(p * n) active entries of smallest |w| ("magnitude"), or keep a sample of
+            ceil(n * (1 - p)) of the n active entries drawn without replacement with P proportional
+            to |w|^T ("soft", T = 3, the LM script's magnitude_soft, after Zhang et al. arXiv
+            2501.19107)
     regrow: activate the target_l - kept inactive positions of largest |dL/dW| ("gradient", RigL;
             just-pruned positions included), or uniformly random ones ("random", SET)
 
@@ -191,8 +192,8 @@ def prune_and_regrow(
 ) -> tuple[Tensor, Tensor]:
     """One topology update of one tensor (full, not sharded): returns (new bool mask, grown).
 
-    Prune keeps ceil(n (1 - p)) of the n active entries, scored by |W * M| (largest, or sampled
-    for "soft"); regrow activates target - kept positions outside the kept set, just-pruned ones
+    Prune drops the ceil(p n) smallest of the n active entries by |W * M| ("magnitude"), or keeps
+    a sample of ceil(n (1 - p)) of them ("soft"); regrow activates target - kept positions outside the kept set, just-pruned ones
     included, by largest |grad| or uniformly at random. `grown` marks positions active now that
     were not kept (a pruned-and-regrown position counts as grown). With `reference_quirks`, hard
     pruning drops every entry tied at the threshold |w| (the official `> threshold`) and soft
