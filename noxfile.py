@@ -4,6 +4,7 @@
     nox -s "tests_pkg(package='meap')"    build one wheel, install it alone, run its tests
     nox -s "compat(end='newest')"         the newest versions pip resolves (also end='oldest')
     nox -s lint | build | install_check | quickstart | bench | slow | gpu
+    nox -s reference_dlm | reference_neurotrails   against the official code (local checkouts; not CI)
 
 Virtual environments are plain `venv` + pip (never uv: it ignores the local CPU torch wheel and
 downloads a CUDA build). torch is installed first, pinned by constraints.txt.
