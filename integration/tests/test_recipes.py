@@ -40,6 +40,7 @@ class Paper:
     routers: int = 0
     shared_experts: int = 1
     rank: int = 0  # ELAS: attention and FFN linears as two rank-r factors, squared-ReLU FFN
+    heads: tuple[int, int] | None = None  # NeuroTrails: (K heads, b blocks in each head)
 
 
 # GaLore's LLaMA configs (specs/ln-scaling.md table; specs/spam-opt.md: "LLaMA configs of GaLore"),
@@ -93,6 +94,11 @@ PAPERS["depth-recipe-7b"] = Paper(
 PAPERS["depth-recipe-cpu"] = Paper(
     128, 24, 176, 4096, 256, 16, None, kv_hidden=64, experts=8, routers=1, shared_experts=0
 )
+# NeuroTrails (specs/neurotrails.md 3, 7, 9): GaLore's 130M split into 4 shared blocks and K = 3
+# heads of 8 (label: the single model's "130M"; the multi-head net counts 296.5M); the CPU arm
+# (e): d 128, 6 blocks, 3 heads of 4, BPE 2048, 128 tokens x 32
+PAPERS["neurotrails-130m"] = Paper(**{**_galore("130m").__dict__, "label": None, "heads": (3, 8)})
+PAPERS["neurotrails-cpu"] = Paper(128, 6, 352, 2048, 128, 32, None, heads=(3, 4))
 
 
 def hand_count(paper: Paper) -> int:
@@ -102,6 +108,10 @@ def hand_count(paper: Paper) -> int:
         ffn = math.ceil(1.5 * paper.ffn / 64) * 64
         block = 4 * 2 * d * r + 2 * r * (d + ffn) + 2 * d  # q k v o, up + down, two RMSNorms
         return 2 * paper.vocab * d + paper.layers * block + d
+    if paper.heads:  # embedding + s shared blocks + K x (b blocks + final norm + LM head)
+        d, (k, b) = paper.hidden, paper.heads
+        block = 4 * d * d + 3 * d * paper.ffn + 2 * d
+        return paper.vocab * d + (paper.layers - b) * block + k * (b * block + d + paper.vocab * d)
     if not paper.experts:
         return llama_param_count(
             paper.hidden, paper.layers, paper.ffn, paper.vocab, kv_hidden=paper.kv_hidden
@@ -201,6 +211,8 @@ def _switches(cfg) -> dict[str, str]:
         "mlp": cfg.model.mlp.name,
         "quant": cfg.model.quant.format,
         "low_rank": cfg.model.low_rank.enabled,
+        "heads": cfg.model.heads.count,
+        "density": cfg.sparsity.density,
     }
 
 
@@ -212,6 +224,8 @@ PLAIN = dict(
     mlp="dense",
     quant="none",
     low_rank=False,
+    heads=1,
+    density=1.0,
 )
 SWITCHES = {  # recipe name prefix -> the switches that differ from a plain Pre-LN AdamW run
     "lns-": dict(norm="lns"),
@@ -226,6 +240,7 @@ SWITCHES = {  # recipe name prefix -> the switches that differ from a plain Pre-
     "depth-recipe-": dict(mlp="moe"),
     "coe-": dict(mlp="coe"),
     "elas-": dict(optimizer="loro", mlp="relu2", low_rank=True),
+    "neurotrails-": dict(heads=3, density=0.9),
 }
 
 
