@@ -80,7 +80,7 @@ def test_every_subcommand_help_shows_its_defaults():
 # docs/architecture.md): (sections, values)
 CONFIG_KEYS = {
     ("pretrain",): (
-        ["data", "model", "objective", "optimizer", "spectral", "schedule", "train"],
+        ["data", "model", "objective", "optimizer", "spectral", "sparsity", "schedule", "train"],
         [],
     ),
     ("finetune",): (
