@@ -10,6 +10,14 @@ The method and the pruning before it are sparse-ft's own configs, nested as a ta
     prune       sparse_ft.PruneConfig                     none | magnitude | wanda | sparsegpt
     optimizer   adamw: layerwise_core.AdamWConfig
     objective   ntp (next token, the answer's tokens) | mdm (masked diffusion SFT, LLaDA's)
+                | kd: finetune.kd.KDConfig (distillation from a teacher: logit / gkd / seq)
+                | grpo: finetune.grpo.GRPOConfig (group-relative RL with an exact-match reward)
+
+`train.save_every` writes a checkpoint (trainable weights, optimizer, scheduler, data order,
+objective state, RNG) every N optimizer steps; `train.resume=true` continues the run in
+`train.out_dir` from its latest checkpoint, bitwise as if it had never stopped (on CPU).
+A list of such runs, each starting from the previous one's merged model, is a
+`layerwise.finetune.stages.PipelineConfig` (`stages:`).
 
 Every default of a method is its package's (a test compares them), so a run states the values
 of its paper (LIFT's math setting: lr 2e-4, betas [0.9, 0.95], eps 1e-6, weight decay 0). The
@@ -26,6 +34,15 @@ from pydantic import Field, model_validator
 from layerwise.legacy_layout import migrate_finetune
 from layerwise_core import AdamWConfig, LayerwiseConfig, tagged_choice
 from sparse_ft import LiftConfig, PruneConfig, SeftConfig
+
+try:  # issue 23: written alongside; until both land, the package imports without them
+    from layerwise.finetune.kd import KDConfig
+except ImportError:  # pragma: no cover - removed once kd.py is committed
+    KDConfig = None
+try:
+    from layerwise.finetune.grpo import GRPOConfig
+except ImportError:  # pragma: no cover - removed once grpo.py is committed
+    GRPOConfig = None
 
 __all__ = [
     "METHODS",
@@ -88,8 +105,13 @@ METHODS = {"full": None, "lora": LoraConfig, "lift": LiftConfig, "seft": SeftCon
 
 
 # ntp: next-token loss on the answer; mdm: LLaDA's masked-diffusion SFT loss (train/mdm.py) on a
-# bidirectional model whose config has mask_token_id (prompt never masked, EOS padding trained)
+# bidirectional model whose config has mask_token_id (prompt never masked, EOS padding trained);
+# kd / grpo: configs whose build() returns a `finetune.objectives.Objective` the loop calls
 OBJECTIVES = {"ntp": None, "mdm": None}
+if KDConfig is not None:
+    OBJECTIVES["kd"] = KDConfig
+if GRPOConfig is not None:
+    OBJECTIVES["grpo"] = GRPOConfig
 
 
 class FinetuneScheduleConfig(LayerwiseConfig):
@@ -110,6 +132,8 @@ class FinetuneTrainConfig(LayerwiseConfig):
     out_dir: str = "runs/finetune"  # metrics.jsonl, config.yaml, adapter/ or final/, eval.json
     save: bool = True  # write the adapter (lora / lift / seft) or the full model
     overwrite: bool = False  # replace a run already in out_dir (deletes it); else it is refused
+    save_every: int | None = Field(None, ge=1)  # checkpoint every N optimizer steps; null: none
+    resume: bool = False  # continue the run in out_dir from its latest checkpoint (if any)
     grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False)  # max gradient norm; null: none
 
 
@@ -128,7 +152,7 @@ class FinetuneConfig(LayerwiseConfig):
     method: tagged_choice(METHODS, default="lift")  # full | lora | lift | seft
     prune: PruneConfig = Field(default_factory=PruneConfig)  # before training; none by default
     optimizer: tagged_choice({"adamw": AdamWConfig}, default="adamw")
-    objective: tagged_choice(OBJECTIVES, default="ntp")  # training loss: ntp | mdm
+    objective: tagged_choice(OBJECTIVES, default="ntp")  # training loss: ntp | mdm | kd | grpo
     schedule: FinetuneScheduleConfig = Field(default_factory=FinetuneScheduleConfig)
     train: FinetuneTrainConfig = Field(default_factory=FinetuneTrainConfig)
     eval: FinetuneEvalConfig = Field(default_factory=FinetuneEvalConfig)
@@ -146,5 +170,14 @@ class FinetuneConfig(LayerwiseConfig):
                 "objective=mdm trains a masked diffusion LM, which the left-to-right math "
                 "evaluation (data.eval) cannot decode: drop data.eval and evaluate the saved "
                 "model with `layerwise eval decode`"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _resume_or_overwrite(self) -> FinetuneConfig:
+        if self.train.resume and self.train.overwrite:
+            raise ValueError(
+                "train.resume and train.overwrite are both true: resume continues the run in "
+                "train.out_dir, overwrite deletes it; set one of them"
             )
         return self
