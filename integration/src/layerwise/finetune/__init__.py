@@ -1,5 +1,7 @@
 """Fine-tuning pipeline: `method: full | lora | lift | seft` on instruction / answer jsonl, with
-`objective: ntp` (next token) or `mdm` (masked-diffusion SFT, LLaDA's loss); NAP's
+`objective: ntp` (next token), `mdm` (masked-diffusion SFT, LLaDA's loss), `kd` (distillation) or
+`grpo` (RL) through the `Objective` protocol; resumable runs (`train.save_every`,
+`train.resume`); stage pipelines (`stages:`, `PipelineConfig`, `run_pipeline`); NAP's
 independent-trajectory SFT data (`nap_data`)."""
 
 from layerwise.finetune.config import (
@@ -28,19 +30,24 @@ from layerwise.finetune.nap_data import (
     parse_nap_target,
     structure_tokens,
 )
+from layerwise.finetune.objectives import Objective, ObjectiveContext, objective_generator
 from layerwise.finetune.pipeline import (
+    RESUME_SAFE_CHANGES,
     FinetuneResult,
     build_method,
     finetune,
     linear_warmup_decay,
     mdm_sft_loss,
+    merged_model,
 )
+from layerwise.finetune.stages import PipelineConfig, PipelineResult, StageConfig, run_pipeline
 from layerwise.finetune.word_problems import generate_word_problems, write_jsonl
 
 __all__ = [
     "METHODS",
     "OBJECTIVES",
     "PROMPT",
+    "RESUME_SAFE_CHANGES",
     "FinetuneConfig",
     "FinetuneDataConfig",
     "FinetuneEvalConfig",
@@ -49,6 +56,11 @@ __all__ = [
     "FinetuneScheduleConfig",
     "FinetuneTrainConfig",
     "LoraConfig",
+    "Objective",
+    "ObjectiveContext",
+    "PipelineConfig",
+    "PipelineResult",
+    "StageConfig",
     "arithmetic_nap_records",
     "build_method",
     "collate",
@@ -59,10 +71,13 @@ __all__ = [
     "linear_warmup_decay",
     "long_cot_target",
     "mdm_sft_loss",
+    "merged_model",
     "nap_record",
     "nap_target",
+    "objective_generator",
     "parse_nap_target",
     "read_jsonl",
+    "run_pipeline",
     "structure_tokens",
     "write_jsonl",
 ]
