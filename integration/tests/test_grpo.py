@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 from collections import defaultdict
 from contextlib import nullcontext
@@ -471,3 +472,57 @@ def test_loss_equals_trls_grpo_trainer_on_the_same_batch(loss_type):
     kl = logged["kl"][-1]
     assert metrics["kl"] == pytest.approx(kl, rel=1e-5)
     assert metrics["clip_ratio"] == pytest.approx(logged["clip_ratio/region_mean"][-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Through `layerwise finetune` (objective: grpo): stopped in the middle of a num_iterations reuse
+# and resumed, the run equals the uninterrupted one bitwise
+
+
+def test_finetune_with_grpo_resumes_mid_reuse_exactly(tmp_path):
+    from layerwise.finetune import FinetuneConfig, finetune, write_jsonl
+
+    tokenizer = _tokenizer()
+    _model(tokenizer).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    write_jsonl(_records(8), tmp_path / "train.jsonl")
+
+    def config(out, **train):
+        return FinetuneConfig.from_dict(
+            {
+                "model": {"path": str(tmp_path / "model")},
+                "data": {"train": str(tmp_path / "train.jsonl")},
+                "method": "full",
+                "objective": {
+                    "name": "grpo",
+                    "num_generations": 4,
+                    "max_completion_length": 3,
+                    "num_iterations": 2,
+                    "beta": 0.1,
+                },
+                "optimizer": {"lr": 1e-2},
+                "train": {
+                    "steps": 4,
+                    "batch_size": 8,
+                    "grad_accum": 2,
+                    "log_every": 1,
+                    "save_every": 10,
+                    "out_dir": str(tmp_path / out),
+                    **train,
+                },
+            }
+        )
+
+    whole = finetune(config("whole"))
+    assert finetune(config("part"), stop_at=3).stopped  # step 3 reuses step 2's completions
+    resumed = finetune(config("part", resume=True))
+    assert resumed.resumed_from == 3
+    assert resumed.train_losses[-1] == whole.train_losses[-1]
+    for p, q in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+    logged = [
+        json.loads(line) for line in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()
+    ]
+    assert logged[1]["reward"] == logged[0]["reward"] > 0  # step 2 rescores step 1's completions
+    assert logged[1]["kl"] > 0 and logged[1]["clip_ratio"] > 0  # the policy moved off pi_old
+    assert all(0 <= m["frac_reward_zero_std"] <= 1 and "kl" in m for m in logged)

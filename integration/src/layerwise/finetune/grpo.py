@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -45,6 +44,7 @@ from torch import Tensor, nn
 
 from layerwise.finetune.instruction_data import format_prompt
 from layerwise.finetune.objectives import ObjectiveContext, objective_generator
+from layerwise.finetune.rewards import exact_match_reward, format_bonus
 from layerwise_core import LayerwiseConfig, UsageError
 
 __all__ = [
@@ -219,53 +219,10 @@ def completion_logprobs(
 # ---------------------------------------------------------------------------------------------
 # Rewards (spec §4)
 
-try:  # data-eval's module (issue 23); the fallback below follows the same spec rules
-    from layerwise.finetune.rewards import exact_match_reward as _exact_match_reward
-except ImportError:  # pragma: no cover - until layerwise.finetune.rewards lands
-    _exact_match_reward = None
-
-_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-_MARKER = re.compile(r"####\s*(-?\$?\d[\d,]*(?:\.\d+)?)")
-
-
-def _to_number(text: str) -> int | float | None:
-    text = text.replace(",", "").replace("$", "").rstrip(".")
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return int(value) if value.is_integer() else value
-
-
-def _extract_answer(text: str) -> int | float | None:
-    marked = _MARKER.findall(text)
-    if marked:
-        return _to_number(marked[-1])
-    numbers = _NUMBER.findall(text)
-    return _to_number(numbers[-1]) if numbers else None
-
-
-def _fallback_exact_match_reward(
-    prompts: list, completions: list[str], completion_ids: list | None = None, *, answer, **kw
-) -> list[float]:
-    out = []
-    for completion, gold in zip(completions, answer):
-        want = _extract_answer(gold) if isinstance(gold, str) else gold
-        got = _extract_answer(completion)
-        out.append(1.0 if got is not None and want is not None and got == want else 0.0)
-    return out
-
 
 def exact_match(prompts, completions, completion_ids=None, **columns) -> list[float | None]:
-    """The exact-match reward (TRL's reward contract); data-eval's
-    `layerwise.finetune.rewards.exact_match_reward` when it is installed."""
-    fn = _exact_match_reward or _fallback_exact_match_reward
-    return fn(prompts, completions, completion_ids, **columns)
-
-
-def has_marker(completion: str) -> bool:
-    """Whether a completion states its answer as `#### N` (the format bonus)."""
-    return _MARKER.search(completion) is not None
+    """The default reward: `layerwise.finetune.rewards.exact_match_reward` (TRL's contract)."""
+    return exact_match_reward(prompts, completions, completion_ids, **columns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +353,7 @@ class GRPOObjective:
         columns["answer"] = [r[ctx.answer_field] for r in records for _ in range(g)]
         exact = self.reward_fn(prompts, completions, kept, **columns)
         exact_t = _as_rewards(exact)
-        fmt = torch.tensor([float(has_marker(c)) for c in completions])
+        fmt = torch.tensor(format_bonus(prompts, completions, kept, bonus=1.0))
         rewards = exact_t + cfg.format_reward * fmt
         length = completion_mask.sum(1).float().cpu()  # before masking, as TRL logs it
         if cfg.mask_truncated_completions:
