@@ -30,7 +30,6 @@ Every random draw inside `loss` (the lmbda coin, sampling) comes from a generato
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,8 +38,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from layerwise.eval.math_generation import gold_number
 from layerwise.finetune.instruction_data import IGNORE_INDEX, collate, encode_examples
 from layerwise.finetune.objectives import ObjectiveContext, objective_generator
+from layerwise.finetune.rewards import extract_answer
 from layerwise_core import (
     LayerwiseConfig,
     UsageError,
@@ -141,26 +142,6 @@ class KDConfig(LayerwiseConfig):
     def build(self) -> KDObjective:
         """The objective the fine-tuning loop calls (`layerwise.finetune.objectives.Objective`)."""
         return KDObjective(self)
-
-
-def _extract_answer(text: str) -> int | float | None:
-    """The final answer of a completion (spec section 4): the number after the last `####`, else
-    the last number; `,` / `$` / a trailing `.` stripped, 3.0 -> 3; None when there is none.
-    `layerwise.finetune.rewards.extract_answer` is used when it exists (this is its fallback)."""
-    marked = "####" in text
-    tail = text.rsplit("####", 1)[1] if marked else text
-    numbers = re.findall(r"-?\$?\d[\d,]*(?:\.\d+)?", tail)
-    if not numbers:
-        return None
-    token = (numbers[0] if marked else numbers[-1]).replace(",", "").replace("$", "").rstrip(".")
-    value = float(token)
-    return int(value) if value.is_integer() else value
-
-
-try:  # the shared reward's parser (issue 23, data-eval)
-    from layerwise.finetune.rewards import extract_answer
-except ImportError:  # pragma: no cover - until rewards.py lands
-    extract_answer = _extract_answer
 
 
 def _prompt_lengths(labels: Tensor) -> Tensor:
@@ -279,8 +260,9 @@ class KDObjective:
         return traces
 
     def _sample_traces(self, ctx: ObjectiveContext, chunk: int = 16) -> list[dict[str, Any]]:
-        """Rejection sampling: `seq_samples` teacher completions per problem, the correct kept
-        (exact match of `extract_answer` with the record's `final`, else its gold answer's)."""
+        """Rejection sampling: `seq_samples` teacher completions per problem, the correct kept:
+        `rewards.extract_answer` of the completion equals the record's `final` (else the number
+        of its gold answer, `gold_number`), as the exact-match reward scores it."""
         c, tok = self.config, ctx.tokenizer
         prompts = [
             ids[: labels.count(IGNORE_INDEX)]
@@ -303,12 +285,10 @@ class KDObjective:
             )
             for (i, k), completion in zip(part, completions):
                 record = ctx.records[i]
-                gold = record.get("final")
-                if gold is None:
-                    gold = extract_answer(str(record[ctx.answer_field]))
+                gold = gold_number(record.get("final", record[ctx.answer_field]))
                 text = tok.decode(completion, skip_special_tokens=True)
                 answer = extract_answer(text)
-                if answer is not None and gold is not None and float(answer) == float(gold):
+                if answer is not None and answer == gold:
                     rows.append(
                         {
                             ctx.instruction_field: record[ctx.instruction_field],
