@@ -34,6 +34,15 @@ def _logits(p):  # log-probabilities fed as logits: softmax gives p back
     return torch.tensor(p, dtype=torch.float64).log().view(1, 1, 3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread is fastest, and far faster on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---- T4: the losses ---------------------------------------------------------------------------
 def test_kl_directions_match_the_hand_computed_values():
     s, t = _logits(P_S), _logits(P_T)
