@@ -31,18 +31,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from layerwise.finetune.grpo import GRPOConfig
+from layerwise.finetune.kd import KDConfig
 from layerwise.legacy_layout import migrate_finetune
 from layerwise_core import AdamWConfig, LayerwiseConfig, tagged_choice
 from sparse_ft import LiftConfig, PruneConfig, SeftConfig
-
-try:  # issue 23: written alongside; until both land, the package imports without them
-    from layerwise.finetune.kd import KDConfig
-except ImportError:  # pragma: no cover - removed once kd.py is committed
-    KDConfig = None
-try:
-    from layerwise.finetune.grpo import GRPOConfig
-except ImportError:  # pragma: no cover - removed once grpo.py is committed
-    GRPOConfig = None
 
 __all__ = [
     "METHODS",
@@ -107,11 +100,7 @@ METHODS = {"full": None, "lora": LoraConfig, "lift": LiftConfig, "seft": SeftCon
 # ntp: next-token loss on the answer; mdm: LLaDA's masked-diffusion SFT loss (train/mdm.py) on a
 # bidirectional model whose config has mask_token_id (prompt never masked, EOS padding trained);
 # kd / grpo: configs whose build() returns a `finetune.objectives.Objective` the loop calls
-OBJECTIVES = {"ntp": None, "mdm": None}
-if KDConfig is not None:
-    OBJECTIVES["kd"] = KDConfig
-if GRPOConfig is not None:
-    OBJECTIVES["grpo"] = GRPOConfig
+OBJECTIVES = {"ntp": None, "mdm": None, "kd": KDConfig, "grpo": GRPOConfig}
 
 
 class FinetuneScheduleConfig(LayerwiseConfig):
