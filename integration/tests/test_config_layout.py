@@ -34,6 +34,8 @@ INTEGRATION_SECTIONS = {
     "FinetuneScheduleConfig",
     "FinetuneTrainConfig",
     "FinetuneEvalConfig",
+    "KDConfig",  # objectives of the fine-tuning loop (issue 23): no package owns them
+    "GRPOConfig",
     "DecodeConfig",
 }
 
