@@ -195,6 +195,7 @@ def test_pipeline_interrupted_in_stage_two_equals_uninterrupted(files):
     assert stopped.results["lora"].steps == 3 and not (files / "pipe-part/2-lora/final").exists()
     again = run_pipeline(cfg)
     assert again.skipped == ["sft"] and again.results["lora"].resumed_from == 3
+    assert not (files / "pipe-part" / "2-lora" / "checkpoints").exists()  # finished: removed
     for stage in ("1-sft", "2-lora"):
         a, b = files / "pipe-whole" / stage, files / "pipe-part" / stage
         _assert_same_tensors(a / "final", b / "final")

@@ -23,7 +23,8 @@ renamed when complete; `checkpoints/latest` names the newest; older ones are del
 
 `train.resume=true` loads the latest one (refusing a configuration that changed outside
 `RESUME_SAFE_CHANGES`), truncates metrics.jsonl after its step and continues: on CPU the resumed
-run equals an uninterrupted one bitwise. Everything loads with weights_only / safetensors.
+run equals an uninterrupted one bitwise. Everything loads with weights_only / safetensors. A
+pipeline stage (`merged_final`) deletes its checkpoints once its final/ is written.
 
 `train.out_dir` is locked for the whole run (a second writer is refused at once), and a folder
 that already holds a run (an adapter, a model, metrics) is refused unless `train.overwrite=true`
@@ -509,6 +510,9 @@ def _finetune(
         with atomic_directory(out / "final") as tmp:
             wrapped.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+        # a finished stage never resumes: its checkpoints (weights + optimizer) only take space
+        if (out / "checkpoints").exists():
+            _clear_outputs(out, ["checkpoints"])
     return FinetuneResult(
         out_dir=out,
         method=cfg.method.name,
