@@ -431,3 +431,38 @@ def test_claims_must_name_a_stage_and_the_pair(tmp_path):
     )
     with pytest.raises(ConfigError, match="compares the pairs of report.pair"):
         load_study(str(write_study(tmp_path / "b.yaml", no_pair)))
+
+
+def test_builtin_neurotrails_is_the_spec_design():
+    # spec neurotrails.md §9: arms (a)-(h) on the same base; parameter counts by hand with
+    # V 2048, d 128, f 352, L 6: one block P = 4 d^2 + 3 d f + 2 d = 200,960; one model
+    # 2 V d + L P + d = 1,730,176; TreeNet (2 shared, 3 heads of 4) V d + 2 P + 3 (4 P + d + V d)
+    from layerwise.models import build_model
+    from layerwise.studies import load_study
+
+    study = load_study("neurotrails")
+    assert set(study.runs) == {
+        "single", "wide", "ensemble", "treenet", "nt09", "nt045", "static045",
+        "b1", "b2", "b5", "nt09-long", "nt045-long",
+    }  # fmt: skip
+    V, d, f, L = 2048, 128, 352, 6
+    P = 4 * d * d + 3 * d * f + 2 * d
+    single = 2 * V * d + L * P + d
+    treenet = V * d + 2 * P + 3 * (4 * P + d + V * d)
+    expected = {"single": single, "ensemble": 3 * single, "treenet": treenet}
+    for run, count in expected.items():
+        cfg = study.pretrain_config(run, 0)
+        model = build_model(cfg.model, V, cfg.train.block_size, device="meta")
+        assert sum(p.numel() for p in model.parameters()) == count, run
+    dense = {"single", "wide", "ensemble", "treenet"}
+    for run in study.runs:
+        cfg = study.pretrain_config(run, 0)
+        assert cfg.sparsity.density == (
+            1.0 if run in dense else 0.45 if "45" in run or run[0] == "b" else 0.9
+        )
+    assert study.pretrain_config("static045", 0).sparsity.update_every is None
+    assert study.pretrain_config("b1", 0).model.heads.blocks_in_head == 1
+    # the official 1/d-longer runs: steps and warm-up scaled by 1/d
+    base = study.pretrain_config("nt09", 0).train.steps
+    assert study.pretrain_config("nt09-long", 0).train.steps == round(base / 0.9)
+    assert study.pretrain_config("nt045-long", 0).train.steps == round(base / 0.45)
