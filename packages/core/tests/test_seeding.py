@@ -30,3 +30,18 @@ def test_rng_snapshot_restores_every_generator(tmp_path):
     # weights_only=True: the snapshot is tensors and plain values, no pickled Python objects
     set_rng_state(torch_load_safe(tmp_path / "rng.pt"))
     assert (*draw(), random.gauss(0.0, 1.0)) == expected
+
+
+def test_seeded_torch_rng_draws_by_its_seed_and_restores_the_global_state():
+    from layerwise_core import seeded_torch_rng
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    with seeded_torch_rng(7):
+        inside = torch.rand(4)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's stream is untouched
+    torch.manual_seed(999)  # another global state: the same draws inside
+    with seeded_torch_rng(7):
+        assert torch.equal(torch.rand(4), inside)
+    torch.manual_seed(7)
+    assert torch.equal(torch.rand(4), inside)  # exactly torch.manual_seed(seed)'s stream

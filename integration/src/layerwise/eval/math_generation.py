@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from layerwise_core import pad_token_rows
+from layerwise_core import pad_token_rows, seeded_torch_rng
 
 __all__ = [
     "EXTRACTORS",
@@ -242,8 +242,7 @@ def evaluate_math_generation(
         records.append(record)
     if samples:
         device = next(model.parameters()).device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded_torch_rng(seed, device):
             drawn = _generate(
                 model,
                 tokenizer,

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from layerwise.finetune.instruction_data import format_prompt
 from layerwise.finetune.objectives import ObjectiveContext, objective_generator
 from layerwise.finetune.rewards import exact_match_reward, format_bonus
-from layerwise_core import LayerwiseConfig, UsageError
+from layerwise_core import LayerwiseConfig, UsageError, seeded_torch_rng
 
 __all__ = [
     "GRPOConfig",
@@ -397,9 +397,7 @@ class GRPOObjective:
         )
         # HF samples from the global RNG: fork it, seeded by (seed, step, micro) only
         seed = objective_generator(ctx.seed, step, micro).initial_seed()
-        devices = [prompt_ids.device] if prompt_ids.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with seeded_torch_rng(seed, prompt_ids.device):
             out = model.generate(
                 input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation
             )

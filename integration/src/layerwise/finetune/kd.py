@@ -49,6 +49,7 @@ from layerwise_core import (
     load_pretrained,
     pad_token_rows,
     require_model_folder,
+    seeded_torch_rng,
 )
 
 __all__ = [
@@ -167,9 +168,7 @@ def sample_completions(
     ids, mask = pad_token_rows(prompts, pad_token_id, left=True)
     was_training = model.training
     model.eval()
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_torch_rng(seed, device):
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),

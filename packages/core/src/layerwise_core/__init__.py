@@ -79,7 +79,7 @@ from layerwise_core.run_folder import (
     lock_run_folder,
     remove_temp_leftovers,
 )
-from layerwise_core.seeding import get_rng_state, set_rng_state, set_seed
+from layerwise_core.seeding import get_rng_state, seeded_torch_rng, set_rng_state, set_seed
 from layerwise_core.token_inputs import TokenInputs, token_inputs
 from layerwise_core.user_inputs import (
     check_tokenizer_fits,
@@ -173,6 +173,7 @@ __all__ = [
     "renamed_kwargs",
     "require_model_folder",
     "save_safetensors",
+    "seeded_torch_rng",
     "set_rng_state",
     "set_seed",
     "tagged_choice",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-__all__ = ["get_rng_state", "set_rng_state", "set_seed"]
+__all__ = ["get_rng_state", "seeded_torch_rng", "set_rng_state", "set_seed"]
 
 try:  # numpy is optional: record its state only when it is installed
     import numpy as _np
@@ -31,6 +33,20 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@contextmanager
+def seeded_torch_rng(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """Inside: torch's global RNG (and that of `device` if it is a CUDA device) seeded with `seed`;
+    on exit both are back where they were. For library code that draws from the global RNG
+    (Hugging Face `generate(do_sample=True)`): its draws then depend on `seed` alone, and the
+    caller's random state is left untouched."""
+    device = torch.device(device) if device is not None else None
+    with torch.random.fork_rng(
+        devices=[device] if device is not None and device.type == "cuda" else []
+    ):
+        torch.manual_seed(seed)
+        yield
 
 
 def get_rng_state() -> dict[str, Any]:
