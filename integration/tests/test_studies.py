@@ -270,6 +270,30 @@ def test_report_rebuilds_from_results_without_training(parallel_study):
     assert snapshot(out / "runs") == runs
 
 
+def test_snapshot_writes_what_is_finished_elsewhere_without_training(
+    parallel_study, tmp_path, capsys
+):
+    path, out = parallel_study
+    runs = snapshot(out / "runs")
+    to = tmp_path / "snap"
+    assert study_cli(path, "--out", out, "--snapshot", to) == 0
+    assert without_timing(json.loads((to / "results.json").read_text())) == without_timing(
+        json.loads((out / "results.json").read_text())
+    )
+    assert (to / "report.md").read_text() == (out / "report.md").read_text()
+    assert snapshot(out / "runs") == runs  # nothing trained or written in the study
+    # a run not finished yet: listed as not trained, the rest still reported
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    (partial / "runs" / "dlm-s0" / "trained.json").unlink()
+    assert study_cli(path, "--out", partial, "--snapshot", tmp_path / "snap2") == 0
+    results = json.loads((tmp_path / "snap2" / "results.json").read_text())
+    assert results["runs"]["ar"]["seeds"]["0"]["status"] == "trained"
+    assert results["runs"]["dlm"]["seeds"]["0"]["status"] != "trained"
+    assert study_cli(path, "--out", out, "--snapshot", out) == 2  # refused: the study's folder
+    assert "another folder" in capsys.readouterr().err
+
+
 def test_changed_config_of_a_finished_run_is_refused(parallel_study, capsys):
     path, out = parallel_study
     runs = snapshot(out / "runs")

@@ -1,6 +1,8 @@
-"""`layerwise study NAME|FILE [--out DIR] [--jobs N] [--report] [KEY=VALUE ...]`: a controlled
-study (docs/studies.md): every (run, seed) of the YAML trained and analysed in its own process,
-resumable, aggregated into DIR/results.json and DIR/report.md."""
+"""`layerwise study NAME|FILE [--out DIR] [--jobs N] [--report | --snapshot TO] [KEY=VALUE ...]`: a
+controlled study (docs/studies.md): every (run, seed) of the YAML trained and analysed in its own
+process, resumable, aggregated into DIR/results.json and DIR/report.md. `--snapshot TO` writes the
+results and report of what is finished so far into TO, without training (also while the study
+runs: a long sweep's partial results, to commit as they arrive)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from layerwise.commands import config_help
 from layerwise.studies import StudyConfig, list_studies, load_study, run_study, write_report
-from layerwise.studies.runner import RESULTS
+from layerwise.studies.runner import RESULTS, _write_json, aggregate
 from layerwise_core import MissingPathError, UsageError
 
 __all__ = ["CONFIG", "EXAMPLE", "add_arguments", "run"]
@@ -58,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only rebuild report.md and its figures from the folder's results.json",
     )
+    parser.add_argument(
+        "--snapshot",
+        metavar="TO",
+        default=None,
+        help="write results.json and the report of the runs finished so far into TO (nothing "
+        "is trained; works while the study runs)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="study overrides")
 
 
@@ -65,6 +74,19 @@ def run(args: argparse.Namespace) -> int:
     """Run the study (or rebuild its report); 1 if a run failed."""
     study = load_study(args.study, args.overrides)
     out = Path(args.out or Path("runs") / "studies" / study.name)
+    if args.report and args.snapshot:
+        raise UsageError("--report and --snapshot exclude each other: choose one")
+    if args.snapshot:
+        if not (out / "runs").is_dir():
+            raise MissingPathError(f"{out} holds no study runs: pass the study's folder with --out")
+        to = Path(args.snapshot)
+        if to.resolve() == out.resolve():
+            raise UsageError("--snapshot TO must be another folder than the study's (--out)")
+        to.mkdir(parents=True, exist_ok=True)
+        results = aggregate(study, out)  # reads finished files only
+        _write_json(to / RESULTS, results)
+        print(f"snapshot: {to / RESULTS}; report: {write_report(results, to)}")
+        return 0
     if args.report:
         results = out / RESULTS
         if not results.is_file():
