@@ -66,6 +66,10 @@ class FinetuneDataConfig(LayerwiseConfig):
     answer_field: str = "answer"  # key of the target text (its last number is the answer)
     max_length: int = Field(256, ge=8)  # prompt + answer tokens kept per example
     max_eval: int | None = Field(None, ge=1)  # evaluate on the first N held-out problems only
+    # the prompt of training (SFT / KD encoding, GRPO and KD generation) and of the evaluation:
+    # alpaca: the LIFT / math_10k template; chat: the tokenizer's chat template, the instruction as
+    # one user turn plus the assistant's generation prompt (a tokenizer without one is refused)
+    prompt_format: Literal["alpaca", "chat"] = "alpaca"
 
 
 class LoraConfig(LayerwiseConfig):
@@ -127,10 +131,35 @@ class FinetuneTrainConfig(LayerwiseConfig):
 
 
 class FinetuneEvalConfig(LayerwiseConfig):
-    """The generation-based math evaluation after training."""
+    """The generation-based math evaluation after training (`layerwise.eval.math_generation`;
+    its prompts are `data.prompt_format`'s, as in training). Greedy accuracy always; `samples` > 0
+    adds pass@k of that many sampled completions per problem; records with `level_field` are
+    also scored per level."""
 
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
+    # last_number: LIFT's last-number match; marker: the number after the last `#### ` (spec §4)
+    extract: Literal["last_number", "marker"] = "last_number"
+    samples: int = Field(0, ge=0)  # sampled completions per problem for pass@k; 0: greedy only
+    pass_k: list[int] = Field(
+        default_factory=list
+    )  # the k of pass@k (each <= samples); []: samples
+    temperature: float = Field(1.0, gt=0)  # sampling (samples > 0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # 0: off (TRL's convention)
+    seed: int = Field(0, ge=0)  # seeds the sampled completions (the caller's RNG is left alone)
+    level_field: str = "level"  # record key of the difficulty level (per-level scores)
+
+    @model_validator(mode="after")
+    def _pass_k_within_samples(self) -> FinetuneEvalConfig:
+        if self.pass_k and not self.samples:
+            raise ValueError("eval.pass_k needs eval.samples > 0 (n >= every k): set eval.samples")
+        bad = [k for k in self.pass_k if not 1 <= k <= self.samples]
+        if bad:
+            raise ValueError(
+                f"eval.pass_k {bad}: every k must lie in 1..eval.samples={self.samples}"
+            )
+        return self
 
 
 class FinetuneConfig(LayerwiseConfig):

@@ -5,8 +5,8 @@ small-reasoning-lms.md §2-§3).
 Per micro-batch of P prompts (the stage's `batch_size` counts completions, as TRL's does, so
 P = batch_size // num_generations):
 
-1. each prompt (`format_prompt`, the template SFT trains on) is sampled G = `num_generations`
-   times with Hugging Face `generate` (left padding, `temperature` / `top_p` / `top_k`, at most
+1. each prompt (`instruction_data.prompt_text` in the stage's `data.prompt_format`: the prompt
+   SFT trains on and the evaluation uses) is sampled G = `num_generations` times with Hugging Face `generate` (left padding, `temperature` / `top_p` / `top_k`, at most
    `max_completion_length` new tokens; the draws are seeded by (seed, step, micro) only, so a
    resumed stage samples what an uninterrupted one does);
 2. rewards r: exact match of the final answer (`layerwise.finetune.rewards.exact_match_reward`,
@@ -17,18 +17,26 @@ P = batch_size // num_generations):
    logits / temperature, loss = -min(rho A, clip(rho, 1 - epsilon, 1 + epsilon_high) A)
    + beta k3(pi_ref, pi_theta), aggregated by `loss_type` (grpo | bnpo | dapo | dr_grpo).
 
+The loop calls `begin_step` before the micro-batches of an optimizer step with all their records:
+the completions of the whole accumulated step are sampled there (micro-batch m still draws from
+(seed, step, m)), so that `loss_type: dapo` divides every micro-batch's token sum by the completion
+tokens of the whole step, as TRL's `num_items_in_batch` does (the loop's 1 / grad_accum scaling is
+undone: the step's gradient is sum over its tokens / their count). Called without `begin_step`
+(e.g. directly), `loss` samples its own micro-batch and dapo divides by its tokens.
+
 With `num_iterations = 1` pi_old = pi_theta.detach() (rho = 1: the plain policy gradient). With
 `num_iterations = mu > 1`, the completions generated at step s (s % mu == 0) are reused, with
 their pi_old log-probs of generation time, by the same micro-batch index of steps s+1..s+mu-1
-(TRL reuses one generation batch for mu updates); the records the loop hands over on those steps
-are not used (TRL repeats the same prompts instead, so such a stage sees 1/mu of its data order).
-The reused batches live in the objective's `state_dict`, so a resume mid-reuse is exact.
+(TRL reuses one generation batch for mu updates). Those reuse steps take no records from the data
+order (`consumes_records(step)` is False), as TRL repeats the same prompts: every record is
+generated for once per epoch, and an epoch lasts mu times as many steps. The reused batches live
+in the objective's `state_dict`, so a resume mid-reuse is exact.
 
 `beta > 0` scores the completions under a frozen copy of the model as loaded (the reference).
 
-Difference from TRL, by construction of the loop: `loss_type: dapo` divides by the completion
-tokens of the micro-batch (TRL: of the whole accumulated batch); with `grad_accum: 1` the two are
-the same, otherwise it is TRL's `bnpo` averaged over the micro-batches.
+Difference from TRL: TRL shuffles the completions of a generation batch before splitting it into
+micro-batches; here micro-batch m keeps its own prompts' groups (only grpo / bnpo, which average
+per micro-batch, can tell the difference).
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from layerwise.finetune.instruction_data import format_prompt
+from layerwise.finetune.instruction_data import prompt_text
 from layerwise.finetune.objectives import ObjectiveContext, objective_generator
 from layerwise.finetune.rewards import exact_match_reward, format_bonus
 from layerwise_core import LayerwiseConfig, UsageError, seeded_torch_rng
@@ -251,8 +259,9 @@ class GRPOObjective:
         self.reward_fn = reward_fn or exact_match
         self.ctx: ObjectiveContext | None = None
         self.ref_model: nn.Module | None = None
-        self._cache: dict[int, dict[str, Tensor]] = {}  # micro -> generated batch (mu > 1)
-        self._cache_step = -1
+        self._cache: dict[int, dict[str, Tensor]] = {}  # micro -> generated batch
+        self._cache_step = -1  # the step that generated `_cache`
+        self._prepared: tuple[int, int] | None = None  # (step, micro-batches) of `begin_step`
         self._logits_to_keep = False
 
     # -- the interface ------------------------------------------------------------------------
@@ -284,41 +293,90 @@ class GRPOObjective:
             )
         return batch_size // g
 
+    def consumes_records(self, step: int) -> bool:
+        """Whether `step` takes records from the data order: only generation steps do (the
+        `num_iterations` reuse steps rescore the batch generated before, as TRL's do)."""
+        return step % self.config.num_iterations == 0
+
+    def begin_step(self, model: nn.Module, step: int, records: list[list[dict]]) -> None:
+        """Before the micro-batches of `step`: sample every micro-batch's completions (records[m]
+        for micro-batch m) on a generation step, or check that the reused ones are there; their
+        completion tokens then normalise `loss_type: dapo` over the whole step."""
+        self._require_setup()
+        if self.consumes_records(step):
+            self._cache = {m: self.generate(model, r, step, m) for m, r in enumerate(records)}
+            self._cache_step = step
+        else:
+            for micro in range(len(records)):
+                self._check_cache(step, micro)
+            if len(self._cache) != len(records):
+                raise RuntimeError(
+                    f"num_iterations {self.config.num_iterations}: step {self._cache_step} "
+                    f"generated {len(self._cache)} micro-batches, step {step} has {len(records)} "
+                    "(resume with the run's train.grad_accum)"
+                )
+        self._prepared = (step, len(records))
+
     def loss(
         self, model: nn.Module, records: list[dict], batch: dict[str, Tensor], step: int, micro: int
     ) -> tuple[Tensor, dict[str, float]]:
-        """The GRPO loss of one micro-batch (its `batch` of gold answers is not used)."""
-        cfg = self.config
-        if self.ctx is None:
-            raise RuntimeError("call setup(ctx) before loss()")
-        mu = cfg.num_iterations
-        if mu == 1 or step % mu == 0:
+        """The GRPO loss of one micro-batch (its `batch` of gold answers is not used). After
+        `begin_step(step)` the completions come from there (`records` is not read) and dapo
+        divides by the step's completion tokens; otherwise they are sampled here (generation
+        step) or reused (num_iterations reuse step)."""
+        self._require_setup()
+        mu = self.config.num_iterations
+        num_items, accum = None, 1
+        if self._prepared is not None and self._prepared[0] == step:
+            self._check_cache(step, micro)
+            num_items = sum(r["completion_mask"].sum().item() for r in self._cache.values())
+            accum = self._prepared[1]
+            rollout = self._cache[micro]
+        elif self.consumes_records(step):
             rollout = self.generate(model, records, step, micro)
             if mu > 1:
                 if self._cache_step != step:
                     self._cache, self._cache_step = {}, step
-                self._cache[micro] = {k: v.detach().cpu() for k, v in rollout.items()}
+                self._cache[micro] = rollout
         else:
-            if self._cache_step != step - step % mu or micro not in self._cache:
-                raise RuntimeError(
-                    f"num_iterations {mu}: no batch generated at step {step - step % mu} for "
-                    f"micro-batch {micro} (resume from a checkpoint that holds the objective state)"
-                )
-            rollout = {k: v.to(self.ctx.device) for k, v in self._cache[micro].items()}
-        return self._policy_loss(model, rollout)
+            self._check_cache(step, micro)
+            rollout = self._cache[micro]
+        rollout = {k: v.to(self.ctx.device) for k, v in rollout.items()}
+        loss, metrics = self._policy_loss(model, rollout, num_items)
+        if num_items is not None and self.config.loss_type == "dapo":
+            loss = loss * accum  # the loop divides each micro-batch's loss by grad_accum
+        return loss, metrics
+
+    def _require_setup(self) -> None:
+        if self.ctx is None:
+            raise RuntimeError("call setup(ctx) before begin_step() / loss()")
+
+    def _check_cache(self, step: int, micro: int) -> None:
+        mu = self.config.num_iterations
+        if self._cache_step != step - step % mu or micro not in self._cache:
+            raise RuntimeError(
+                f"num_iterations {mu}: no batch generated at step {step - step % mu} for "
+                f"micro-batch {micro} (resume from a checkpoint that holds the objective state)"
+            )
 
     def state_dict(self) -> dict:
-        """The reused generation batches (num_iterations > 1), for an exact resume."""
-        return {"cache_step": self._cache_step, "cache": dict(self._cache)}
+        """The generation batches that later steps reuse (num_iterations > 1; none with 1), on
+        the CPU, for an exact resume."""
+        if self.config.num_iterations == 1:
+            return {"cache_step": -1, "cache": {}}
+        cache = {m: {k: v.detach().cpu() for k, v in r.items()} for m, r in self._cache.items()}
+        return {"cache_step": self._cache_step, "cache": cache}
 
     def load_state_dict(self, state: dict) -> None:
         self._cache_step = int(state.get("cache_step", -1))
         self._cache = {int(k): dict(v) for k, v in state.get("cache", {}).items()}
+        self._prepared = None
 
     # -- generation and scoring ---------------------------------------------------------------
 
     def prompts(self, records: list[dict]) -> list[str]:
-        """The prompt texts: the template the SFT stages train on."""
+        """The prompt texts: the stage's `data.prompt_format` (what SFT trains on and the
+        evaluation uses)."""
         field = self.ctx.instruction_field
         missing = [i for i, r in enumerate(records) if field not in r]
         if missing:
@@ -326,7 +384,8 @@ class GRPOObjective:
                 f"objective grpo: record {missing[0] + 1} lacks {field!r} (its keys: "
                 f"{list(records[missing[0]])}): set data.instruction_field to the prompt's key"
             )
-        return [format_prompt(str(r[field])) for r in records]
+        fmt = getattr(self.ctx, "prompt_format", "alpaca")
+        return [prompt_text(self.ctx.tokenizer, str(r[field]), fmt) for r in records]
 
     @torch.no_grad()
     def generate(
@@ -417,8 +476,10 @@ class GRPOObjective:
     # -- the loss -----------------------------------------------------------------------------
 
     def _policy_loss(
-        self, model: nn.Module, rollout: dict[str, Tensor]
+        self, model: nn.Module, rollout: dict[str, Tensor], num_items: float | None = None
     ) -> tuple[Tensor, dict[str, float]]:
+        """The loss of one rollout; `num_items`: dapo's divisor, the completion tokens of the
+        whole step (None: the rollout's)."""
         cfg = self.config
         mask = rollout["completion_mask"]
         logp = self._logprobs(model, rollout)
@@ -433,7 +494,7 @@ class GRPOObjective:
             kl = k3_kl(logp, rollout["ref_logp"])
             per_token = per_token + cfg.beta * kl
             metrics["kl"] = ((kl.detach() * fmask).sum() / tokens).item()
-        loss = aggregate(per_token, mask, cfg.loss_type, cfg.max_completion_length)
+        loss = aggregate(per_token, mask, cfg.loss_type, cfg.max_completion_length, num_items)
         ratio = torch.exp(logp.detach() - old)
         high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
         a = advantages.unsqueeze(1)

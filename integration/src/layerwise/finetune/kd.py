@@ -23,6 +23,9 @@ Three modes (`KDConfig.mode`):
   and cached in the stage folder (`seq_kd_traces.jsonl`, reused on resume), then plain SFT on
   them. A problem with no correct trace is dropped from its micro-batch.
 
+Prompts (the dataset's, the generation prompts of gkd / seq) follow the stage's
+`data.prompt_format` (`instruction_data.prompt_text`: Alpaca or the tokenizer's chat template).
+
 Every random draw inside `loss` (the lmbda coin, sampling) comes from a generator seeded by
 (seed, step, micro), so a resumed stage equals an uninterrupted one.
 """
@@ -238,6 +241,8 @@ class KDObjective:
             "seed": ctx.seed,
             "problems": len(ctx.records),
         }
+        if _prompt_format(ctx) != "alpaca":  # (caches written before prompt_format stay valid)
+            meta["prompt_format"] = _prompt_format(ctx)
         path, meta_path = Path(ctx.out_dir) / TRACES_FILE, Path(ctx.out_dir) / TRACES_META
         if path.is_file() and meta_path.is_file():
             cached = json.loads(meta_path.read_text())
@@ -266,7 +271,12 @@ class KDObjective:
         prompts = [
             ids[: labels.count(IGNORE_INDEX)]
             for ids, labels in encode_examples(
-                ctx.records, tok, ctx.instruction_field, ctx.answer_field, ctx.max_length
+                ctx.records,
+                tok,
+                ctx.instruction_field,
+                ctx.answer_field,
+                ctx.max_length,
+                _prompt_format(ctx),
             )
         ]
         jobs = [(i, k) for i in range(len(ctx.records)) for k in range(c.seq_samples)]
@@ -389,12 +399,22 @@ class KDObjective:
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return zero, {**metrics, "ce": 0.0}
         examples = encode_examples(
-            chosen, ctx.tokenizer, ctx.instruction_field, ctx.answer_field, ctx.max_length
+            chosen,
+            ctx.tokenizer,
+            ctx.instruction_field,
+            ctx.answer_field,
+            ctx.max_length,
+            _prompt_format(ctx),
         )
         batch = {k: v.to(ctx.device) for k, v in collate(examples, self.pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         ce = _token_ce(logits, batch["labels"])
         return ce, {**metrics, "ce": ce.item()}
+
+
+def _prompt_format(ctx: ObjectiveContext) -> str:
+    """The stage's `data.prompt_format` (the teacher's and the student's prompts)."""
+    return getattr(ctx, "prompt_format", "alpaca")
 
 
 def _token_ce(logits: Tensor, labels: Tensor) -> Tensor:

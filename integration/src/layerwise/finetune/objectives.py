@@ -8,6 +8,20 @@ answer tensors) and calls `loss(model, records, batch, step, micro)`; the loss i
 1 / grad_accum and back-propagated by the loop. `state_dict` / `load_state_dict` carry whatever
 the objective must keep across a checkpoint (exact resume).
 
+Two optional methods (the loop calls them when present; `consumes_records` and `begin_step` here
+apply the defaults):
+
+- `consumes_records(step) -> bool` (default True): False for an optimizer step that takes no
+  records from the data order: the loop passes `records=[]` and `batch={}` for each of its
+  micro-batches. GRPO's `num_iterations` reuse steps (TRL's GRPOTrainer repeats the prompts of a
+  generation batch for mu updates, so every record is generated for, once per epoch). With
+  `train.epochs` (no `train.steps`), a run lasts until epochs * ceil(records / records per step)
+  consuming steps are done, plus the non-consuming steps that follow the last one.
+- `begin_step(model, step, records) -> None`: called once per optimizer step, before its
+  micro-batches, with every micro-batch's records (`records[micro]`, empty lists on a
+  non-consuming step): GRPO samples the completions of the whole accumulated step there, so
+  `loss_type: dapo` divides by the completion tokens of the whole step, as TRL does.
+
 Randomness inside `loss` (sampling, on-policy coin flips) must come from generators seeded by
 (seed, step, micro), never the global RNG, so that a resumed run equals an uninterrupted one.
 `objective_generator` gives such a generator.
@@ -22,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Objective", "ObjectiveContext", "objective_generator"]
+__all__ = ["Objective", "ObjectiveContext", "begin_step", "consumes_records", "objective_generator"]
 
 
 @dataclass
@@ -40,6 +54,9 @@ class ObjectiveContext:
     answer_field: str
     max_length: int
     total_steps: int
+    prompt_format: str = (
+        "alpaca"  # data.prompt_format: build prompts with instruction_data.prompt_text
+    )
 
 
 @runtime_checkable
@@ -72,3 +89,19 @@ def objective_generator(seed: int, step: int, micro: int, device: torch.device |
     run was interrupted and resumed before `step`."""
     mixed = (seed * 1_000_003 + step) * 1_009 + micro
     return torch.Generator(device=device).manual_seed(mixed % (2**63 - 1))
+
+
+def consumes_records(objective: Objective, step: int) -> bool:
+    """Whether optimizer step `step` takes records from the data order (the objective's optional
+    `consumes_records(step)`; True without one)."""
+    method = getattr(objective, "consumes_records", None)
+    return True if method is None else bool(method(step))
+
+
+def begin_step(
+    objective: Objective, model: nn.Module, step: int, records: list[list[dict]]
+) -> None:
+    """Call the objective's optional `begin_step(model, step, records)` (nothing without one)."""
+    method = getattr(objective, "begin_step", None)
+    if method is not None:
+        method(model, step, records)

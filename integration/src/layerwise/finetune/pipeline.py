@@ -7,7 +7,8 @@ evaluation then (`layerwise eval decode` decodes the saved model). `objective: k
 `finetune.objectives.Objective` (distillation, GRPO) that the loop calls per micro-batch.
 
 One optimizer step consumes `batch_size * grad_accum` examples (shuffled each epoch with the run's
-seed; GRPO: `batch_size // num_generations` prompts per micro-batch, as TRL counts completions);
+seed; GRPO: `batch_size // num_generations` prompts per micro-batch, as TRL counts completions,
+and none on its `num_iterations` reuse steps: `objectives.consumes_records`);
 each micro-batch's loss is scaled by 1/grad_accum before backward. AdamW with a linear warm-up
 over `warmup_ratio` of the steps and a linear decay to zero (LIFT's setup); after every optimizer
 step, LIFT refreshes its masks and SEFT updates its topology when due. Optionally the model is
@@ -54,12 +55,18 @@ from layerwise.eval.math_generation import MathEvalResult, evaluate_math_generat
 from layerwise.finetune.config import FinetuneConfig
 from layerwise.finetune.instruction_data import (
     IGNORE_INDEX,
+    check_prompt_format,
     collate,
     encode_examples,
-    format_prompt,
+    prompt_text,
     read_jsonl,
 )
-from layerwise.finetune.objectives import Objective, ObjectiveContext
+from layerwise.finetune.objectives import (
+    Objective,
+    ObjectiveContext,
+    begin_step,
+    consumes_records,
+)
 from layerwise.train.checkpoint import (
     checkpoint_steps,
     latest_checkpoint,
@@ -209,6 +216,14 @@ RESUME_SAFE_CHANGES = (
     "data.max_eval",
     "eval.max_new_tokens",
     "eval.batch_size",
+    "eval.extract",
+    "eval.samples",
+    "eval.pass_k",
+    "eval.temperature",
+    "eval.top_p",
+    "eval.top_k",
+    "eval.seed",
+    "eval.level_field",
 )
 
 CHECKPOINT_FORMAT = "layerwise-finetune/1"
@@ -335,6 +350,8 @@ def _finetune(
         problems = read_jsonl(cfg.data.eval, "data.eval")[: cfg.data.max_eval]
     if model is None:
         model, tokenizer = _load(cfg)
+    prompt_format = cfg.data.prompt_format
+    check_prompt_format(tokenizer, prompt_format)  # chat: the tokenizer must have a template
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     pad_id = (
@@ -350,7 +367,12 @@ def _finetune(
     if cfg.objective.name not in ("ntp", "mdm"):
         objective = cfg.objective.build()
     examples = encode_examples(
-        records, tokenizer, cfg.data.instruction_field, cfg.data.answer_field, cfg.data.max_length
+        records,
+        tokenizer,
+        cfg.data.instruction_field,
+        cfg.data.answer_field,
+        cfg.data.max_length,
+        prompt_format,
     )
     set_seed(tc.seed)
     if cfg.prune.method != "none":  # calibrated on the training examples
@@ -370,7 +392,7 @@ def _finetune(
                 "change train.batch_size (GRPO: a multiple of num_generations)"
             )
     per_step = per_micro * tc.grad_accum
-    total = tc.steps or tc.epochs * math.ceil(len(examples) / per_step)
+    total = tc.steps or _steps_for(objective, tc.epochs * math.ceil(len(examples) / per_step))
     warmup = int(cfg.schedule.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: linear_warmup_decay(s, warmup, total)
@@ -391,6 +413,7 @@ def _finetune(
                 answer_field=cfg.data.answer_field,
                 max_length=cfg.data.max_length,
                 total_steps=total,
+                prompt_format=prompt_format,
             )
         )
     if resume_from is None:
@@ -415,13 +438,22 @@ def _finetune(
     for step in range(start, end):
         step_loss = 0.0
         step_metrics: dict[str, float] = {}
-        for micro in range(tc.grad_accum):
-            if len(run.order) < per_micro:
+        # every micro-batch's records first (none on a step the objective does not consume)
+        consume = objective is None or consumes_records(objective, step)
+        step_chosen: list[list[int]] = []
+        for _ in range(tc.grad_accum):
+            if consume and len(run.order) < per_micro:
                 run.order += torch.randperm(len(examples), generator=generator).tolist()
-            chosen, run.order = run.order[:per_micro], run.order[per_micro:]
-            batch = {
-                k: v.to(device) for k, v in collate([examples[i] for i in chosen], pad_id).items()
-            }
+            chosen = run.order[:per_micro] if consume else []
+            run.order = run.order[len(chosen) :]
+            step_chosen.append(chosen)
+        if objective is not None:
+            begin_step(objective, wrapped, step, [[records[i] for i in c] for c in step_chosen])
+        for micro, chosen in enumerate(step_chosen):
+            batch = {}
+            if chosen:
+                examples_in = [examples[i] for i in chosen]
+                batch = {k: v.to(device) for k, v in collate(examples_in, pad_id).items()}
             if objective is not None:
                 loss, extra = objective.loss(
                     wrapped, [records[i] for i in chosen], batch, step, micro
@@ -482,28 +514,13 @@ def _finetune(
         _save(wrapped, tokenizer, cfg.method.name, out)
     result_eval = None
     if problems is not None:
-        result_eval = evaluate_math_generation(
-            wrapped,
-            tokenizer,
-            problems,
-            format_prompt,
-            question_field=cfg.data.instruction_field,
-            answer_field=cfg.data.answer_field,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            batch_size=cfg.eval.batch_size,
-        )
-        log.log({"step": total, "split": "eval", "accuracy": result_eval.accuracy})
+        result_eval = _evaluate(cfg, wrapped, tokenizer, problems)
+        logged = {"step": total, "split": "eval", "accuracy": result_eval.accuracy}
+        logged.update({f"pass@{k}": v for k, v in result_eval.pass_at.items()})
+        log.log(logged)
         with atomic_write(out / "eval.json", "w") as handle:
-            json.dump(
-                {
-                    "accuracy": result_eval.accuracy,
-                    "correct": result_eval.correct,
-                    "total": result_eval.total,
-                    "records": result_eval.records,
-                },
-                handle,
-                indent=1,
-            )
+            # accuracy, correct, total, per_level, pass_at, per_level_pass_at, then the records
+            json.dump({**result_eval.summary(), "records": result_eval.records}, handle, indent=1)
     log.close()
     if merged_final:  # last: a stage whose final/ exists is finished
         wrapped = merged_model(wrapped, cfg.method.name)
@@ -523,6 +540,49 @@ def _finetune(
         model=wrapped,
         eval=result_eval,
         resumed_from=start if resume_from is not None else None,
+    )
+
+
+def _steps_for(objective: Objective | None, consuming: int) -> int:
+    """Optimizer steps of a run whose data order lasts `consuming` record-consuming steps: up
+    to the next consuming step after the last one (the objective's non-consuming steps, e.g.
+    GRPO's num_iterations reuse, count on top: TRL's epoch of mu updates per batch)."""
+    if objective is None:
+        return consuming
+    step = done = 0
+    while True:
+        if consumes_records(objective, step):
+            if done == consuming:
+                return step
+            done += 1
+        step += 1
+        if step > 1000 * (consuming + 1):
+            raise UsageError(
+                "the objective consumes no records in 1000x the run's steps: set train.steps"
+            )
+
+
+def _evaluate(cfg: FinetuneConfig, model: nn.Module, tokenizer, problems: list[dict]):
+    """The math evaluation with `cfg.eval`'s options on the training prompt
+    (`data.prompt_format`)."""
+    ev, prompt_format = cfg.eval, cfg.data.prompt_format
+    return evaluate_math_generation(
+        model,
+        tokenizer,
+        problems,
+        lambda question: prompt_text(tokenizer, str(question), prompt_format),
+        question_field=cfg.data.instruction_field,
+        answer_field=cfg.data.answer_field,
+        max_new_tokens=ev.max_new_tokens,
+        batch_size=ev.batch_size,
+        extract=ev.extract,
+        samples=ev.samples,
+        pass_k=tuple(ev.pass_k),
+        temperature=ev.temperature,
+        top_p=ev.top_p,
+        top_k=ev.top_k,
+        seed=ev.seed,
+        level_field=ev.level_field,
     )
 
 
