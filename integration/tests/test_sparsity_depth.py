@@ -419,6 +419,8 @@ def test_study_smoke_every_stage_runs(small_data, tmp_path):
         # depth_probe's loss on the windows is the study's loss of the checkpoint
         base = depth["details"]["usefulness"]["base_loss"]
         assert base == pytest.approx(summary["loss"], rel=1e-5)
+        ratios = depth["details"]["usefulness"]["loss_ratio"]
+        assert summary["usefulness_excess"] == pytest.approx(sum(ratios) / len(ratios) - 1)
     assert "layer_variance/last" in (out / "report.md").read_text()
 
 

@@ -125,7 +125,8 @@ class DepthMetricsStage(_Stage):
       the last third (expected: D falls with depth);
     - `usefulness`: U = #useful / L, block l useful iff replacing it by its least-squares affine
       map raises the loss by more than `useful_ratio` (fit on the evaluation windows, as the
-      official code);
+      official code); `usefulness_excess`: the mean over blocks of r_l - 1 (r_l = L_affine / L),
+      a continuous version for tiny models, where no block crosses the 1.10 ratio;
     - `causal`: mean over skipped blocks s of c_s (relative change of later blocks' updates);
     - `permutation`: mean |L_swap - L| / L over all block pairs;
     - `attention_entropy`: mean over layers of the normalised entropy H / log(t + 1) (queries
@@ -172,6 +173,7 @@ class DepthMetricsStage(_Stage):
         if "usefulness" in self.metrics:
             use = dp.usefulness(model, windows, threshold=self.useful_ratio, batch_size=batch)
             summary["usefulness"] = use.score
+            summary["usefulness_excess"] = (use.loss_ratio - 1.0).mean().item()
             details["usefulness"] = use.as_dict()
         if "causal" in self.metrics:
             causal = dp.causal_scores(model, windows, batch_size=batch)
