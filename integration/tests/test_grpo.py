@@ -214,7 +214,7 @@ def _records(n):
     return out
 
 
-def _objective(model, tokenizer, seed=0, **fields):
+def _objective(model, tokenizer, seed=0, prompt_format="alpaca", **fields):
     cfg = GRPOConfig(**{"num_generations": 8, "max_completion_length": 3, **fields})
     objective = cfg.build()
     objective.setup(
@@ -230,6 +230,7 @@ def _objective(model, tokenizer, seed=0, **fields):
             answer_field="answer",
             max_length=64,
             total_steps=1,
+            prompt_format=prompt_format,
         )
     )
     return objective
@@ -393,15 +394,18 @@ class _Accelerator:
     gather_for_metrics = gather
 
 
-def _trl_trainer(model, cfg: GRPOConfig):
-    """A GRPOTrainer without its __init__: the attributes `_compute_loss` reads."""
+def _trl_trainer(model, cfg: GRPOConfig, grad_accum: int = 1):
+    """A GRPOTrainer without its __init__: the attributes `_compute_loss` reads (TRL's default
+    steps_per_generation = gradient_accumulation_steps: one generation batch per step)."""
     from trl import GRPOTrainer
 
     trainer = object.__new__(GRPOTrainer)
     fields = {
         "model": model,
         "accelerator": _Accelerator(),
-        "args": SimpleNamespace(delta=None, use_bias_correction_kl=False, steps_per_generation=1),
+        "args": SimpleNamespace(
+            delta=None, use_bias_correction_kl=False, steps_per_generation=grad_accum
+        ),
         "beta": cfg.beta,
         "loss_type": cfg.loss_type,
         "epsilon_low": cfg.epsilon,
@@ -414,7 +418,7 @@ def _trl_trainer(model, cfg: GRPOConfig):
         "vllm_importance_sampling_correction": False,
         "aux_loss_enabled": False,
         "_entropy_bonus_enabled": False,
-        "current_gradient_accumulation_steps": 1,
+        "current_gradient_accumulation_steps": grad_accum,
         "_metrics": {"train": defaultdict(list), "eval": defaultdict(list)},
     }
     for name, value in fields.items():
@@ -474,6 +478,83 @@ def test_loss_equals_trls_grpo_trainer_on_the_same_batch(loss_type):
     assert metrics["clip_ratio"] == pytest.approx(logged["clip_ratio/region_mean"][-1])
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo"])
+def test_accumulated_step_equals_trls_with_grad_accum_two(loss_type):
+    """grad_accum 2 through `begin_step` (the loop's path): each micro-batch's loss / 2 (the
+    loop's scaling) equals TRL's `_compute_loss` with gradient_accumulation_steps 2 and
+    num_items_in_batch the completion tokens of both micro-batches (dapo divides by those),
+    and so do the accumulated gradients."""
+    pytest.importorskip("trl")
+    from trl.trainer.utils import add_fused_lm_head
+
+    tokenizer = _tokenizer()
+    model = _model(tokenizer)
+    cfg = GRPOConfig(
+        num_generations=4,
+        max_completion_length=5,
+        temperature=0.7,
+        beta=0.05,
+        epsilon_high=0.28,
+        num_iterations=2,
+        loss_type=loss_type,
+    )
+    objective = _objective(model, tokenizer, seed=2, **cfg.model_dump())  # 35 + 40 tokens
+    records = _records(4)
+    objective.begin_step(model, 0, [records[:2], records[2:]])
+    g = torch.Generator().manual_seed(0)
+    for rollout in objective._cache.values():  # old / reference log-probs off the policy's
+        shape = rollout["completion_ids"].shape
+        rollout["old_logp"] = rollout["old_logp"] + 0.3 * torch.randn(shape, generator=g)
+        rollout["ref_logp"] = rollout["ref_logp"] + 0.3 * torch.randn(shape, generator=g)
+        rollout["advantages"] = torch.randn(8, generator=g)
+    masks = [objective._cache[m]["completion_mask"] for m in (0, 1)]
+    assert masks[0].sum() != masks[1].sum()  # dapo's step-wide normaliser differs from bnpo's
+
+    theirs_model = copy.deepcopy(model)
+    add_fused_lm_head(theirs_model, temperature=cfg.temperature, outputs=("log_probs", "entropy"))
+    theirs_model.train()  # TRL scales by the accumulation in training mode only
+    trainer = _trl_trainer(theirs_model, cfg, grad_accum=2)
+    total = masks[0].sum() + masks[1].sum()
+    for micro in (0, 1):
+        ours, _ = objective.loss(model, [], {}, 0, micro)
+        rollout = objective._cache[micro]
+        inputs = {
+            "prompt_ids": rollout["prompt_ids"],
+            "prompt_mask": rollout["prompt_mask"],
+            "completion_ids": rollout["completion_ids"],
+            "completion_mask": rollout["completion_mask"],
+            "advantages": rollout["advantages"],
+            "old_per_token_logps": rollout["old_logp"],
+            "ref_per_token_logps": rollout["ref_logp"],
+            "num_items_in_batch": total,
+        }
+        theirs = trainer._compute_loss(theirs_model, inputs)
+        assert (ours / 2).item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-7)
+        (ours / 2).backward()
+        theirs.backward()
+    for (name, p), q in zip(model.named_parameters(), theirs_model.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_chat_prompt_format_builds_the_templates_prompt():
+    from layerwise_core import UsageError
+
+    tokenizer = _tokenizer()
+    model = _model(tokenizer)
+    records = _records(2)
+    with pytest.raises(UsageError, match="needs a tokenizer with a chat template"):
+        _objective(model, tokenizer, prompt_format="chat").generate(model, records, 0, 0)
+    tokenizer.chat_template = (  # its words are in the vocabulary: "What is 0 + 1 ? ="
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %} ={% endif %}"
+    )
+    objective = _objective(model, tokenizer, prompt_format="chat")
+    assert objective.prompts(records[:1]) == ["What is 0 + 1 ? ="]
+    rollout = objective.generate(model, records, 0, 0)
+    first = rollout["prompt_ids"][0][rollout["prompt_mask"][0].bool()]
+    assert tokenizer.decode(first) == "What is 0 + 1 ? ="
+
+
 # ---------------------------------------------------------------------------------------------
 # Through `layerwise finetune` (objective: grpo): stopped in the middle of a num_iterations reuse
 # and resumed, the run equals the uninterrupted one bitwise
@@ -526,3 +607,56 @@ def test_finetune_with_grpo_resumes_mid_reuse_exactly(tmp_path):
     assert logged[1]["reward"] == logged[0]["reward"] > 0  # step 2 rescores step 1's completions
     assert logged[1]["kl"] > 0 and logged[1]["clip_ratio"] > 0  # the policy moved off pi_old
     assert all(0 <= m["frac_reward_zero_std"] <= 1 and "kl" in m for m in logged)
+
+
+def test_reuse_steps_take_no_records_and_an_epoch_generates_for_each_record_once(
+    tmp_path, monkeypatch
+):
+    """num_iterations 2, one epoch of 8 records at 2 prompts per step (grad_accum 2): TRL's
+    schedule, 8 steps (4 generation steps, each followed by a reuse step that gets no records);
+    every record is sampled for exactly once, in the run's shuffled data order."""
+    from layerwise.finetune import FinetuneConfig, finetune, write_jsonl
+    from layerwise.finetune.grpo import GRPOObjective
+
+    tokenizer = _tokenizer()
+    _model(tokenizer).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    records = [{**r, "id": i} for i, r in enumerate(_records(8))]
+    write_jsonl(records, tmp_path / "train.jsonl")
+    handed, generated = {}, []
+    real_begin, real_generate = GRPOObjective.begin_step, GRPOObjective.generate
+
+    def begin_step(self, model, step, step_records):
+        handed[step] = [[r["id"] for r in micro] for micro in step_records]
+        return real_begin(self, model, step, step_records)
+
+    def generate(self, model, micro_records, step, micro):
+        generated.append((step, micro, [r["id"] for r in micro_records]))
+        return real_generate(self, model, micro_records, step, micro)
+
+    monkeypatch.setattr(GRPOObjective, "begin_step", begin_step)
+    monkeypatch.setattr(GRPOObjective, "generate", generate)
+    cfg = FinetuneConfig.from_dict(
+        {
+            "model": {"path": str(tmp_path / "model")},
+            "data": {"train": str(tmp_path / "train.jsonl")},
+            "method": "full",
+            "objective": {
+                "name": "grpo",
+                "num_generations": 4,
+                "max_completion_length": 3,
+                "num_iterations": 2,
+            },
+            "optimizer": {"lr": 1e-3},
+            "train": {"batch_size": 4, "grad_accum": 2, "out_dir": str(tmp_path / "run")},
+        }
+    )
+    result = finetune(cfg)
+    assert result.steps == 8 and len(result.train_losses) == 8
+    assert [handed[s] for s in (1, 3, 5, 7)] == [[[], []]] * 4
+    assert [(s, m) for s, m, _ in generated] == [(s, m) for s in (0, 2, 4, 6) for m in (0, 1)]
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(0)).tolist()
+    assert [i for _, _, ids in generated for i in ids] == order
+    assert [handed[s] for s in (0, 2, 4, 6)] == [
+        [order[j : j + 1], order[j + 1 : j + 2]] for j in (0, 2, 4, 6)
+    ]
