@@ -4,7 +4,9 @@ reload to the same outputs; prompt masking, padding and the LR schedule by hand.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -170,3 +172,142 @@ def test_config_errors_name_the_field(tiny_run_files):
         _config(tiny_run_files, "dora")
     with pytest.raises(ValueError, match="model.path"):
         finetune(FinetuneConfig.from_dict({"data": {"train": str(tiny_run_files / "train.jsonl")}}))
+
+
+# ---- data.prompt_format: chat, and the evaluation options ----------------------------------------
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_model(tiny_run_files):
+    """The tiny model folder with a chat template saved in its tokenizer."""
+    from transformers import AutoTokenizer
+
+    folder = tiny_run_files / "chat-model"
+    shutil.copytree(tiny_run_files / "model", folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_chat_prompt_format_encodes_one_user_turn_and_a_tokenizer_without_one_is_refused(
+    tiny_run_files, chat_model
+):
+    from transformers import AutoTokenizer
+
+    from layerwise.finetune.instruction_data import prompt_text
+    from layerwise_core import UsageError
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_model)  # the template came back from disk
+    record = {"instruction": "Add 2 and 3.", "answer": "2 + 3 = 5"}
+    expected = "<|user|>\nAdd 2 and 3.\n<|assistant|>\n"  # CHAT_TEMPLATE by hand
+    assert prompt_text(tokenizer, record["instruction"], "chat") == expected
+    [(ids, labels)] = encode_examples([record], tokenizer, prompt_format="chat")
+    prompt = tokenizer(expected, add_special_tokens=False)["input_ids"]
+    answer = tokenizer(record["answer"], add_special_tokens=False)["input_ids"]
+    assert ids == prompt + answer + [tokenizer.eos_token_id]
+    assert labels == [-100] * len(prompt) + answer + [tokenizer.eos_token_id]  # answer only
+    plain = AutoTokenizer.from_pretrained(tiny_run_files / "model")
+    with pytest.raises(UsageError, match="needs a tokenizer with a chat template"):
+        encode_examples([record], plain, prompt_format="chat")
+    out = tiny_run_files / "run-chat-refused"
+    cfg = _config(tiny_run_files, "full", **{"data.prompt_format": "chat", "train.out_dir": out})
+    with pytest.raises(UsageError, match="set data.prompt_format=alpaca"):
+        finetune(cfg)
+    assert not (out / "config.yaml").exists()  # refused before anything is written
+
+
+def test_chat_run_trains_and_evaluates_on_one_prompt_with_the_eval_options(
+    tiny_run_files, chat_model, monkeypatch
+):
+    """data.prompt_format=chat: the training examples' prompts (the -100 labels) and the
+    evaluation's prompts are the chat template's; eval.* reach evaluate_math_generation and
+    eval.json holds its summary() (per level, pass@k) and the records."""
+    from transformers import AutoTokenizer
+
+    from layerwise.finetune import pipeline
+    from layerwise.finetune.instruction_data import prompt_text
+
+    problems = [
+        {**p, "difficulty": 1 + i % 2} for i, p in enumerate(generate_word_problems(4, seed=2))
+    ]
+    write_jsonl(problems, tiny_run_files / "eval-levels.jsonl")
+    trained, evaluated = [], {}
+    real_encode, real_eval = pipeline.encode_examples, pipeline.evaluate_math_generation
+
+    def encode(*args, **kwargs):
+        out = real_encode(*args, **kwargs)
+        trained.extend(ids[: labels.count(-100)] for ids, labels in out)
+        return out
+
+    def evaluate(*args, **kwargs):
+        result = real_eval(*args, **kwargs)
+        evaluated.update(kwargs, result=result)
+        return result
+
+    monkeypatch.setattr(pipeline, "encode_examples", encode)
+    monkeypatch.setattr(pipeline, "evaluate_math_generation", evaluate)
+    options = {
+        "extract": "marker",
+        "samples": 3,
+        "pass_k": [1, 3],
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 5,
+        "seed": 3,
+        "level_field": "difficulty",
+    }
+    cfg = _config(
+        tiny_run_files,
+        "full",
+        **{
+            "model.path": chat_model,
+            "data.prompt_format": "chat",
+            "data.eval": tiny_run_files / "eval-levels.jsonl",
+            "train.out_dir": tiny_run_files / "run-chat",
+            **{f"eval.{k}": v for k, v in options.items()},
+        },
+    )
+    result = finetune(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(chat_model)
+    train = [json.loads(line) for line in (tiny_run_files / "train.jsonl").read_text().splitlines()]
+    assert [tokenizer.decode(ids) for ids in trained] == [
+        prompt_text(tokenizer, r["instruction"], "chat") for r in train
+    ]
+    assert {k: evaluated[k] for k in options} == {**options, "pass_k": (1, 3)}
+    report = json.loads((result.out_dir / "eval.json").read_text())
+    assert [r["prompt"] for r in report["records"]] == [
+        prompt_text(tokenizer, p["instruction"], "chat") for p in problems[:4]
+    ]
+    assert all(len(r["samples"]) == 3 for r in report["records"])
+    summary = json.loads(json.dumps(evaluated["result"].summary()))  # JSON keys are strings
+    assert {k: v for k, v in report.items() if k != "records"} == summary
+    assert set(report["pass_at"]) == {"1", "3"} and set(report["per_level"]) == {"1", "2"}
+    logged = [
+        json.loads(line) for line in (result.out_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert logged[-1]["pass@3"] == report["pass_at"]["3"]
+
+
+def test_eval_options_are_checked_and_resume_safe(tiny_run_files):
+    from layerwise.finetune.pipeline import config_changes
+    from layerwise_core import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.pass_k needs eval.samples"):
+        _config(tiny_run_files, "full", **{"eval.pass_k": "[2]"})
+    with pytest.raises(ConfigError, match=r"1..eval.samples=2"):
+        _config(tiny_run_files, "full", **{"eval.samples": 2, "eval.pass_k": "[4]"})
+    base = _config(tiny_run_files, "full")
+    changed = _config(
+        tiny_run_files,
+        "full",
+        **{"eval.samples": 4, "eval.extract": "marker", "data.prompt_format": "chat"},
+    )
+    # the evaluation after training may change on a resume; the training prompt may not
+    assert config_changes(base.to_dict(), changed.to_dict()) == {
+        "data.prompt_format": ["alpaca", "chat"]
+    }
