@@ -148,7 +148,7 @@ def _student(pair, seed=0):
     return tiny_llama(seed=seed, **pair["fields"])
 
 
-def _setup(pair, model, out_dir, **fields):
+def _setup(pair, model, out_dir, prompt_format="alpaca", **fields):
     objective = KDConfig(teacher=str(pair["root"] / "teacher"), **fields).build()
     out_dir.mkdir(parents=True, exist_ok=True)
     objective.setup(
@@ -164,6 +164,7 @@ def _setup(pair, model, out_dir, **fields):
             answer_field="answer",
             max_length=MAX_LENGTH,
             total_steps=50,
+            prompt_format=prompt_format,
         )
     )
     return objective
@@ -293,6 +294,56 @@ def test_seq_kd_keeps_correct_traces_caches_them_and_trains_on_them(pair, tmp_pa
     ]
     assert all(t["answer"] == f"so #### {golds[format_prompt(t['instruction'])]}" for t in traced)
     expected = student(**_batch(pair, traced)).loss
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_seq_kd_with_a_chat_template_prompts_the_teacher_and_trains_with_it(
+    pair, tmp_path, monkeypatch
+):
+    """prompt_format chat: the teacher is prompted with the chat template's text (one user turn
+    + generation prompt), the cache records the format, and the SFT loss is on chat examples."""
+    import copy
+
+    from transformers import LlamaForCausalLM
+
+    from layerwise.finetune.instruction_data import prompt_text
+    from layerwise.finetune.kd import TRACES_META
+
+    tok = copy.deepcopy(pair["tokenizer"])
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    records = pair["records"][:3]
+    by_prompt = {f"<|user|>\n{r['instruction']}\n<|assistant|>\n": r for r in records}
+    seen = []
+
+    def fake_generate(self, *, input_ids, attention_mask, **kwargs):
+        rows = []
+        for row, m in zip(input_ids, attention_mask):
+            prompt = tok.decode(row[m.bool()], skip_special_tokens=True)
+            seen.append(prompt)
+            gold = by_prompt[prompt]["answer"].rsplit(" ", 1)[1].rstrip(".")
+            rows.append(tok(f"so #### {gold}", add_special_tokens=False)["input_ids"])
+        tail = torch.full((len(rows), max(map(len, rows))), tok.pad_token_id)
+        for i, r in enumerate(rows):
+            tail[i, : len(r)] = torch.tensor(r)
+        return torch.cat([input_ids, tail], 1)
+
+    monkeypatch.setattr(LlamaForCausalLM, "generate", fake_generate)
+    student = _student(pair)
+    chat_pair = {**pair, "records": records, "tokenizer": tok}
+    objective = _setup(chat_pair, student, tmp_path, "chat", mode="seq", seq_samples=1)
+    assert seen == list(by_prompt)  # every problem, prompted in the chat template
+    assert json.loads((tmp_path / TRACES_META).read_text())["prompt_format"] == "chat"
+    loss, metrics = objective.loss(student, records, {}, 0, 0)
+    assert metrics["kept_problems"] == 3
+    traced = [{**r, "answer": objective.traces[r["instruction"]][0]} for r in records]
+    examples = encode_examples(traced, tok, max_length=MAX_LENGTH, prompt_format="chat")
+    assert tok.decode(examples[0][0][: examples[0][1].count(IGNORE_INDEX)]) == prompt_text(
+        tok, records[0]["instruction"], "chat"
+    )
+    expected = student(**collate(examples, tok.pad_token_id)).loss
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
