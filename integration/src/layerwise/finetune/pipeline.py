@@ -14,6 +14,11 @@ over `warmup_ratio` of the steps and a linear decay to zero (LIFT's setup); afte
 step, LIFT refreshes its masks and SEFT updates its topology when due. Optionally the model is
 pruned first (`prune`, sparse_ft.PruneConfig), e.g. Wanda 50% then SEFT.
 
+Prompts follow `data.prompt_format` (Alpaca, or the tokenizer's chat template: refused when the
+tokenizer has none) in training, in the objectives' sampling and in the evaluation after training
+(`eval.*`: greedy, sampled pass@k, per-level scores; eval.json holds `MathEvalResult.summary()`
+and the per-problem records).
+
 Checkpoints (`train.save_every`): `out_dir/checkpoints/step_N/` (written into a temp folder and
 renamed when complete; `checkpoints/latest` names the newest; older ones are deleted after)
 
