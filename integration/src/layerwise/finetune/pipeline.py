@@ -501,20 +501,24 @@ def _finetune(
             _save_checkpoint(
                 out, step + 1, cfg, wrapped, optimizer, scheduler, objective, generator, noise, run
             )
-    if end < total:  # stopped by stop_at: the checkpoint above continues it
-        log.close()
+
+    def result(steps: int, model: nn.Module, evaluation: MathEvalResult | None) -> FinetuneResult:
         return FinetuneResult(
             out_dir=out,
             method=cfg.method.name,
-            steps=end,
+            steps=steps,
             trainable_parameters=trainable,
             train_losses=run.losses,
             wall_s=time.perf_counter() - t0,
-            model=wrapped,
-            eval=None,
-            stopped=True,
+            model=model,
+            eval=evaluation,
+            stopped=steps < total,
             resumed_from=start if resume_from is not None else None,
         )
+
+    if end < total:  # stopped by stop_at: the checkpoint above continues it
+        log.close()
+        return result(end, wrapped, None)
     if tc.save and not (merged_final and cfg.method.name == "full"):
         _save(wrapped, tokenizer, cfg.method.name, out)
     result_eval = None
@@ -535,17 +539,7 @@ def _finetune(
         # a finished stage never resumes: its checkpoints (weights + optimizer) only take space
         if (out / "checkpoints").exists():
             _clear_outputs(out, ["checkpoints"])
-    return FinetuneResult(
-        out_dir=out,
-        method=cfg.method.name,
-        steps=total,
-        trainable_parameters=trainable,
-        train_losses=run.losses,
-        wall_s=time.perf_counter() - t0,
-        model=wrapped,
-        eval=result_eval,
-        resumed_from=start if resume_from is not None else None,
-    )
+    return result(total, wrapped, result_eval)
 
 
 def _steps_for(objective: Objective | None, consuming: int) -> int:
