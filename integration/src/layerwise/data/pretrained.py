@@ -46,7 +46,10 @@ def smollm2_folder(cache: str | Path | None = None) -> Path:
         kwargs = {"gguf_file": SMOLLM2_GGUF}
         loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, dtype=torch.float32, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, **kwargs)
-        model = LlamaForCausalLM(loaded.config)  # a plain Llama: no gguf needed to reload
+        config = loaded.config
+        if hasattr(config, "quantization_config"):  # dequantised: else every copy is
+            del config.quantization_config  # marked gguf and save_pretrained refuses it
+        model = LlamaForCausalLM(config)  # a plain Llama: no gguf needed to reload
         model.load_state_dict(loaded.state_dict())
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
