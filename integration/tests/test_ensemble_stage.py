@@ -112,3 +112,51 @@ def test_one_head_model_through_the_registered_stage(tmp_path):
     assert summary["ensemble_gain"] == pytest.approx(0.0, abs=1e-6)
     assert summary["disagreement"] == 0.0
     assert "ood_loss" not in summary
+
+
+def test_out_of_domain_windows_are_milton_tokenized_like_the_corpus(small_data, tmp_path):
+    from layerwise.data.shakespeare import milton_texts
+
+    tokenizer = small_data.tokenizer
+    evaluation = small_data.validation.gather(range(4))  # [4, 65]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    ctx = AnalysisContext(
+        run_dir=tmp_path,
+        step=1,
+        fraction=1.0,
+        family="ar",
+        calibration=evaluation[:, :-1],
+        evaluation=evaluation,
+        load_model=lambda: model,
+        mask_token_id=None,
+        mdm_t=[],
+        mdm_copies=1,
+        mask_seed=0,
+        batch_size=4,
+        tokenizer=tokenizer,
+    )
+    stage = EnsembleStage(ood_windows=3)
+    windows = stage._ood_windows(ctx)
+    text = "\n\n".join(t.text for t in milton_texts())
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert torch.equal(windows, torch.tensor(ids[: 3 * 65]).view(3, 65))
+    with torch.no_grad():
+        summary = stage.run(ctx)["summary"]
+        logits = model(input_ids=windows[:, :-1]).logits
+    expected = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), windows[:, 1:].reshape(-1)
+    )
+    assert summary["ood_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    # windows longer than the text: no out-of-domain metrics rather than a division by zero
+    ctx.evaluation = torch.zeros(1, len(ids) + 1, dtype=torch.long)
+    assert len(stage._ood_windows(ctx)) == 0

@@ -113,8 +113,8 @@ class EnsembleStage(_Stage):
             batch = ctx.evaluation[start : start + ctx.batch_size]
             totals.add(head_logits_of(model, batch[:, :-1]), batch[:, 1:])
         summary = totals.summary()
-        if self.ood_windows and ctx.tokenizer is not None:
-            windows = self._ood_windows(ctx)
+        windows = self._ood_windows(ctx) if self.ood_windows and ctx.tokenizer is not None else None
+        if windows is not None and len(windows):
             ood = _Totals()
             for start in range(0, len(windows), ctx.batch_size):
                 batch = windows[start : start + ctx.batch_size]
@@ -124,11 +124,13 @@ class EnsembleStage(_Stage):
         return {"summary": summary, "details": {"heads": len(totals.heads)}}
 
     def _ood_windows(self, ctx: AnalysisContext) -> torch.Tensor:
-        """The first `ood_windows` windows of evaluation length (+1 target) of Milton's text."""
+        """The first `ood_windows` windows of evaluation length (+1 target) of Milton's text,
+        tokenized as the corpus is (no special tokens added; none if the text is too short)."""
         from layerwise.data.shakespeare import milton_texts
 
         length = ctx.evaluation.shape[1]
         text = "\n\n".join(t.text for t in milton_texts())
-        ids = torch.tensor(ctx.tokenizer(text)["input_ids"], dtype=torch.long)
+        encoded = ctx.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        ids = torch.tensor(encoded, dtype=torch.long)
         count = min(self.ood_windows, len(ids) // length)
         return ids[: count * length].reshape(count, length)
