@@ -203,7 +203,7 @@ def evaluate(model, tokenizer, problems, args, sh_eval, *, samples: int = 0) -> 
     t0 = time.perf_counter()
     result = evaluate_math_generation(
         model, tokenizer, problems, prompt_fn(tokenizer, args.prompt_format),
-        max_new_tokens=args.new_tokens, batch_size=16, extract="marker",
+        max_new_tokens=args.new_tokens, batch_size=args.eval_batch, extract="marker",
         samples=samples, temperature=1.0, seed=0,
     )  # fmt: skip
     out = {
@@ -312,6 +312,7 @@ def run(args) -> None:
     from layerwise.data.pretrained import smollm2_folder
     from layerwise.eval.perplexity import source_blocks
     from layerwise.finetune.stages import PipelineConfig, run_pipeline
+    from layerwise_core.benchmarking import machine_description
 
     t_start = time.perf_counter()
     base = smollm2_folder(args.cache)
@@ -321,6 +322,8 @@ def run(args) -> None:
     sh_eval = source_blocks(tokenizer, 128, args.eval_blocks)
     results = read_results(args)
     results["flags"] = {k: str(v) for k, v in vars(args).items()}
+    results["command"] = "python examples/small_reasoning_lms.py " + " ".join(sys.argv[1:])
+    results["machine"] = f"{machine_description()}, torch {torch.__version__}"
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
@@ -451,7 +454,7 @@ def hypotheses(summary: dict, results: dict, args_rl_lr: str) -> list[str]:
 
 
 def report(args) -> str:
-    from layerwise_core.benchmarking import machine_description, markdown_table
+    from layerwise_core.benchmarking import markdown_table
 
     results = read_results(args)
     if not results["arms"]:
@@ -492,9 +495,6 @@ def report(args) -> str:
             f"B0's pass@8 (T 1.0, {pass_info['total']} test problems): "
             f"{100 * pass_info['pass_at']['8']:.1f}% ({levels})"
         )
-    command = "python examples/small_reasoning_lms.py " + " ".join(
-        a for a in sys.argv[1:] if a != "--report"
-    )
     lines = [
         f"## small reasoning LMs: SFT / KD / GRPO and their orders on SmolLM2-135M-Instruct "
         f"(CPU, {time.strftime('%Y-%m-%d')})",
@@ -504,8 +504,7 @@ def report(args) -> str:
         "substantially and beats most hybrid pipelines; (ii) hybrids (SFT or KD with RL) pay off "
         "mainly on the model that already has dialogue ability (Instruct).",
         "",
-        f"- Setup: SmolLM2-135M-Instruct (fp32), {machine_description()}, torch "
-        f"{torch.__version__}; generated word problems (levels 1-3), student train "
+        f"- Setup: SmolLM2-135M-Instruct (fp32), {results.get('machine')}; generated word problems (levels 1-3), student train "
         f"{flags.get('train_size')}, test {flags.get('test_size')}, prompt format "
         f"{flags.get('prompt_format')}; greedy, {flags.get('new_tokens')} new tokens, `#### N` "
         f"exact match; seeds {flags.get('seeds')}. SFT {flags.get('sft_epochs')} epochs of batch "
@@ -521,7 +520,7 @@ def report(args) -> str:
         "held-out Shakespeare (Hamlet, Macbeth, Othello), before (B0) -> after.",
         "- Generated tokens: GRPO completions, GKD's on-policy samples, KD-seq's kept teacher "
         "traces (about 4 characters per token; the rejected samples are not counted).",
-        f"- Command: `{command}` (last invocation "
+        f"- Command: `{results.get('command')}` (last invocation "
         f"{results.get('last_invocation_s', 0) / 60:.1f} min)",
         "",
         table,
@@ -559,6 +558,7 @@ def main() -> None:
     parser.add_argument("--pass-samples", type=int, default=8, help="B0's pass@k samples")
     parser.add_argument("--pass-size", type=int, default=96, help="test problems for pass@8")
     parser.add_argument("--probe-size", type=int, default=24)
+    parser.add_argument("--eval-batch", type=int, default=16, help="generation rows per batch")
     parser.add_argument("--eval-blocks", type=int, default=16, help="Shakespeare blocks of 128")
     parser.add_argument("--save-every", type=int, default=25, help="SFT / KD checkpoint steps")
     parser.add_argument(
@@ -568,6 +568,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--probe", action="store_true", help="B0's level-1 pass@8 only")
     parser.add_argument("--report", action="store_true", help="append the docs section")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "reproductions.md")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -575,8 +576,7 @@ def main() -> None:
         raise SystemExit("this layerwise has no data.prompt_format: pass --prompt-format alpaca")
     if args.report:
         text = report(args)
-        path = ROOT / "docs" / "reproductions.md"
-        with path.open("a") as handle:
+        with args.doc.open("a") as handle:
             handle.write("\n" + text)
         print(text)
         return
