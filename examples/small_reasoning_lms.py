@@ -1,12 +1,13 @@
 """Small reasoning LMs on CPU: SFT, KD and GRPO alone and in hybrid orders on SmolLM2-135M-Instruct
 (issue 23; spec shared/specs/small-reasoning-lms.md §5). A resumable background script.
 
-    python examples/small_reasoning_lms.py                  # the whole design (do not wait for it)
+    python examples/small_reasoning_lms.py --threads 1      # the whole design (about a week)
     python examples/small_reasoning_lms.py --report         # a section of docs/reproductions.md
-    python examples/small_reasoning_lms.py --probe          # B0's level-1 pass@8 on 24 problems
+    python examples/small_reasoning_lms.py --probe --threads 1   # B0's level-1 pass@8, 24 problems
     python examples/small_reasoning_lms.py --out runs/reasoning-smoke --train-size 16 \\
         --teacher-size 16 --test-size 12 --val-size 6 --sft-epochs 1 --grpo-steps 2 \\
-        --arms b0,sft-rl --seeds 0 --new-tokens 48 --eval-blocks 4          # smoke, ~10 min
+        --rl-prompts 1 --rl-tokens 32 --arms b0,sft-rl --seeds 0 --new-tokens 48 --eval-blocks 4 \
+        --pass-size 3 --threads 1                                           # smoke: 4.0 min
 
 The paper (arXiv 2506.13404) compares SFT, KD and RL and their orders on Qwen2.5-0.5B(-Instruct)
 with GSM8K; here: the one real instruct model that installs offline (SmolLM2-135M-Instruct, the
@@ -32,7 +33,22 @@ arms already there are skipped. `--report` turns results.json into the docs sect
 over seeds, per level, B0's pass@8, forgetting, optimizer steps and generated tokens per arm, H1-H3).
 
 Cost on this machine (2 cores shared with other jobs, fp32; measured 2026-12-08, see the report in
-docs/reproductions.md and the GRPO benchmark in docs/benchmarks.md): COST_PLACEHOLDER
+docs/reproductions.md and the GRPO benchmark in docs/benchmarks.md). Use `--threads 1` on a busy
+machine: with 2 torch threads and other jobs on the 2 cores, every op waits at thread barriers
+(B0's greedy evaluation of 12 problems took > 6 min with 2 threads, 25 s with 1).
+- one GRPO step at the spec's size (4 prompts x 8 x <= 96 tokens, full FT, 1 thread): ~210 s
+  (generation 78 s, log-prob forward 57 s, backward 72 s, AdamW 2 s); 701 s with 2 threads;
+- one SFT step (8 examples, chat prompt): ~22 s; B0 greedy evaluation: ~2 s per problem at 48
+  new tokens, so ~30 min for 500 test problems at 128;
+- hence per seed: each of the 5 RL stages (rl-1e-6, rl-5e-6, sft-rl, kdseq-rl, rl-sft) 150 x 210 s
+  = 8.8 h, each SFT / KD stage 1.5-3 h (250 steps; KD-seq adds ~3 h of teacher sampling, GKD
+  ~1.5 h of student sampling), the evaluation ~0.6 h per arm: ~66 h per seed; with 2 seeds, the
+  teacher (1875 SFT steps, ~11.5 h) and B0: about 160 h, i.e. a week of both cores. The spec's
+  "about 20 min per arm" does not hold on this CPU; a one-day variant: `--grpo-steps 30
+  --test-size 150 --teacher-size 2000 --seeds 0` (RL stages ~1.8 h each).
+- B0's pass@8 (T 1.0): see the report; in the benchmark's 3 x 4 prompts (levels 1-3) every one of
+  the 96 sampled completions scored 0 (all groups zero-std: no GRPO signal from B0 there), and 84%
+  ran past 96 tokens without an answer; the smoke run's SFT (2 steps) -> RL already got reward 0.375.
 """
 
 from __future__ import annotations
