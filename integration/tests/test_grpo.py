@@ -660,3 +660,16 @@ def test_reuse_steps_take_no_records_and_an_epoch_generates_for_each_record_once
     assert [handed[s] for s in (0, 2, 4, 6)] == [
         [order[j : j + 1], order[j + 1 : j + 2]] for j in (0, 2, 4, 6)
     ]
+
+
+def test_zero_std_share_is_over_groups_and_reward_std_is_the_mean_group_std():
+    # two groups of 2: (1, 1) has zero spread, (0, 1) does not; batch mode must still count groups
+    from layerwise.finetune.grpo import group_std
+
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    group = group_std(rewards, 2, "group")
+    assert torch.isclose(group, torch.zeros_like(group)).float().mean().item() == 0.5
+    # TRL logs reward_std as the mean of the per-completion std it divides by: group mode
+    # (0 + 0 + s + s) / 4 with s = sqrt(1/2) (Bessel over 2 values); batch mode the batch std
+    assert group.mean().item() == pytest.approx(math.sqrt(0.5) / 2)
+    assert group_std(rewards, 2, "batch").mean().item() == pytest.approx(0.5)

@@ -418,7 +418,8 @@ class GRPOObjective:
         if cfg.mask_truncated_completions:
             completion_mask = completion_mask * (~truncated).unsqueeze(1).long()
         advantages = group_advantages(rewards, g, cfg.scale_rewards)
-        std = group_std(rewards, g, cfg.scale_rewards)
+        std = group_std(rewards, g, cfg.scale_rewards)  # TRL's reward_std: its mean
+        group = group_std(rewards, g, "group")  # the zero-std share is over groups in every mode
         rollout = {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
@@ -428,7 +429,8 @@ class GRPOObjective:
             "rewards": rewards,
             "reward_exact": exact_t,
             "reward_format": fmt,
-            "zero_std": torch.isclose(std, torch.zeros_like(std)).float(),
+            "zero_std": torch.isclose(group, torch.zeros_like(group)).float(),
+            "reward_std": std,
             "truncated": truncated.float().cpu(),
             "length": length,
         }
@@ -502,7 +504,7 @@ class GRPOObjective:
         rewards = rollout["rewards"]
         metrics.update(
             reward=torch.nanmean(rewards).item(),
-            reward_std=_nanstd(rewards).item() if rewards.numel() > 1 else 0.0,
+            reward_std=torch.nanmean(rollout["reward_std"]).item(),
             reward_exact=torch.nanmean(rollout["reward_exact"]).item(),
             reward_format=rollout["reward_format"].mean().item(),
             frac_reward_zero_std=rollout["zero_std"].mean().item(),

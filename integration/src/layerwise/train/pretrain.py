@@ -110,7 +110,7 @@ from layerwise_core import (
 from layerwise_kernels import Sparse24Stats
 from sparse_ft import ELASFFN, elas_stats, set_elas_step
 from sparse_ft.dst import DynamicSparsity
-from sparse_ft.multi_head import head_disagreement
+from sparse_ft.multi_head import combine_logits, head_disagreement
 
 __all__ = ["HISTORY", "PretrainResult", "ResumeDriftError", "pretrain"]
 
@@ -648,7 +648,9 @@ def _multi_head_validation(
         targets = batch[:, 1:].reshape(-1)
         if total is None:
             total = torch.zeros(len(out.head_logits) + 3, dtype=torch.float64, device=device)
-        nll = [out.logits, *out.head_logits]
+        # combined in float32 (under autocast the heads' logits are bf16)
+        heads = [z.float() for z in out.head_logits]
+        nll = [combine_logits(heads, model.config.combine), *heads]
         for i, logits in enumerate(nll):
             total[i] += F.cross_entropy(
                 logits.float().reshape(-1, logits.size(-1)), targets, reduction="sum"

@@ -250,7 +250,7 @@ def prune_and_regrow(
 class DSTConfig(LayerwiseConfig):
     """Dynamic sparse training (the `sparsity:` section of `layerwise pretrain`). Defaults: the
     NeuroTrails LM script (magnitude_soft prune, T = 3, gradient growth, p0 = 0.5 -> 0.005,
-    ERK), except `density` (1.0: off) and `update_every` (the script uses 50)."""
+    ERK, update every 50 updates; the code's own default is 100), except `density` (1.0: off)."""
 
     density: float = Field(1.0, gt=0, le=1)  # d: global fraction of active masked weights; 1: off
     init: Literal["erk", "uniform"] = "erk"  # per-layer densities: ERK or d everywhere
