@@ -368,7 +368,8 @@ def test_save_pretrained_reloads_in_a_second_process(tmp_path):
             str(tmp_path / "out.pt"),
         ],
         check=True,
-        env=dict(os.environ),
+        # the child matmuls with this process's thread count (bitwise comparable)
+        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
         timeout=300,
     )
     reloaded = torch.load(tmp_path / "out.pt")
