@@ -630,9 +630,9 @@ def test_reuse_steps_take_no_records_and_an_epoch_generates_for_each_record_once
         handed[step] = [[r["id"] for r in micro] for micro in step_records]
         return real_begin(self, model, step, step_records)
 
-    def generate(self, model, micro_records, step, micro):
+    def generate(self, model, micro_records, step, micro, **kwargs):
         generated.append((step, micro, [r["id"] for r in micro_records]))
-        return real_generate(self, model, micro_records, step, micro)
+        return real_generate(self, model, micro_records, step, micro, **kwargs)
 
     monkeypatch.setattr(GRPOObjective, "begin_step", begin_step)
     monkeypatch.setattr(GRPOObjective, "generate", generate)
@@ -662,14 +662,62 @@ def test_reuse_steps_take_no_records_and_an_epoch_generates_for_each_record_once
     ]
 
 
-def test_zero_std_share_is_over_groups_and_reward_std_is_the_mean_group_std():
-    # two groups of 2: (1, 1) has zero spread, (0, 1) does not; batch mode must still count groups
-    from layerwise.finetune.grpo import group_std
+def _scripted(scale_rewards: str, script: list[list[float]]):
+    """A G = 2 objective whose reward function returns `script`'s lists, one per call (one call
+    per micro-batch), and the model."""
+    tokenizer = _tokenizer()
+    model = _model(tokenizer)
+    objective = _objective(
+        model, tokenizer, num_generations=2, max_completion_length=2, scale_rewards=scale_rewards
+    )
+    calls = iter(script)
+    objective.reward_fn = lambda prompts, completions, completion_ids=None, **columns: next(calls)
+    return objective, model
 
-    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0])
-    group = group_std(rewards, 2, "group")
-    assert torch.isclose(group, torch.zeros_like(group)).float().mean().item() == 0.5
-    # TRL logs reward_std as the mean of the per-completion std it divides by: group mode
-    # (0 + 0 + s + s) / 4 with s = sqrt(1/2) (Bessel over 2 values); batch mode the batch std
-    assert group.mean().item() == pytest.approx(math.sqrt(0.5) / 2)
-    assert group_std(rewards, 2, "batch").mean().item() == pytest.approx(0.5)
+
+@pytest.mark.parametrize("scale_rewards", ["batch", "group"])
+def test_grad_accum_step_normalises_with_the_std_of_the_whole_generation_batch(scale_rewards):
+    """grad_accum 2 through `begin_step`: TRL's generation batch is the whole step (both
+    micro-batches), so `batch` divides by the Bessel std of all 8 rewards (not each
+    micro-batch's); `group` divides each group by its own std, as before. reward_std is what TRL
+    logs, nanstd of the batch's rewards, in both modes; frac_reward_zero_std averaged over the
+    step is the share of zero-std groups (1 of 4)."""
+    micro0, micro1 = [0.0, 1.0, 1.0, 1.0], [0.0, 3.0, 1.0, 2.0]
+    objective, model = _scripted(scale_rewards, [micro0, micro1])
+    records = _records(4)
+    objective.begin_step(model, 0, [records[:2], records[2:]])
+    centred = [torch.tensor([-0.5, 0.5, 0.0, 0.0]), torch.tensor([-1.5, 1.5, -0.5, 0.5])]
+    step_std = torch.tensor(micro0 + micro1).std()  # torch's Bessel std, all 8 rewards
+    assert step_std.item() == pytest.approx(math.sqrt(6.875 / 7))  # mean 1.125, SS 6.875
+    if scale_rewards == "batch":
+        expected = [c / (step_std + 1e-4) for c in centred]
+        # the per-micro-batch std (0.5 for micro-batch 0) would give other advantages
+        assert not torch.allclose(expected[0], centred[0] / (0.5 + 1e-4), atol=1e-3)
+    else:
+        s0, s1, s2 = math.sqrt(0.5), math.sqrt(4.5), math.sqrt(0.5)  # groups (0,1) (0,3) (1,2)
+        expected = [
+            centred[0] / torch.tensor([s0, s0, 1.0, 1.0]).add(1e-4),  # (1, 1): 0
+            centred[1] / torch.tensor([s1, s1, s2, s2]).add(1e-4),
+        ]
+    logged = []
+    for micro in (0, 1):
+        assert torch.allclose(objective._cache[micro]["advantages"], expected[micro], atol=1e-6)
+        logged.append(objective.loss(model, [], {}, 0, micro)[1])
+    assert [m["reward_std"] for m in logged] == pytest.approx([step_std.item()] * 2)
+    assert [m["frac_reward_zero_std"] for m in logged] == [0.5, 0.0]  # the loop averages: 1/4
+    utils = pytest.importorskip("trl.trainer.utils")
+    assert logged[0]["reward_std"] == pytest.approx(
+        utils.nanstd(torch.tensor(micro0 + micro1)).item()
+    )
+
+
+def test_batch_mode_counts_zero_std_groups_and_logs_the_batch_reward_std():
+    """One micro-batch, scale_rewards batch, groups (1, 1) and (0, 1): frac_reward_zero_std is
+    the share of zero-std groups, 1/2 (not whether the whole batch has zero std: 0); reward_std
+    is the batch's Bessel std, 0.5 (mean 0.75, SS 0.75 over 3), not the mean of the per-group
+    stds sqrt(1/2) / 2."""
+    objective, model = _scripted("batch", [[1.0, 1.0, 0.0, 1.0]])
+    _, metrics = objective.loss(model, _records(2), {}, step=0, micro=0)
+    assert metrics["frac_reward_zero_std"] == 0.5
+    assert metrics["reward_std"] == pytest.approx(0.5)
+    assert metrics["reward_std"] != pytest.approx(math.sqrt(0.5) / 2)

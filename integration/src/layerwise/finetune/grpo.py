@@ -12,17 +12,25 @@ P = batch_size // num_generations):
 2. rewards r: exact match of the final answer (`layerwise.finetune.rewards.exact_match_reward`,
    TRL's reward contract) plus `format_reward` x [the completion has a `#### N` marker];
 3. advantages per group: A = (r - mean) / (std + 1e-4), std Bessel-corrected (`scale_rewards`
-   group | batch | none; a None reward is NaN, left out of mean and std, and gets A = 0);
+   group | batch | none; `batch`: one std over the rewards of every micro-batch of the step, TRL's
+   generation batch; a None reward is NaN, left out of mean and std, and gets A = 0);
 4. per completion token: rho = exp(log pi_theta - log pi_old) with log-probs from
    logits / temperature, loss = -min(rho A, clip(rho, 1 - epsilon, 1 + epsilon_high) A)
    + beta k3(pi_ref, pi_theta), aggregated by `loss_type` (grpo | bnpo | dapo | dr_grpo).
 
 The loop calls `begin_step` before the micro-batches of an optimizer step with all their records:
-the completions of the whole accumulated step are sampled there (micro-batch m still draws from
-(seed, step, m)), so that `loss_type: dapo` divides every micro-batch's token sum by the completion
+the completions of the whole accumulated step are sampled and scored there (micro-batch m still
+draws from (seed, step, m)), then normalised together (`scale_rewards: batch` divides by the std of
+all the step's rewards, as TRL's generation batch of `steps_per_generation` = grad_accum
+micro-batches does), so that `loss_type: dapo` divides every micro-batch's token sum by the completion
 tokens of the whole step, as TRL's `num_items_in_batch` does (the loop's 1 / grad_accum scaling is
 undone: the step's gradient is sum over its tokens / their count). Called without `begin_step`
-(e.g. directly), `loss` samples its own micro-batch and dapo divides by its tokens.
+(e.g. directly), `loss` samples its own micro-batch, which is then the whole batch (its batch std,
+its tokens for dapo).
+
+Logged (per micro-batch; the loop averages them over the step): `reward` (mean), `reward_std`
+(TRL's: the Bessel std of all the rewards of the generation batch, i.e. of the step, not a mean
+of group stds), `frac_reward_zero_std` (the share of groups whose rewards have zero std).
 
 With `num_iterations = 1` pi_old = pi_theta.detach() (rho = 1: the plain policy gradient). With
 `num_iterations = mu > 1`, the completions generated at step s (s % mu == 0) are reused, with
@@ -34,9 +42,11 @@ in the objective's `state_dict`, so a resume mid-reuse is exact.
 
 `beta > 0` scores the completions under a frozen copy of the model as loaded (the reference).
 
-Difference from TRL: TRL shuffles the completions of a generation batch before splitting it into
-micro-batches; here micro-batch m keeps its own prompts' groups (only grpo / bnpo, which average
-per micro-batch, can tell the difference).
+Differences from TRL: TRL shuffles the completions of a generation batch before splitting it into
+micro-batches; here micro-batch m keeps its own prompts' groups (the advantages, batch std
+included, are the same; only grpo / bnpo, which average per micro-batch, can tell the
+difference). With `scale_rewards: batch` TRL's `frac_reward_zero_std` is whether the whole batch
+has zero std (0 or 1); here it is the share of zero-std groups in every mode.
 """
 
 from __future__ import annotations
@@ -132,16 +142,23 @@ def group_std(
 
 
 def group_advantages(
-    rewards: Tensor | Sequence[float | None], num_generations: int, scale_rewards: str = "group"
+    rewards: Tensor | Sequence[float | None],
+    num_generations: int,
+    scale_rewards: str = "group",
+    batch_std: Tensor | float | None = None,
 ) -> Tensor:
     """GRPO advantages of rewards laid out group after group (G consecutive completions of one
     prompt): r - mean(group), divided by std + 1e-4 unless `scale_rewards="none"` (Dr. GRPO).
-    The std is Bessel-corrected, over the group (`group`) or the batch (`batch`). A None / NaN
-    reward is left out of mean and std and gets advantage 0."""
+    The std is Bessel-corrected, over the group (`group`) or the batch (`batch`: `batch_std`
+    when given, the std of a batch these rewards are a part of, else these rewards' std). A
+    None / NaN reward is left out of mean and std and gets advantage 0."""
     if scale_rewards not in ("group", "batch", "none"):
         raise ValueError(f"scale_rewards {scale_rewards!r}: use 'group', 'batch' or 'none'")
     r = _as_rewards(rewards)
-    std = group_std(r, num_generations, scale_rewards)
+    if scale_rewards == "batch" and batch_std is not None:
+        std = torch.as_tensor(batch_std, dtype=r.dtype).expand_as(r)
+    else:
+        std = group_std(r, num_generations, scale_rewards)
     mean = torch.nanmean(r.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
     advantages = r - mean
     if scale_rewards != "none":
@@ -304,7 +321,11 @@ class GRPOObjective:
         completion tokens then normalise `loss_type: dapo` over the whole step."""
         self._require_setup()
         if self.consumes_records(step):
-            self._cache = {m: self.generate(model, r, step, m) for m, r in enumerate(records)}
+            rollouts = [
+                self.generate(model, r, step, m, normalise=False) for m, r in enumerate(records)
+            ]
+            self._normalise(rollouts)  # one batch std over the whole step (scale_rewards batch)
+            self._cache = dict(enumerate(rollouts))
             self._cache_step = step
         else:
             for micro in range(len(records)):
@@ -389,10 +410,12 @@ class GRPOObjective:
 
     @torch.no_grad()
     def generate(
-        self, model: nn.Module, records: list[dict], step: int, micro: int
+        self, model: nn.Module, records: list[dict], step: int, micro: int, normalise: bool = True
     ) -> dict[str, Tensor]:
         """Sample G completions per record, score them; the tensors the loss needs plus the
-        rewards (`rewards`: total, `reward_exact`, `reward_format`)."""
+        rewards (`rewards`: total, `reward_exact`, `reward_format`). `normalise`: add the
+        advantages and reward statistics with this micro-batch as the whole batch (False: the
+        caller normalises a step's rollouts together with `_normalise`)."""
         cfg, ctx = self.config, self.ctx
         tok, device, g = ctx.tokenizer, ctx.device, cfg.num_generations
         texts = self.prompts(records)
@@ -417,20 +440,14 @@ class GRPOObjective:
         length = completion_mask.sum(1).float().cpu()  # before masking, as TRL logs it
         if cfg.mask_truncated_completions:
             completion_mask = completion_mask * (~truncated).unsqueeze(1).long()
-        advantages = group_advantages(rewards, g, cfg.scale_rewards)
-        std = group_std(rewards, g, cfg.scale_rewards)  # TRL's reward_std: its mean
-        group = group_std(rewards, g, "group")  # the zero-std share is over groups in every mode
         rollout = {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
             "completion_ids": completion_ids,
             "completion_mask": completion_mask,
-            "advantages": advantages.to(device),
             "rewards": rewards,
             "reward_exact": exact_t,
             "reward_format": fmt,
-            "zero_std": torch.isclose(group, torch.zeros_like(group)).float(),
-            "reward_std": std,
             "truncated": truncated.float().cpu(),
             "length": length,
         }
@@ -438,7 +455,26 @@ class GRPOObjective:
             rollout["old_logp"] = self._logprobs(model, rollout)
         if self.ref_model is not None:
             rollout["ref_logp"] = self._logprobs(self.ref_model, rollout)
+        if normalise:
+            self._normalise([rollout])
         return rollout
+
+    def _normalise(self, rollouts: list[dict[str, Tensor]]) -> None:
+        """Add `advantages`, `zero_std` and `reward_std` to the rollouts of one generation batch
+        (a step's micro-batches): group-centred rewards divided by the group std (`group`), one
+        std over all the batch's rewards (`batch`, TRL's generation batch) or nothing (`none`);
+        `zero_std` marks the completions of zero-std groups (every mode), `reward_std` is the
+        batch's reward std (what TRL logs)."""
+        cfg, g = self.config, self.config.num_generations
+        rewards = torch.cat([r["rewards"] for r in rollouts])
+        batch_std = _nanstd(rewards) if rewards.numel() > 1 else torch.zeros(())
+        for rollout in rollouts:
+            r = rollout["rewards"]
+            advantages = group_advantages(r, g, cfg.scale_rewards, batch_std=batch_std)
+            group = group_std(r, g, "group")
+            rollout["advantages"] = advantages.to(rollout["completion_ids"].device)
+            rollout["zero_std"] = torch.isclose(group, torch.zeros_like(group)).float()
+            rollout["reward_std"] = batch_std.clone()
 
     def _sample(
         self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, pad_id: int, step: int,
@@ -504,7 +540,7 @@ class GRPOObjective:
         rewards = rollout["rewards"]
         metrics.update(
             reward=torch.nanmean(rewards).item(),
-            reward_std=torch.nanmean(rollout["reward_std"]).item(),
+            reward_std=rollout["reward_std"].item(),
             reward_exact=torch.nanmean(rollout["reward_exact"]).item(),
             reward_format=rollout["reward_format"].mean().item(),
             frac_reward_zero_std=rollout["zero_std"].mean().item(),
