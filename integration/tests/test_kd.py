@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 
 import pytest
@@ -17,12 +18,14 @@ from layerwise.finetune import format_prompt, generate_word_problems
 from layerwise.finetune.instruction_data import IGNORE_INDEX, collate, encode_examples
 from layerwise.finetune.kd import (
     TRACES_FILE,
+    TRACES_META,
     KDConfig,
     forward_kl,
     generalized_jsd,
     reverse_kl,
 )
 from layerwise.finetune.objectives import Objective, ObjectiveContext
+from layerwise_core import UsageError
 
 P_T = [0.7, 0.2, 0.1]
 P_S = [0.5, 0.3, 0.2]
@@ -148,7 +151,16 @@ def _student(pair, seed=0):
     return tiny_llama(seed=seed, **pair["fields"])
 
 
-def _setup(pair, model, out_dir, prompt_format="alpaca", **fields):
+def _setup(
+    pair,
+    model,
+    out_dir,
+    prompt_format="alpaca",
+    max_length=MAX_LENGTH,
+    instruction_field="instruction",
+    answer_field="answer",
+    **fields,
+):
     objective = KDConfig(teacher=str(pair["root"] / "teacher"), **fields).build()
     out_dir.mkdir(parents=True, exist_ok=True)
     objective.setup(
@@ -160,9 +172,9 @@ def _setup(pair, model, out_dir, prompt_format="alpaca", **fields):
             seed=0,
             out_dir=out_dir,
             records=pair["records"],
-            instruction_field="instruction",
-            answer_field="answer",
-            max_length=MAX_LENGTH,
+            instruction_field=instruction_field,
+            answer_field=answer_field,
+            max_length=max_length,
             total_steps=50,
             prompt_format=prompt_format,
         )
@@ -283,6 +295,25 @@ def test_seq_kd_keeps_correct_traces_caches_them_and_trains_on_them(pair, tmp_pa
     assert calls == [] and again.traces == objective.traces  # resumed from the cache
     with pytest.raises(Exception, match="delete"):
         _setup(pair_six, _student(pair), tmp_path, mode="seq", seq_samples=2)
+    # the same number of problems but other ones, another max_length or other fields: the
+    # cache is refused with the files to delete (it only counted the problems before)
+    files = f"delete {tmp_path / TRACES_FILE} and {tmp_path / TRACES_META}"
+    edited = [dict(r) for r in records]
+    edited[3]["answer"] = "A different solution. The answer is 7."
+    assert edited[3]["answer"] != records[3]["answer"]
+    swapped = [records[1], records[0], *records[2:]]
+    renamed = [{"question": r["instruction"], "solution": r["answer"]} for r in records]
+    for other, overrides, key in [
+        (edited, {}, "problems_sha256"),
+        (swapped, {}, "problems_sha256"),
+        (records, {"max_length": MAX_LENGTH - 1}, "max_length"),
+        (renamed, {"instruction_field": "question", "answer_field": "solution"}, "answer_field"),
+    ]:
+        with pytest.raises(UsageError, match=re.escape(files)) as refused:
+            _setup({**pair, "records": other}, _student(pair), tmp_path, mode="seq",
+                   seq_samples=1, **overrides)  # fmt: skip
+        assert key in str(refused.value)
+    assert calls == []  # nothing was sampled again
 
     loss, metrics = objective.loss(student, records, _batch(pair, records), 0, 0)
     solved = sorted({i for i, _ in kept})
@@ -307,7 +338,6 @@ def test_seq_kd_with_a_chat_template_prompts_the_teacher_and_trains_with_it(
     from transformers import LlamaForCausalLM
 
     from layerwise.finetune.instruction_data import prompt_text
-    from layerwise.finetune.kd import TRACES_META
 
     tok = copy.deepcopy(pair["tokenizer"])
     tok.chat_template = (

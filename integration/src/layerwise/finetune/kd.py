@@ -20,8 +20,9 @@ Three modes (`KDConfig.mode`):
 - `seq`: sequence-level KD (Kim & Rush 2016; TRL's `seq_kd=True, lmbda=0` without the logits):
   before training the teacher writes `seq_samples` completions per training problem at
   `seq_temperature`; those whose final answer matches the gold one are kept (rejection sampling)
-  and cached in the stage folder (`seq_kd_traces.jsonl`, reused on resume), then plain SFT on
-  them. A problem with no correct trace is dropped from its micro-batch.
+  and cached in the stage folder (`seq_kd_traces.jsonl`, reused on resume; its meta file holds
+  the teacher, sampling settings, seed, prompt format, max_length, field names and a sha256 of
+  the problems, and a cache sampled otherwise is refused), then plain SFT on them. A problem with no correct trace is dropped from its micro-batch.
 
 Prompts (the dataset's, the generation prompts of gkd / seq) follow the stage's
 `data.prompt_format` (`instruction_data.prompt_text`: Alpaca or the tokenizer's chat template).
@@ -32,6 +33,7 @@ Every random draw inside `loss` (the lmbda coin, sampling) comes from a generato
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -192,6 +194,16 @@ def sample_completions(
     return completions
 
 
+def _problems_sha256(ctx: ObjectiveContext) -> str:
+    """sha256 of the records' (instruction, answer, final) triples in order: the problems the seq
+    traces were sampled for and checked against (`final`, when present, is the gold number)."""
+    rows = [
+        [r.get(ctx.instruction_field), r.get(ctx.answer_field), r.get("final")] for r in ctx.records
+    ]
+    text = json.dumps(rows, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _draw_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**62, (1,), generator=generator))
 
@@ -240,15 +252,24 @@ class KDObjective:
             "max_new_tokens": c.max_new_tokens,
             "seed": ctx.seed,
             "problems": len(ctx.records),
+            "problems_sha256": _problems_sha256(ctx),
+            "max_length": ctx.max_length,
+            "instruction_field": ctx.instruction_field,
+            "answer_field": ctx.answer_field,
         }
-        if _prompt_format(ctx) != "alpaca":  # (caches written before prompt_format stay valid)
+        if _prompt_format(ctx) != "alpaca":  # the key only when not the default
             meta["prompt_format"] = _prompt_format(ctx)
         path, meta_path = Path(ctx.out_dir) / TRACES_FILE, Path(ctx.out_dir) / TRACES_META
         if path.is_file() and meta_path.is_file():
             cached = json.loads(meta_path.read_text())
             if cached != meta:
+                differ = ", ".join(
+                    f"{k} {cached.get(k)!r} (now {meta.get(k)!r})"
+                    for k in sorted(set(cached) | set(meta))
+                    if cached.get(k) != meta.get(k)
+                )
                 raise UsageError(
-                    f"{path} was sampled with {cached}, not {meta}: delete {path} and "
+                    f"{path} was sampled with other settings ({differ}): delete {path} and "
                     f"{meta_path} to sample the teacher traces again"
                 )
             rows = [json.loads(line) for line in path.read_text().splitlines() if line]
