@@ -44,6 +44,7 @@ from layerwise.train import PretrainConfig, pretrain, read_metrics, read_model_s
 from layerwise.train.config import resume_changes
 from layerwise.train.metrics import TIMING_FIELDS
 from layerwise.train.parallel import DistributedEnv, decoder_layers, parallelize
+from layerwise.train.pretrain import _multi_head_validation
 from layerwise.train.throughput import model_flops_per_token
 from layerwise_core import ConfigError, torch_load_safe
 from layerwise_core.testing import run_python, run_torchrun
@@ -343,6 +344,59 @@ def test_validation_is_the_combined_prediction_and_each_head(long_run, markov):
     assert result.final_heads == {
         k: v for k, v in record.items() if "/" in k or k in ("ensemble_gain", "disagreement")
     }
+
+
+def test_validation_combines_bf16_heads_in_float32(long_run, markov):
+    """Under bf16 autocast the heads' logits are bf16: the combined prediction is the mean of
+    the heads upcast to float32 (not a bf16 mean), each head's loss its float32 CE."""
+    from transformers import AutoModelForCausalLM
+
+    _, result = long_run
+    model = AutoModelForCausalLM.from_pretrained(result.out_dir / "final").eval()
+    blocks = markov[1].validation
+    cpu = torch.device("cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scored, extras = _multi_head_validation(model, blocks, 4, 8, cpu)
+        outs = [model(input_ids=blocks.gather(range(i, i + 4))[:, :-1]) for i in (0, 4)]
+    targets = torch.cat([blocks.gather(range(i, i + 4))[:, 1:].reshape(-1) for i in (0, 4)])
+
+    def ce(combine):
+        logits = torch.cat([combine(out.head_logits).flatten(0, 1) for out in outs])
+        return F.cross_entropy(logits.float(), targets).item()
+
+    assert all(z.dtype == torch.bfloat16 for z in outs[0].head_logits)
+    fp32 = ce(lambda heads: torch.stack([z.float() for z in heads]).mean(0))
+    bf16 = ce(lambda heads: torch.stack(heads).mean(0))
+    assert scored.loss == pytest.approx(fp32, rel=1e-6)
+    assert abs(fp32 - bf16) > 1e-5 * fp32  # the bf16 mean is measurably other
+    for k in range(3):
+        assert extras[f"loss/head{k}"] == pytest.approx(ce(lambda h, k=k: h[k]), rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # the skipped step
+def test_an_fp16_step_the_scaler_skips_still_counts(markov, tmp_path, monkeypatch):
+    """fp16 with a scaler whose first scale (2^60) overflows the fp16 gradients and whose
+    backoff (2^-60) then sets it to 1: step 1 is skipped, steps 2-8 apply. The DST step count is
+    the run's step at every checkpoint (1 after the skipped step), the updates (every 4) fall at
+    steps 4 and 8 with p(4) of T = 8, and the scale ends at exactly 1 (one skip)."""
+
+    class Overflowing(torch.amp.GradScaler):
+        def __init__(self, device: str = "cpu") -> None:
+            super().__init__(device, init_scale=2.0**60, backoff_factor=2.0**-60)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", Overflowing)
+    run = tmp_path / "fp16"
+    fp16 = ("train.precision=fp16", "train.steps=8", "train.save_every=1")
+    pretrain(_cfg(markov, run, *HEADS, *SPARSE, *fp16), data=markov[1])
+    for step in range(1, 9):
+        state = torch_load_safe(run / "checkpoints" / f"step_{step}" / "scheduler.pt")
+        assert state["sparsity"]["step_count"] == step
+        assert state["grad_scaler"]["scale"] == 1.0  # backed off once, at step 1, never again
+    records = _train(run)
+    assert [r["mask_updates"] for r in records] == [0, 0, 0, 1, 0, 0, 0, 1]
+    assert records[3]["prune_fraction"] == pytest.approx(
+        0.005 + 0.495 * (1 + math.cos(math.pi * 4 / 8)) / 2
+    )
 
 
 @pytest.fixture(scope="module")

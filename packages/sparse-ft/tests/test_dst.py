@@ -193,8 +193,10 @@ def test_density_exact_after_every_update_on_a_tiny_llama(quirks):
     assert len(engine.names) == 2 + 7
     assert not any("norm" in n for n in engine.names)
     N = {n: engine.params[n].numel() for n in engine.names}
-    if quirks:  # Bernoulli init: the drawn count is the target
-        assert engine.targets == {n: int(engine.masks[n].sum()) for n in engine.names}
+    if quirks:  # Bernoulli init: the target is the official ceil((count / N) * N) in floats
+        counts = {n: int(engine.masks[n].sum()) for n in engine.names}
+        assert engine.targets == {n: math.ceil((counts[n] / N[n]) * N[n]) for n in engine.names}
+        assert all(engine.targets[n] - counts[n] in (0, 1) for n in engine.names)
         assert engine.global_density() == pytest.approx(0.45, abs=0.01)
     else:  # exactly ceil(d_l N_l) from the ERK densities; the total is d N up to the ceilings
         assert engine.targets == {n: math.ceil(engine.densities[n] * N[n]) for n in engine.names}
@@ -317,6 +319,53 @@ def test_state_dict_round_trip_and_resume_is_bitwise(quirks):
         assert torch.equal(engine_b.masks[n], engine.masks[n])
     for (name, p), q in zip(model.named_parameters(), model_b.parameters()):
         assert torch.equal(p, q), name
+
+
+def test_a_state_of_another_length_follows_the_new_length():
+    """A resume that changed the run's length (train.steps 12 -> 30): the loaded state carries
+    total_steps 12; p(t) then uses T = 30 from the loaded step on (as the LR cosine); masks,
+    targets, densities and the step count load unchanged."""
+    cfg = DSTConfig(density=0.5, update_every=3)
+    model = tiny_llama(seed=0, num_hidden_layers=1).train()
+    engine = DynamicSparsity(model, cfg, total_steps=12, seed=5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    _train(model, engine, opt, 7, 0)
+    state = engine.state_dict()
+    assert state["total_steps"] == 12
+    longer = DynamicSparsity(tiny_llama(seed=0, num_hidden_layers=1), cfg, total_steps=30, seed=5)
+    longer.load_state_dict(state)
+    assert (longer.total_steps, longer.loaded_total_steps, longer.step_count) == (30, 12, 7)
+    for t in (7, 8, 20, 30):
+        p = 0.005 + (0.5 - 0.005) * (1 + math.cos(math.pi * t / 30)) / 2
+        assert longer.prune_fraction(t) == pytest.approx(p, abs=1e-15)
+    assert longer.prune_fraction() == pytest.approx(cosine_prune_fraction(7, 30), abs=1e-15)
+    assert longer.prune_fraction() > engine.prune_fraction()  # a longer decay: p jumps up
+    assert longer.densities == engine.densities and longer.targets == engine.targets
+    assert all(torch.equal(longer.masks[n], engine.masks[n]) for n in engine.names)
+    # a state saved before total_steps was stored loads the same
+    old = {k: v for k, v in state.items() if k != "total_steps"}
+    again = DynamicSparsity(tiny_llama(seed=0, num_hidden_layers=1), cfg, total_steps=30, seed=5)
+    again.load_state_dict(old)
+    assert again.loaded_total_steps is None and again.prune_fraction() == longer.prune_fraction()
+
+
+def test_skip_counts_the_step_and_changes_nothing_else():
+    """An fp16 step the scaler skipped: skip() advances step_count (the update cadence and p(t)
+    keep the run's step); masks stay, and an update due at the skipped step is not made."""
+    cfg = DSTConfig(density=0.5, update_every=2)
+    model = tiny_llama(seed=0, num_hidden_layers=1).train()
+    engine = DynamicSparsity(model, cfg, total_steps=10, seed=5)
+    masks = {n: m.clone() for n, m in engine.masks.items()}
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    engine.skip()
+    engine.skip()  # step 2: an update was due
+    assert engine.step_count == 2
+    assert all(torch.equal(engine.masks[n], masks[n]) for n in engine.names)
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    _train(model, engine, opt, 2, 2)  # steps 3, 4: the update at 4 reads p(4) of T = 10
+    assert engine.step_count == 4
+    assert any(not torch.equal(engine.masks[n], masks[n]) for n in engine.names)
 
 
 def test_masked_weights_zero_after_every_step_and_static_mask():

@@ -306,6 +306,27 @@ def test_heads_config_shorthand_and_fields():
         HeadsConfig(count=2).build(_llama_config(tie_word_embeddings=True))
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"blocks_in_head": 4},
+        {"blocks_in_head": "all"},
+        {"combine": "probs"},
+        {"reference_quirks": True},
+    ],
+)
+def test_one_head_refuses_the_head_fields_it_would_ignore(fields):
+    """count 1 builds a plain model: a head field off its default is refused, naming the fix;
+    the defaults, and the same fields with count 2, are accepted."""
+    with pytest.raises(ValueError, match=r"ignores (\w+): set model.heads.count > 1, or drop"):
+        HeadsConfig(count=1, **fields)
+    defaults = {"blocks_in_head": None, "combine": "logits", "reference_quirks": False}
+    assert HeadsConfig(count=1, **defaults) == HeadsConfig.model_validate(1)
+    assert HeadsConfig(count=2, **fields).count == 2
+    # `heads: 1` replaces a mapping whole (the study's single arm over a {count 3, b 4} base)
+    assert HeadsConfig.model_validate(1).blocks_in_head is None
+
+
 def test_heads_config_builds_on_the_meta_device():
     with torch.device("meta"):
         model = HeadsConfig(count=3, blocks_in_head=2).build(_llama_config())

@@ -40,8 +40,10 @@ NeuroTrails (arXiv 2505.17909; `model.heads: K`, `sparsity.density: d`, sparse_f
   same on every process (seeded generators, full masks); the train record carries `density`
   (global), `density/<parameter>`, `prune_fraction` (of the last update), `mask_changed` and
   `mask_updates` (entries changed and update events since the previous record). The engine's
-  state (step, masks, targets) is in every checkpoint (`scheduler.pt`, key "sparsity") and
-  restored on resume; a resume may change neither `sparsity` nor `model.heads`.
+  state (step, masks, targets, the schedule's T) is in every checkpoint (`scheduler.pt`, key
+  "sparsity") and restored on resume; a resume may change neither `sparsity` nor `model.heads`
+  (a raised `train.steps` stretches the prune schedule from the resumed step on, as the LR's).
+  An fp16 step the scaler skips advances the DST step count without a mask change or update.
 """
 
 from __future__ import annotations
@@ -480,8 +482,14 @@ def _pretrain(
             scaler.update()
         scheduler.step()
         # dynamic sparsity: W *= M after the update, and on update steps a prune / regrow from
-        # this step's gradients (not for an fp16 step the scaler skipped: its gradients overflow)
-        if sparsity is not None and not overflow:
+        # this step's gradients. An fp16 step the scaler skipped (its gradients overflowed) still
+        # counts, as it does for the LR scheduler: sparsity.skip() advances the DST step count
+        # without touching the masks (the weights did not change) and makes no prune / regrow,
+        # even when one was due (the next comes update_every steps later); so
+        # sparsity.step_count == step after every step, and p(t) is read at the run's step.
+        if sparsity is not None and overflow:
+            sparsity.skip()
+        elif sparsity is not None:
             update = sparsity.step(optimizer)
             if update is not None:
                 mask_log["updates"] += 1

@@ -8,6 +8,9 @@ steps t, with the cosine-decayed fraction
 
     p(t) = p_T + (p_0 - p_T) * (1 + cos(pi * t / T)) / 2        (p_0 = 0.5, p_T = 0.005)
 
+(T: the run's optimizer steps; a resume with another T follows the new T from the resumed step on,
+as the LR schedule does)
+
     prune:  drop the ceil(p * n) active entries of smallest |w| ("magnitude"), or keep a sample of
             ceil(n * (1 - p)) of the n active entries drawn without replacement with P proportional
             to |w|^T ("soft", T = 3, the LM script's magnitude_soft, after Zhang et al. arXiv
@@ -17,7 +20,9 @@ steps t, with the cosine-decayed fraction
 
 Clean mode (default): exactly target_l initial entries; grown entries start at 0 with zeroed
 optimizer moments. `reference_quirks=True` reproduces the official code: Bernoulli initial masks
-(per-layer targets are then the drawn counts), a weight pruned and regrown in the same update keeps
+(per-layer targets are then ceil((c_l / N_l) * N_l) of the drawn count c_l, computed in floats as
+the official code does: c_l, or c_l + 1 where the product rounds up past c_l, so such a tensor
+holds c_l + 1 entries after its first update), a weight pruned and regrown in the same update keeps
 its value, optimizer moments of grown entries are kept, hard pruning drops every entry tied at the
 threshold, and the soft sampler leaves the mask unchanged when fewer than `keep` entries are
 nonzero.
@@ -250,7 +255,8 @@ def prune_and_regrow(
 class DSTConfig(LayerwiseConfig):
     """Dynamic sparse training (the `sparsity:` section of `layerwise pretrain`). Defaults: the
     NeuroTrails LM script (magnitude_soft prune, T = 3, gradient growth, p0 = 0.5 -> 0.005,
-    ERK, update every 50 updates; the code's own default is 100), except `density` (1.0: off)."""
+    ERK, an update every 50 optimizer steps as the script sets it; the official code's own
+    argument default is 100), except `density` (1.0: off)."""
 
     density: float = Field(1.0, gt=0, le=1)  # d: global fraction of active masked weights; 1: off
     init: Literal["erk", "uniform"] = "erk"  # per-layer densities: ERK or d everywhere
@@ -326,7 +332,13 @@ class DynamicSparsity:
     Masks every 2-D weight of nn.Linear and nn.Embedding modules (norms and biases stay dense);
     `dense_embeddings` leaves nn.Embedding and output heads (`lm_head`, `heads.*.lm_head`) dense;
     `include(name, param)` narrows the set further. Call `step(optimizer)` after every
-    `optimizer.step()` and before `zero_grad()` (growth reads the gradient).
+    `optimizer.step()` and before `zero_grad()` (growth reads the gradient), and `skip()` for an
+    optimizer step that was skipped (fp16 overflow), so that `step_count` stays the run's step.
+
+    `total_steps` is T of the cosine prune schedule. It is saved with the state; loading a state
+    saved with another T (a resume that changed the run's length) keeps this engine's T, so p(t)
+    follows the new length from the resumed step on, as the LR schedule's cosine does (both are
+    functions of the absolute step and the run's current length; p jumps at the resume).
     """
 
     def __init__(
@@ -346,6 +358,7 @@ class DynamicSparsity:
         self.total_steps = int(total_steps)
         self.seed = int(seed)
         self.step_count = 0
+        self.loaded_total_steps: int | None = None  # T of a loaded state (load_state_dict)
         self.params: dict[str, nn.Parameter] = {}
         seen: set[int] = set()
         if config.enabled:
@@ -387,6 +400,7 @@ class DynamicSparsity:
                 mask[torch.randperm(numel, generator=gen)[:count]] = True
                 mask = mask.reshape(tuple(param.shape))
                 self.densities[name] = d
+            # quirks: ceil((count / N) * N) in floats, as the official code: count, or count + 1
             self.targets[name] = min(math.ceil(self.densities[name] * numel), numel)
             self.masks[name] = mask.to(local_tensor(param).device)
         self.apply()
@@ -427,6 +441,14 @@ class DynamicSparsity:
         if not self.masks or every is None or self.step_count % every != 0:
             return None
         return self.update(optimizer)
+
+    def skip(self) -> None:
+        """Count an optimizer step that was skipped (fp16: the scaler found inf / NaN gradients
+        and left the weights unchanged): step_count += 1, so p(t) and the update cadence follow
+        the run's step (as the LR scheduler, which steps on skipped steps too). Nothing else: the
+        weights did not change, so W *= M still holds, and a topology update due at this step is
+        not made (its gradients overflowed); the next one comes `update_every` steps later."""
+        self.step_count += 1
 
     @torch.no_grad()
     def update(self, optimizer: torch.optim.Optimizer | None = None) -> dict:
@@ -474,16 +496,22 @@ class DynamicSparsity:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """{"step_count", "masks": {name: bool tensor}, "densities", "targets"}."""
+        """{"step_count", "total_steps", "masks": {name: bool tensor}, "densities", "targets"}."""
         return {
             "step_count": self.step_count,
+            "total_steps": self.total_steps,
             "masks": {name: m.detach().cpu().clone() for name, m in self.masks.items()},
             "densities": dict(self.densities),
             "targets": dict(self.targets),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore masks, densities, targets and the step count bit for bit, then apply()."""
+        """Restore masks, densities, targets and the step count bit for bit, then apply().
+
+        `total_steps` stays this engine's (the resumed run's length): a state saved with another
+        T (its "total_steps"; absent in states saved before it was stored) continues on the new
+        schedule, p(t) = cosine_prune_fraction(t, new T) from the loaded step on. The saved T is
+        kept as `loaded_total_steps` (None when the state does not hold it)."""
         names = set(state["masks"])
         if names != set(self.masks):
             missing, extra = sorted(set(self.masks) - names), sorted(names - set(self.masks))
@@ -501,4 +529,6 @@ class DynamicSparsity:
         self.densities = {name: float(d) for name, d in state["densities"].items()}
         self.targets = {name: int(t) for name, t in state["targets"].items()}
         self.step_count = int(state["step_count"])
+        saved_total = state.get("total_steps")
+        self.loaded_total_steps = None if saved_total is None else int(saved_total)
         self.apply()

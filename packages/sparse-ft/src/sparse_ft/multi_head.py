@@ -391,7 +391,9 @@ def _next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 class HeadsConfig(LayerwiseConfig):
     """`model.heads` of `layerwise pretrain`: how many heads and where the split is.
-    `HeadsConfig.model_validate(3)` is `HeadsConfig(count=3)`."""
+    `HeadsConfig.model_validate(3)` is `HeadsConfig(count=3)` (the other fields at their defaults:
+    `model.heads=1` over a mapping replaces it whole). With count 1 (one plain model) the other
+    fields must keep their defaults; a value there is refused rather than ignored."""
 
     count: int = Field(1, ge=1)  # K; 1: one plain model (the switch is off)
     # b: blocks per head; None: round(2L/3); "all": the dense full ensemble (K whole models)
@@ -416,6 +418,23 @@ class HeadsConfig(LayerwiseConfig):
                 'use "all" for the full ensemble'
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_head_takes_no_head_fields(self) -> HeadsConfig:
+        # count 1 builds the plain model: the head fields would be ignored silently
+        if self.count == 1:
+            given = {
+                "blocks_in_head": self.blocks_in_head is not None,
+                "combine": self.combine != "logits",
+                "reference_quirks": self.reference_quirks,
+            }
+            if any(given.values()):
+                raise ValueError(
+                    f"model.heads.count=1 builds one plain model, which ignores "
+                    f"{', '.join(k for k, v in given.items() if v)}: set model.heads.count > 1, "
+                    "or drop blocks_in_head/combine/reference_quirks"
+                )
+        return self
 
     @property
     def enabled(self) -> bool:
