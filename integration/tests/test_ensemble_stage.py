@@ -14,6 +14,25 @@ from layerwise.studies.ensemble_stages import EnsembleStage, _Totals, nonzero_co
 from layerwise.studies.stages import ANALYSES
 
 
+def _context(model, evaluation, run_dir, tokenizer=None) -> AnalysisContext:
+    """An AR checkpoint's analysis context on `evaluation` windows, batches of 4."""
+    return AnalysisContext(
+        run_dir=run_dir,
+        step=1,
+        fraction=1.0,
+        family="ar",
+        calibration=evaluation[:, :-1],
+        evaluation=evaluation,
+        load_model=lambda: model,
+        mask_token_id=None,
+        mdm_t=[],
+        mdm_copies=1,
+        mask_seed=0,
+        batch_size=4,
+        tokenizer=tokenizer,
+    )
+
+
 def test_two_heads_on_one_token_by_hand():
     # head 1: logits (0, ln 2) -> p(0) = 1/3, argmax 1; head 2: (ln 3, 0) -> p(0) = 3/4, argmax 0
     heads = (
@@ -87,20 +106,7 @@ def test_one_head_model_through_the_registered_stage(tmp_path):
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     evaluation = torch.randint(0, 64, (6, 9))
-    ctx = AnalysisContext(
-        run_dir=tmp_path,
-        step=1,
-        fraction=1.0,
-        family="ar",
-        calibration=evaluation[:, :-1],
-        evaluation=evaluation,
-        load_model=lambda: model,
-        mask_token_id=None,
-        mdm_t=[],
-        mdm_copies=1,
-        mask_seed=0,
-        batch_size=4,
-    )
+    ctx = _context(model, evaluation, tmp_path)
     stage = ANALYSES["ensemble"].model_validate({"ood_windows": 0})
     assert isinstance(stage, EnsembleStage)
     with torch.no_grad():
@@ -130,21 +136,7 @@ def test_out_of_domain_windows_are_milton_tokenized_like_the_corpus(small_data, 
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
-    ctx = AnalysisContext(
-        run_dir=tmp_path,
-        step=1,
-        fraction=1.0,
-        family="ar",
-        calibration=evaluation[:, :-1],
-        evaluation=evaluation,
-        load_model=lambda: model,
-        mask_token_id=None,
-        mdm_t=[],
-        mdm_copies=1,
-        mask_seed=0,
-        batch_size=4,
-        tokenizer=tokenizer,
-    )
+    ctx = _context(model, evaluation, tmp_path, tokenizer)
     stage = EnsembleStage(ood_windows=3)
     windows = stage._ood_windows(ctx)
     text = "\n\n".join(t.text for t in milton_texts())
